@@ -1,1 +1,38 @@
-fn main() {}
+//! The `ringd` binary: parse etcd's flags, then serve.
+
+use ringd::config::Config;
+
+fn main() {
+    let cfg = match Config::from_args(std::env::args()) {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version to stdout with exit 0, errors to stderr with exit 2.
+            let _ = e.print();
+            std::process::exit(e.exit_code());
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let resolved = match cfg.resolve() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ringd: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %resolved.data_dir,
+        shards = resolved.shards,
+        "starting ringd (etcd v2 API, compatible with etcd 3.4.23)"
+    );
+    if let Err(e) = ringd::shard::run(resolved) {
+        tracing::error!("{e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,362 @@
+//! etcd's command-line flags and ETCD_* variables, with etcd's meanings and defaults.
+//!
+//! Go's flag package accepts `-name` as well as `--name`; scripts written for etcd use both,
+//! so single-dash long flags are rewritten to double-dash before clap sees them.
+
+use clap::Parser;
+use std::net::SocketAddr;
+
+/// ringd: an etcd v2 compatible key-value server.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ringd", version, about, long_about = None)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory (default: "<name>.etcd").
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<String>,
+
+    /// List of URLs to listen on for client traffic (comma-separated).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
+    pub listen_client_urls: String,
+
+    /// List of this member's client URLs to advertise to the public.
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
+    pub advertise_client_urls: String,
+
+    /// List of URLs to listen on for peer traffic.
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub listen_peer_urls: String,
+
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+
+    /// Initial cluster configuration for bootstrapping (name=peerURL,...).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// Initial cluster state ('new' or 'existing').
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new",
+          value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: u64,
+
+    /// Accepted for compatibility: the v2 API is always on in ringd.
+    #[arg(long, env = "ETCD_ENABLE_V2", default_value = "true", value_parser = parse_go_bool)]
+    pub enable_v2: bool,
+
+    /// Number of client shards (executor threads); default: one per core.
+    #[arg(long, env = "RINGD_SHARDS")]
+    pub shards: Option<usize>,
+}
+
+/// Go's strconv.ParseBool.
+pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean value {s:?}")),
+    }
+}
+
+/// A URL we can listen on or advertise: scheme, host and port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenUrl {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl ListenUrl {
+    pub fn parse(s: &str) -> Result<ListenUrl, String> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("URL {s:?} has no scheme"))?;
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("URL scheme must be http or https: {s:?}"));
+        }
+        let hostport = rest.trim_end_matches('/');
+        if hostport.contains('/') {
+            return Err(format!("URL {s:?} must not have a path"));
+        }
+        let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
+            let (h, p) = stripped
+                .split_once("]:")
+                .ok_or_else(|| format!("bad URL {s:?}"))?;
+            (h.to_string(), p)
+        } else {
+            let (h, p) = hostport
+                .rsplit_once(':')
+                .ok_or_else(|| format!("URL {s:?} needs a port"))?;
+            (h.to_string(), p)
+        };
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("bad port in URL {s:?}"))?;
+        Ok(ListenUrl {
+            scheme: scheme.to_string(),
+            host,
+            port,
+        })
+    }
+
+    /// The socket addresses this URL binds to ("localhost" binds the loopback address).
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        let host = if self.host == "localhost" {
+            "127.0.0.1"
+        } else {
+            self.host.as_str()
+        };
+        let ip: std::net::IpAddr = host
+            .parse()
+            .map_err(|_| format!("cannot listen on host {:?}", self.host))?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+}
+
+/// Splits a comma-separated URL list, validating each.
+pub fn parse_urls(list: &str) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if urls.is_empty() {
+        return Err("empty URL list".to_string());
+    }
+    for url in &urls {
+        ListenUrl::parse(url)?;
+    }
+    Ok(urls)
+}
+
+/// The resolved configuration: the flags checked and turned into what the server uses.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub name: String,
+    pub data_dir: String,
+    pub listen_client: Vec<ListenUrl>,
+    pub advertise_client_urls: Vec<String>,
+    pub advertise_peer_urls: Vec<String>,
+    /// (name, peer URLs) of every initial member, sorted by name.
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    pub initial_cluster_token: String,
+    pub max_request_bytes: usize,
+    pub shards: usize,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_count: u64,
+}
+
+impl Config {
+    /// Parses the process arguments (Go-style single-dash flags accepted).
+    pub fn from_args<I: IntoIterator<Item = String>>(args: I) -> Result<Config, clap::Error> {
+        let args = args.into_iter().map(|a| {
+            if a.starts_with('-') && !a.starts_with("--") && a.len() > 2 {
+                format!("-{a}")
+            } else {
+                a
+            }
+        });
+        Config::try_parse_from(args)
+    }
+
+    pub fn resolve(&self) -> Result<Resolved, String> {
+        let listen_client = parse_urls(&self.listen_client_urls)?
+            .iter()
+            .map(|u| ListenUrl::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        for url in &listen_client {
+            if url.scheme == "https" {
+                return Err(format!(
+                    "https listen URL {}:{} given but TLS is not supported yet",
+                    url.host, url.port
+                ));
+            }
+            url.socket_addr()?;
+        }
+        let advertise_client_urls = parse_urls(&self.advertise_client_urls)?;
+        let advertise_peer_urls = parse_urls(&self.initial_advertise_peer_urls)?;
+        parse_urls(&self.listen_peer_urls)?;
+        let initial_cluster = match &self.initial_cluster {
+            None => vec![(self.name.clone(), advertise_peer_urls.clone())],
+            Some(spec) => parse_initial_cluster(spec)?,
+        };
+        if !initial_cluster.iter().any(|(n, _)| n == &self.name) {
+            return Err(format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                self.name
+            ));
+        }
+        if initial_cluster.len() > 1 {
+            return Err("clusters of more than one member are not supported yet".to_string());
+        }
+        if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(format!(
+                "--election-timeout[{}ms] should be at least 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout, self.heartbeat_interval
+            ));
+        }
+        if self.max_request_bytes == 0 || self.max_request_bytes > (1 << 30) {
+            return Err("--max-request-bytes must be between 1 and 1 GiB".to_string());
+        }
+        let shards = match self.shards {
+            Some(0) => return Err("--shards must be at least 1".to_string()),
+            Some(n) if n > 256 => return Err("--shards must be at most 256".to_string()),
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+        Ok(Resolved {
+            name: self.name.clone(),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| format!("{}.etcd", self.name)),
+            listen_client,
+            advertise_client_urls,
+            advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            max_request_bytes: self.max_request_bytes as usize,
+            shards,
+            heartbeat_interval_ms: self.heartbeat_interval,
+            election_timeout_ms: self.election_timeout,
+            snapshot_count: self.snapshot_count,
+        })
+    }
+}
+
+/// Parses `name=url,name=url2,other=url3` into members, grouping URLs by name.
+pub fn parse_initial_cluster(spec: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster entry {part:?} is not name=URL"))?;
+        ListenUrl::parse(url)?;
+        match members.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => members.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    if members.is_empty() {
+        return Err("--initial-cluster is empty".to_string());
+    }
+    members.sort();
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::from_args(
+            std::iter::once("ringd".to_string()).chain(args.iter().map(|s| s.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let c = parse(&[]).unwrap().resolve().unwrap();
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir, "default.etcd");
+        assert_eq!(
+            c.listen_client[0].socket_addr().unwrap().to_string(),
+            "127.0.0.1:2379"
+        );
+        assert_eq!(c.max_request_bytes, 1_572_864);
+        assert_eq!(
+            c.initial_cluster,
+            vec![("default".into(), vec!["http://localhost:2380".into()])]
+        );
+    }
+
+    #[test]
+    fn single_dash_flags_work_as_in_go() {
+        let c = parse(&["-name", "n1", "-data-dir=/tmp/x"]).unwrap();
+        assert_eq!(c.name, "n1");
+        assert_eq!(c.data_dir.as_deref(), Some("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_flag_exits_with_2() {
+        let err = parse(&["--nope"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(parse(&["--snapshot-count", "x"]).is_err());
+        assert!(parse(&["--listen-client-urls", "ftp://a:1"])
+            .unwrap()
+            .resolve()
+            .is_err());
+        assert!(parse(&["--listen-client-urls", "http://127.0.0.1"])
+            .unwrap()
+            .resolve()
+            .is_err());
+        assert!(parse(&["--shards", "0"]).unwrap().resolve().is_err());
+        assert!(parse(&["--initial-cluster", "other=http://127.0.0.1:1"])
+            .unwrap()
+            .resolve()
+            .is_err());
+    }
+
+    #[test]
+    fn several_listen_urls() {
+        let c = parse(&[
+            "--listen-client-urls",
+            "http://127.0.0.1:1,http://127.0.0.2:2",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(c.listen_client.len(), 2);
+    }
+}

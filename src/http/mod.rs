@@ -1,0 +1,10 @@
+//! HTTP: framing (`parse`), Go-compatible URL and form decoding (`form`), routing and the
+//! keys-request mapping (`route`), and etcd-compatible rendering (`render`).
+//!
+//! Architecture invariant: nothing here knows about raft, shards, sockets or threads. The
+//! shard module feeds bytes in and writes bytes out.
+
+pub mod form;
+pub mod parse;
+pub mod render;
+pub mod route;

@@ -1,0 +1,10 @@
+//! ringd: an etcd v2 compatible key-value server. See ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod http;
+pub mod limits;
+pub mod members;
+pub mod shard;
+pub mod stats;
+pub mod ttl;
+pub mod watch;

@@ -1,0 +1,56 @@
+//! Every bound in one place. Each constant says what it costs; relations between them are
+//! checked at compile time.
+
+/// Events kept for `waitIndex` lookups (etcd's history size). Older indexes get 401.
+pub const EVENT_HISTORY_CAPACITY: usize = 1000;
+
+/// Largest request body accepted by default (etcd's `--max-request-bytes`, 1.5 MiB).
+pub const REQUEST_BODY_BYTES_DEFAULT: usize = 1536 * 1024;
+
+/// Largest request line plus headers. Go's net/http allows 1 MiB of headers; 64 KiB is far
+/// above what any v2 client sends and caps the per-connection buffer.
+pub const REQUEST_HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// Headers parsed per request (httparse needs a fixed array).
+pub const REQUEST_HEADERS_COUNT_MAX: usize = 64;
+
+/// Write proposals queued from all shards to the raft shard. A full mailbox makes the shard
+/// wait (backpressure on that connection), never grow.
+pub const MAILBOX_CAPACITY: usize = 8192;
+
+/// Proposals drained into one batch (one apply pass, one view publish, one wake per shard).
+pub const PROPOSAL_BATCH_MAX: usize = 1024;
+
+/// Batches of events queued from the raft shard to one shard's watcher registry.
+pub const SHARD_EVENT_QUEUE_CAPACITY: usize = 4096;
+
+/// Events buffered for one stream watcher; a watcher that falls this far behind is closed
+/// (etcd closes a watcher whose 100-slot channel is full).
+pub const STREAM_WATCHER_BUFFER: usize = 128;
+
+/// Watchers registered on one shard. Beyond it a watch request gets 503.
+pub const WATCHERS_PER_SHARD_MAX: usize = 500_000;
+
+/// Open client connections per shard; further accepts are closed at once.
+pub const CONNECTIONS_PER_SHARD_MAX: usize = 200_000;
+
+/// Pipelined requests buffered per connection before we stop reading and answer.
+pub const PIPELINED_REQUESTS_MAX: usize = 128;
+
+/// Key path depth; deeper paths get 400 (etcd has no limit, but recursion and rendering do).
+pub const KEY_DEPTH_MAX: usize = 256;
+
+/// Response bytes buffered per connection before it is flushed.
+pub const RESPONSE_BUFFER_FLUSH_BYTES: usize = 256 * 1024;
+
+/// The SYNC period: how often the leader checks for expired keys when any TTL exists
+/// (etcd: 500 ms).
+pub const EXPIRY_TICK_MS: u64 = 500;
+
+/// Granularity and size of the TTL timer wheel.
+pub const TTL_WHEEL_SLOT_MS: u64 = 100;
+pub const TTL_WHEEL_SLOTS: usize = 1024;
+
+const _: () = assert!(PROPOSAL_BATCH_MAX <= MAILBOX_CAPACITY);
+const _: () = assert!(REQUEST_HEADER_BYTES_MAX < REQUEST_BODY_BYTES_DEFAULT);
+const _: () = assert!(TTL_WHEEL_SLOTS.is_power_of_two());

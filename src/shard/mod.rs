@@ -1,0 +1,175 @@
+//! Threads, sockets and the data flow between them. The only module that spawns threads or
+//! touches sockets.
+//!
+//! - N client shards (one monoio executor per core, FusionDriver: io_uring with an explicit
+//!   fallback to epoll), each with its own SO_REUSEPORT listener per listen URL. A shard
+//!   parses, routes, answers reads from the published view and watches from the event ring
+//!   and its own registry, and sends writes to the raft shard's bounded mailbox.
+//! - The raft shard (`raft.rs`): the single writer. It drains the mailbox in batches, applies
+//!   them to the store, publishes the new view and the events, then answers and wakes shards.
+
+pub mod conn;
+pub mod raft;
+
+use crate::config::Resolved;
+use crate::limits::{MAILBOX_CAPACITY, SHARD_EVENT_QUEUE_CAPACITY};
+use crate::members::{cluster_id, member_id, Member};
+use crate::stats::ShardCounters;
+use crate::watch::ring::EventRing;
+use arc_swap::ArcSwap;
+use ringd_store::{Command, Error, Event, StoreView, WriteStats};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// What the raft shard publishes after each applied batch.
+pub struct Published {
+    pub view: StoreView,
+    pub raft_index: u64,
+    pub raft_term: u64,
+    pub write_stats: WriteStats,
+}
+
+/// State shared by every thread.
+pub struct Shared {
+    pub published: ArcSwap<Published>,
+    pub ring: EventRing,
+    pub counters: Box<[ShardCounters]>,
+    pub members: Vec<Member>,
+    pub self_id: u64,
+    pub cluster_id: u64,
+    pub name: String,
+    pub start_unix_ns: u64,
+    pub start: Instant,
+    pub max_request_bytes: usize,
+    pub driver: std::sync::Mutex<Vec<&'static str>>,
+}
+
+/// The reply to a proposal: the outcome and the raft position it was applied at.
+pub struct Reply {
+    pub result: Result<Arc<Event>, Error>,
+    pub raft_index: u64,
+    pub raft_term: u64,
+}
+
+/// A request to the raft shard.
+pub enum Proposal {
+    Write {
+        cmd: Command,
+        ttl_secs: Option<u64>,
+        reply: flume::Sender<Reply>,
+    },
+    /// quorum=true: answered by the raft shard after every earlier write is applied.
+    QuorumGet {
+        key: String,
+        recursive: bool,
+        sorted: bool,
+        reply: flume::Sender<Reply>,
+    },
+}
+
+pub fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Binds every listener, starts the raft shard and the client shards, and blocks forever.
+/// Returns an error (before anything is served) if a listener cannot be bound.
+pub fn run(cfg: Resolved) -> Result<(), String> {
+    let mut listeners = Vec::new();
+    for shard in 0..cfg.shards {
+        let mut per_shard = Vec::new();
+        for url in &cfg.listen_client {
+            let addr = url.socket_addr()?;
+            let l = bind_reuseport(addr)
+                .map_err(|e| format!("cannot listen on {addr} (shard {shard}): {e}"))?;
+            per_shard.push(l);
+        }
+        listeners.push(per_shard);
+    }
+    let members: Vec<Member> = cfg
+        .initial_cluster
+        .iter()
+        .map(|(name, peers)| Member {
+            id: member_id(peers, &cfg.initial_cluster_token),
+            name: name.clone(),
+            peer_urls: peers.clone(),
+            client_urls: if name == &cfg.name {
+                cfg.advertise_client_urls.clone()
+            } else {
+                vec![]
+            },
+        })
+        .collect();
+    let self_id = members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .map(|m| m.id)
+        .unwrap_or(0);
+    let cid = cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
+    let store = ringd_store::Store::new();
+    let shared = Arc::new(Shared {
+        published: ArcSwap::from_pointee(Published {
+            view: store.view(),
+            raft_index: 0,
+            raft_term: 1,
+            write_stats: store.write_stats().clone(),
+        }),
+        ring: EventRing::new(),
+        counters: (0..cfg.shards).map(|_| ShardCounters::default()).collect(),
+        members,
+        self_id,
+        cluster_id: cid,
+        name: cfg.name.clone(),
+        start_unix_ns: unix_now_ns(),
+        start: Instant::now(),
+        max_request_bytes: cfg.max_request_bytes,
+        driver: std::sync::Mutex::new(Vec::new()),
+    });
+    let (mailbox_tx, mailbox_rx) = flume::bounded::<Proposal>(MAILBOX_CAPACITY);
+    let mut event_txs = Vec::new();
+    let mut handles = Vec::new();
+    for (i, shard_listeners) in listeners.into_iter().enumerate() {
+        let (etx, erx) = flume::bounded::<Arc<[Arc<Event>]>>(SHARD_EVENT_QUEUE_CAPACITY);
+        event_txs.push(etx);
+        let shared = shared.clone();
+        let mailbox = mailbox_tx.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("shard-{i}"))
+            .spawn(move || conn::shard_main(i, shared, shard_listeners, mailbox, erx))
+            .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
+        handles.push(h);
+    }
+    drop(mailbox_tx);
+    let raft_shared = shared.clone();
+    let raft = std::thread::Builder::new()
+        .name("raft".to_string())
+        .spawn(move || raft::raft_main(raft_shared, store, mailbox_rx, event_txs))
+        .map_err(|e| format!("cannot spawn raft thread: {e}"))?;
+    let urls: Vec<String> = cfg
+        .listen_client
+        .iter()
+        .map(|u| format!("{}://{}:{}", u.scheme, u.host, u.port))
+        .collect();
+    tracing::info!(
+        name = %cfg.name, member = %format!("{self_id:x}"), cluster = %format!("{cid:x}"),
+        shards = cfg.shards, listen = ?urls, "ringd serving clients"
+    );
+    let _ = raft.join();
+    for h in handles {
+        let _ = h.join();
+    }
+    Err("server threads exited".to_string())
+}
+
+fn bind_reuseport(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}

@@ -1,0 +1,152 @@
+//! Counters for /v2/stats and /metrics. Each shard writes only its own counters (relaxed
+//! atomics on its own cache lines); readers sum over shards on request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Latency bucket upper bounds in microseconds (Prometheus `le`).
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+    5_000_000,
+];
+
+/// HTTP methods tracked in metrics.
+pub const METHODS: [&str; 6] = ["GET", "HEAD", "PUT", "POST", "DELETE", "OTHER"];
+/// Status codes tracked in metrics; anything else counts as "other".
+pub const CODES: [u16; 16] = [
+    200, 201, 204, 301, 400, 401, 403, 404, 405, 409, 412, 413, 415, 431, 500, 501,
+];
+
+#[repr(align(128))]
+#[derive(Default)]
+pub struct ShardCounters {
+    pub gets_success: AtomicU64,
+    pub gets_fail: AtomicU64,
+    pub watchers: AtomicU64,
+    pub connections: AtomicU64,
+    latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    latency_sum_us: AtomicU64,
+    requests: [[AtomicU64; CODES.len() + 1]; METHODS.len()],
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl ShardCounters {
+    pub fn record(&self, method: &str, code: u16, latency_us: u64) {
+        let m = METHODS
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(METHODS.len() - 1);
+        let c = CODES.iter().position(|c| *c == code).unwrap_or(CODES.len());
+        bump(&self.requests[m][c]);
+        let b = LATENCY_BUCKETS_US
+            .iter()
+            .position(|b| latency_us <= *b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        bump(&self.latency[b]);
+        self.latency_sum_us.fetch_add(latency_us, Ordering::Relaxed);
+    }
+
+    pub fn get_ok(&self) {
+        bump(&self.gets_success);
+    }
+
+    pub fn get_fail(&self) {
+        bump(&self.gets_fail);
+    }
+}
+
+/// Sums of every shard's counters.
+#[derive(Default)]
+pub struct Totals {
+    pub gets_success: u64,
+    pub gets_fail: u64,
+    pub watchers: u64,
+    pub connections: u64,
+    pub latency: Vec<u64>,
+    pub latency_sum_us: u64,
+    pub requests: Vec<(usize, usize, u64)>,
+}
+
+pub fn totals(shards: &[ShardCounters]) -> Totals {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut t = Totals {
+        latency: vec![0; LATENCY_BUCKETS_US.len() + 1],
+        ..Totals::default()
+    };
+    let mut req = vec![vec![0u64; CODES.len() + 1]; METHODS.len()];
+    for s in shards {
+        t.gets_success += load(&s.gets_success);
+        t.gets_fail += load(&s.gets_fail);
+        t.watchers += load(&s.watchers);
+        t.connections += load(&s.connections);
+        t.latency_sum_us += load(&s.latency_sum_us);
+        for (i, c) in s.latency.iter().enumerate() {
+            t.latency[i] += load(c);
+        }
+        for (m, row) in s.requests.iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                req[m][c] += load(v);
+            }
+        }
+    }
+    for (m, row) in req.iter().enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            if *v > 0 {
+                t.requests.push((m, c, *v));
+            }
+        }
+    }
+    t
+}
+
+/// Go's time.Duration.String for a non-negative duration.
+pub fn go_duration(ns: u64) -> String {
+    if ns == 0 {
+        return "0s".to_string();
+    }
+    if ns < 1_000 {
+        return format!("{ns}ns");
+    }
+    let frac = |v: u64, unit: u64, digits: usize| -> String {
+        let whole = v / unit;
+        let rest = v % unit;
+        if rest == 0 {
+            return whole.to_string();
+        }
+        let mut f = format!("{rest:0digits$}");
+        while f.ends_with('0') {
+            f.pop();
+        }
+        format!("{whole}.{f}")
+    };
+    if ns < 1_000_000 {
+        return format!("{}µs", frac(ns, 1_000, 3));
+    }
+    if ns < 1_000_000_000 {
+        return format!("{}ms", frac(ns, 1_000_000, 6));
+    }
+    let secs_ns = ns % 60_000_000_000;
+    let mins = ns / 60_000_000_000;
+    let s = format!("{}s", frac(secs_ns, 1_000_000_000, 9));
+    match (mins / 60, mins % 60) {
+        (0, 0) => s,
+        (0, m) => format!("{m}m{s}"),
+        (h, m) => format!("{h}h{m}m{s}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_like_go() {
+        assert_eq!(go_duration(1_217_476_880), "1.21747688s");
+        assert_eq!(go_duration(61_500_000_000), "1m1.5s");
+        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+        assert_eq!(go_duration(1_500_000), "1.5ms");
+        assert_eq!(go_duration(999), "999ns");
+    }
+}
