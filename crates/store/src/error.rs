@@ -91,13 +91,24 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: ErrorCode, cause: impl Into<String>, index: u64) -> Error {
-        Error { code, cause: cause.into(), index }
+        Error {
+            code,
+            cause: cause.into(),
+            index,
+        }
     }
 }
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} ({}) [{}]", self.code.code(), self.code.message(), self.cause, self.index)
+        write!(
+            f,
+            "{}: {} ({}) [{}]",
+            self.code.code(),
+            self.code.message(),
+            self.cause,
+            self.index
+        )
     }
 }
 

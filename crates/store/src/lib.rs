@@ -11,6 +11,7 @@
 pub mod error;
 pub mod event;
 pub mod store;
+mod tree;
 pub mod watch;
 
 pub use error::{Error, ErrorCode};
