@@ -7,6 +7,7 @@
 
 use super::form::{clean_path, mux_clean_path, parse_bool, parse_u64, unescape, Form};
 use super::parse::{Method, Request};
+use crate::limits::KEY_DEPTH_MAX;
 use ringd_store::{Command, Error, ErrorCode};
 
 /// A parsed keys request.
@@ -224,6 +225,14 @@ fn keys_request(req: &Request, rest: &str, query: &str) -> Result<KeyRequest, Er
         return Err(form_error(ErrorCode::InvalidForm, &e));
     }
     let key = clean_path(&format!("/{rest}"));
+    // etcd has no depth limit, but recursion over the tree (listing, dropping) does: a bound
+    // keeps a 1.5 MiB path of "/a/a/a..." from exhausting a thread's stack.
+    if key.split('/').filter(|c| !c.is_empty()).count() > KEY_DEPTH_MAX {
+        return Err(form_error(
+            ErrorCode::InvalidField,
+            &format!("key depth exceeds {KEY_DEPTH_MAX} levels"),
+        ));
+    }
     let prev_index = get_u64(&form, "prevIndex")?;
     let wait_index = get_u64(&form, "waitIndex")?;
     let recursive = get_bool(&form, "recursive", "invalid value for \"recursive\"")?;
