@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 /// ringd: an etcd v2 compatible key-value server.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ringd", version, about, long_about = None)]
+#[command(name = "ringd", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// Human-readable name for this member.
     #[arg(long, env = "ETCD_NAME", default_value = "default")]

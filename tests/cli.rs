@@ -1,0 +1,120 @@
+//! The command line: etcd's flags and ETCD_* variables, help, bad input with exit code 2,
+//! several listen URLs.
+
+mod support;
+
+use std::process::Command;
+use support::Server;
+
+fn ringd() -> Command {
+    Command::new(support::ringd_binary())
+}
+
+#[test]
+fn help_lists_etcds_flags() {
+    let out = ringd().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--name",
+        "--data-dir",
+        "--listen-client-urls",
+        "--advertise-client-urls",
+        "--listen-peer-urls",
+        "--initial-advertise-peer-urls",
+        "--initial-cluster",
+        "--initial-cluster-state",
+        "--initial-cluster-token",
+        "--snapshot-count",
+        "--heartbeat-interval",
+        "--election-timeout",
+        "--max-request-bytes",
+        "--shards",
+        "ETCD_NAME",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn unknown_flags_and_bad_values_exit_with_2() {
+    for args in [
+        &["--no-such-flag"][..],
+        &["--snapshot-count", "many"],
+        &["--listen-client-urls", "ftp://127.0.0.1:1"],
+        &["--initial-cluster-state", "maybe"],
+        &["--shards", "0"],
+    ] {
+        let out = ringd().args(args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty());
+    }
+}
+
+#[test]
+fn etcd_environment_variables_are_honoured() {
+    let port = support::free_port();
+    let out = ringd()
+        .env(
+            "ETCD_LISTEN_CLIENT_URLS",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("ETCD_INITIAL_CLUSTER_STATE", "bogus")
+        .output()
+        .unwrap();
+    // The variable is read (and here rejected) exactly like the flag.
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
+}
+
+/// Kills the child on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn await_version(addr: &str) -> support::Response {
+    for _ in 0..2000 {
+        if let Ok(r) = support::request_timeout(
+            addr,
+            "GET",
+            "/version",
+            &[],
+            b"",
+            std::time::Duration::from_secs(5),
+        ) {
+            return r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no answer on {addr}");
+}
+
+#[test]
+fn go_style_single_dash_flags_and_several_listen_urls() {
+    let (p1, p2) = (support::free_port(), support::free_port());
+    let dir = support::TempDir::new("ringd-cli");
+    let _child = Child(
+        ringd()
+            .args(["-data-dir", &dir.path().display().to_string()])
+            .args([
+                "-listen-client-urls",
+                &format!("http://127.0.0.1:{p1},http://127.0.0.2:{p2}"),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for addr in [format!("127.0.0.1:{p1}"), format!("127.0.0.2:{p2}")] {
+        assert_eq!(await_version(&addr).status, 200, "{addr}");
+    }
+}
