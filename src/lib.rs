@@ -7,4 +7,5 @@ pub mod members;
 pub mod shard;
 pub mod stats;
 pub mod ttl;
+pub mod wal;
 pub mod watch;
