@@ -1,0 +1,610 @@
+//! Command line: `loadgen WORKLOAD --url URL [options]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Load generator for the etcd v2 HTTP API (/v2/keys): ringd, etcd"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// GET one key (--key), or random keys of a preloaded key space.
+    Get(KeyArgs),
+    /// PUT random keys of the key space (--keys, --value-size).
+    Put(Common),
+    /// GETs and PUTs of random keys, --read-ratio of them GETs.
+    Mixed(MixedArgs),
+    /// GET with quorum=true (one key with --key, or a preloaded key space).
+    Qget(KeyArgs),
+    /// compareAndSwap contention: read a hot key, then CAS it with prevIndex.
+    Cas(CasArgs),
+    /// POST (in-order keys) into a queue directory.
+    Inorder(InorderArgs),
+    /// PUT keys with short TTLs, then refresh them (refresh=true&prevExist=true).
+    Ttl(TtlArgs),
+    /// N watchers (long-poll or --stream) on a key or a prefix, plus one writer.
+    Watch(WatchArgs),
+    /// Fill --keys keys as fast as possible (pipelined PUTs).
+    Preload(Common),
+    /// A static HTTP responder answering every request with a fixed 200 (for tests).
+    #[command(hide = true)]
+    ServeStatic(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Target base URL, e.g. http://127.0.0.1:2379
+    #[arg(long, required_unless_present = "compare")]
+    pub url: Option<String>,
+    /// Compare two targets: --compare A=http://... B=http://...
+    #[arg(long, num_args = 2, value_name = "NAME=URL", conflicts_with = "url")]
+    pub compare: Vec<String>,
+    /// Rounds for --compare (runs alternate A B A B ...)
+    #[arg(long, default_value_t = 2)]
+    pub rounds: u32,
+    /// TCP connections in total
+    #[arg(short = 'c', long, default_value_t = 16)]
+    pub connections: usize,
+    /// Threads, each with its own event loop (connections are spread over them)
+    #[arg(short = 't', long, default_value_t = 1)]
+    pub threads: usize,
+    /// Requests in flight per connection (HTTP/1.1 pipelining); default 1 (16 for preload)
+    #[arg(long)]
+    pub pipeline: Option<usize>,
+    /// Measured run time in seconds (default 10 unless --requests)
+    #[arg(short = 'd', long, conflicts_with = "requests")]
+    pub duration: Option<f64>,
+    /// Stop after this many measured requests
+    #[arg(short = 'n', long)]
+    pub requests: Option<u64>,
+    /// Open loop: total requests per second, latency from the intended send time
+    #[arg(short = 'r', long)]
+    pub rate: Option<f64>,
+    /// Seconds of load before measuring starts
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
+    /// Size of the key space
+    #[arg(short = 'k', long, default_value_t = 1000)]
+    pub keys: u64,
+    /// Value size in bytes for writes
+    #[arg(long, default_value_t = 64)]
+    pub value_size: usize,
+    /// Key prefix (directory) used for generated keys
+    #[arg(long, default_value = "/loadgen")]
+    pub prefix: String,
+    /// Write the result as one JSON object to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Seconds without any progress (or past the end) before the run is cut off
+    #[arg(long, default_value_t = 10.0)]
+    pub timeout: f64,
+    /// Do not preload the key space before get/mixed/qget/cas
+    #[arg(long)]
+    pub no_preload: bool,
+    /// No live progress line
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Read only this key (no preload)
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MixedArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Fraction of requests that are GETs
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CasArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Number of contended keys
+    #[arg(long, default_value_t = 4)]
+    pub hot_keys: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InorderArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Queue directory (default PREFIX/queue)
+    #[arg(long)]
+    pub queue: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TtlArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// TTL in seconds for the keys
+    #[arg(long, default_value_t = 5)]
+    pub ttl: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Number of watchers
+    #[arg(long, default_value_t = 16)]
+    pub watchers: usize,
+    /// Streaming watchers (stream=true) instead of long-poll
+    #[arg(long)]
+    pub stream: bool,
+    /// Watch this single key (default: recursive watch on PREFIX/watch)
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port, printed on stdout)
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Threads (SO_REUSEPORT listeners)
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// The JSON body of every response
+    #[arg(
+        long,
+        default_value = r#"{"action":"get","node":{"key":"/x","value":"hello","modifiedIndex":4,"createdIndex":4}}"#
+    )]
+    pub body: String,
+    /// Exit by itself after this many seconds
+    #[arg(long)]
+    pub exit_after: Option<f64>,
+}
+
+/// What a run does, decoded from the subcommand.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    Get {
+        key: Option<String>,
+        quorum: bool,
+    },
+    Put,
+    Mixed {
+        read_ratio: f64,
+    },
+    Cas {
+        hot_keys: u64,
+    },
+    Inorder {
+        queue: String,
+    },
+    Ttl {
+        ttl: u64,
+    },
+    Watch {
+        watchers: usize,
+        stream: bool,
+        key: Option<String>,
+    },
+    Preload,
+}
+
+impl Workload {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Workload::Get { quorum: false, .. } => "get",
+            Workload::Get { quorum: true, .. } => "qget",
+            Workload::Put => "put",
+            Workload::Mixed { .. } => "mixed",
+            Workload::Cas { .. } => "cas",
+            Workload::Inorder { .. } => "inorder",
+            Workload::Ttl { .. } => "ttl",
+            Workload::Watch { .. } => "watch",
+            Workload::Preload => "preload",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StopAt {
+    Duration(Duration),
+    Requests(u64),
+}
+
+/// Validated run parameters.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub workload: Workload,
+    pub targets: Vec<(String, String)>,
+    pub rounds: u32,
+    pub connections: usize,
+    pub threads: usize,
+    pub pipeline: usize,
+    pub stop: StopAt,
+    pub rate: Option<f64>,
+    pub warmup: Duration,
+    pub keys: u64,
+    pub value_size: usize,
+    pub prefix: String,
+    pub json: Option<PathBuf>,
+    pub timeout: Duration,
+    pub preload: bool,
+    pub progress: bool,
+}
+
+pub const MAX_VALUE_SIZE: usize = 16 << 20;
+
+fn secs(name: &str, v: f64) -> Result<Duration, String> {
+    if !v.is_finite() || !(0.0..=1e7).contains(&v) {
+        return Err(format!("--{name} must be a number of seconds >= 0"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn clean_key(name: &str, k: &str) -> Result<String, String> {
+    if !k.starts_with('/') {
+        return Err(format!("--{name} must start with '/': {k}"));
+    }
+    let t = k.trim_end_matches('/');
+    if t.is_empty() {
+        return Err(format!("--{name} must not be the root"));
+    }
+    Ok(t.to_string())
+}
+
+impl Spec {
+    pub fn from_command(cmd: &Command) -> Result<Spec, String> {
+        let (common, workload) = match cmd {
+            Command::Get(a) => (
+                &a.common,
+                Workload::Get {
+                    key: a.key.clone(),
+                    quorum: false,
+                },
+            ),
+            Command::Qget(a) => (
+                &a.common,
+                Workload::Get {
+                    key: a.key.clone(),
+                    quorum: true,
+                },
+            ),
+            Command::Put(c) => (c, Workload::Put),
+            Command::Mixed(a) => (
+                &a.common,
+                Workload::Mixed {
+                    read_ratio: a.read_ratio,
+                },
+            ),
+            Command::Cas(a) => (
+                &a.common,
+                Workload::Cas {
+                    hot_keys: a.hot_keys,
+                },
+            ),
+            Command::Inorder(a) => {
+                let q = a
+                    .queue
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/queue", a.common.prefix.trim_end_matches('/')));
+                (&a.common, Workload::Inorder { queue: q })
+            }
+            Command::Ttl(a) => (&a.common, Workload::Ttl { ttl: a.ttl }),
+            Command::Watch(a) => (
+                &a.common,
+                Workload::Watch {
+                    watchers: a.watchers,
+                    stream: a.stream,
+                    key: a.key.clone(),
+                },
+            ),
+            Command::Preload(c) => (c, Workload::Preload),
+            Command::ServeStatic(_) => return Err("serve-static is not a workload".into()),
+        };
+        let mut workload = workload;
+        match &mut workload {
+            Workload::Get { key: Some(k), .. } | Workload::Watch { key: Some(k), .. } => {
+                *k = clean_key("key", k)?
+            }
+            Workload::Inorder { queue } => *queue = clean_key("queue", queue)?,
+            Workload::Mixed { read_ratio } if !(0.0..=1.0).contains(read_ratio) => {
+                return Err("--read-ratio must be within 0..1".into())
+            }
+            Workload::Cas { hot_keys: 0 } => return Err("--hot-keys must be >= 1".into()),
+            Workload::Ttl { ttl: 0 } => return Err("--ttl must be >= 1".into()),
+            Workload::Watch { watchers: 0, .. } => return Err("--watchers must be >= 1".into()),
+            _ => {}
+        }
+        let c = common;
+        let mut targets = Vec::new();
+        if c.compare.is_empty() {
+            let url = c.url.clone().ok_or("--url or --compare is required")?;
+            targets.push((String::new(), url));
+        } else {
+            for item in &c.compare {
+                let (name, url) = item
+                    .split_once('=')
+                    .ok_or_else(|| format!("--compare wants NAME=URL, got {item}"))?;
+                if name.is_empty() || url.is_empty() {
+                    return Err(format!("--compare wants NAME=URL, got {item}"));
+                }
+                targets.push((name.to_string(), url.to_string()));
+            }
+        }
+        if c.connections == 0 || c.connections > 100_000 {
+            return Err("--connections must be within 1..=100000".into());
+        }
+        if c.threads == 0 || c.threads > 1024 {
+            return Err("--threads must be within 1..=1024".into());
+        }
+        let pipeline = c
+            .pipeline
+            .unwrap_or(if workload == Workload::Preload { 16 } else { 1 });
+        if pipeline == 0 || pipeline > 1024 {
+            return Err("--pipeline must be within 1..=1024".into());
+        }
+        let stop = match (c.duration, c.requests) {
+            (_, Some(0)) => return Err("--requests must be >= 1".into()),
+            (_, Some(n)) => StopAt::Requests(n),
+            (Some(d), None) if d > 0.0 => StopAt::Duration(secs("duration", d)?),
+            (Some(_), None) => return Err("--duration must be > 0".into()),
+            (None, None) => StopAt::Duration(Duration::from_secs(10)),
+        };
+        if let Some(r) = c.rate {
+            if !r.is_finite() || r <= 0.0 || r > 1e9 {
+                return Err("--rate must be > 0".into());
+            }
+        }
+        if c.keys == 0 {
+            return Err("--keys must be >= 1".into());
+        }
+        if c.value_size > MAX_VALUE_SIZE {
+            return Err(format!("--value-size must be <= {MAX_VALUE_SIZE}"));
+        }
+        if c.rounds == 0 {
+            return Err("--rounds must be >= 1".into());
+        }
+        let timeout = secs("timeout", c.timeout)?;
+        if timeout.is_zero() {
+            return Err("--timeout must be > 0".into());
+        }
+        Ok(Spec {
+            threads: c.threads.min(c.connections),
+            workload,
+            targets,
+            rounds: c.rounds,
+            connections: c.connections,
+            pipeline,
+            stop,
+            rate: c.rate,
+            warmup: secs("warmup", c.warmup)?,
+            keys: c.keys,
+            value_size: c.value_size,
+            prefix: clean_key("prefix", &c.prefix)?,
+            json: c.json.clone(),
+            timeout,
+            preload: !c.no_preload,
+            progress: !c.quiet,
+        })
+    }
+
+    /// Parameters for the JSON report.
+    pub fn params_json(&self) -> serde_json::Value {
+        let (duration, requests) = match self.stop {
+            StopAt::Duration(d) => (Some(d.as_secs_f64()), None),
+            StopAt::Requests(n) => (None, Some(n)),
+        };
+        let mut v = serde_json::json!({
+            "workload": self.workload.name(),
+            "connections": self.connections,
+            "threads": self.threads,
+            "pipeline": self.pipeline,
+            "duration_secs": duration,
+            "requests": requests,
+            "rate": self.rate,
+            "warmup_secs": self.warmup.as_secs_f64(),
+            "keys": self.keys,
+            "value_size": self.value_size,
+            "prefix": self.prefix,
+            "preload": self.preload,
+        });
+        let extra = match &self.workload {
+            Workload::Get { key, quorum } => serde_json::json!({"key": key, "quorum": quorum}),
+            Workload::Mixed { read_ratio } => serde_json::json!({"read_ratio": read_ratio}),
+            Workload::Cas { hot_keys } => serde_json::json!({"hot_keys": hot_keys}),
+            Workload::Inorder { queue } => serde_json::json!({"queue": queue}),
+            Workload::Ttl { ttl } => serde_json::json!({"ttl": ttl}),
+            Workload::Watch {
+                watchers,
+                stream,
+                key,
+            } => {
+                serde_json::json!({"watchers": watchers, "stream": stream, "key": key})
+            }
+            Workload::Put | Workload::Preload => serde_json::json!({}),
+        };
+        if let (Some(m), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+            m.extend(e);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(args: &[&str]) -> Result<Spec, String> {
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        Spec::from_command(&cli.command)
+    }
+
+    #[test]
+    fn get_with_key_and_defaults() {
+        let s = spec(&[
+            "loadgen",
+            "get",
+            "--url",
+            "http://127.0.0.1:1",
+            "--key",
+            "/a/b",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.workload,
+            Workload::Get {
+                key: Some("/a/b".into()),
+                quorum: false
+            }
+        );
+        assert_eq!(s.connections, 16);
+        assert_eq!(s.threads, 1);
+        assert_eq!(s.pipeline, 1);
+        assert_eq!(s.stop, StopAt::Duration(Duration::from_secs(10)));
+        assert_eq!(
+            s.targets,
+            vec![(String::new(), "http://127.0.0.1:1".to_string())]
+        );
+        assert!(s.rate.is_none());
+    }
+
+    #[test]
+    fn full_option_set() {
+        let s = spec(&[
+            "loadgen",
+            "mixed",
+            "--url",
+            "http://h:1",
+            "-c",
+            "64",
+            "-t",
+            "2",
+            "--pipeline",
+            "4",
+            "--requests",
+            "2000",
+            "--rate",
+            "5000",
+            "--warmup",
+            "1.5",
+            "--keys",
+            "10",
+            "--value-size",
+            "128",
+            "--read-ratio",
+            "0.5",
+            "--json",
+            "/tmp/x.json",
+        ])
+        .unwrap();
+        assert_eq!(s.workload, Workload::Mixed { read_ratio: 0.5 });
+        assert_eq!((s.connections, s.threads, s.pipeline), (64, 2, 4));
+        assert_eq!(s.stop, StopAt::Requests(2000));
+        assert_eq!(s.rate, Some(5000.0));
+        assert_eq!(s.warmup, Duration::from_millis(1500));
+        assert_eq!((s.keys, s.value_size), (10, 128));
+        assert_eq!(s.json.as_deref(), Some(std::path::Path::new("/tmp/x.json")));
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        // no target
+        assert!(spec(&["loadgen", "put"]).is_err());
+        // duration and requests together
+        assert!(spec(&["loadgen", "put", "--url", "u", "-d", "1", "-n", "5"]).is_err());
+        // url and compare together
+        assert!(spec(&["loadgen", "put", "--url", "u", "--compare", "A=x", "B=y"]).is_err());
+        assert!(spec(&["loadgen", "mixed", "--url", "u", "--read-ratio", "1.5"]).is_err());
+        assert!(spec(&["loadgen", "get", "--url", "u", "--key", "nokey"]).is_err());
+        assert!(spec(&["loadgen", "get", "--url", "u", "-c", "0"]).is_err());
+        assert!(spec(&["loadgen", "get", "--url", "u", "--rate", "0"]).is_err());
+        assert!(spec(&["loadgen", "get", "--url", "u", "--pipeline", "0"]).is_err());
+        assert!(spec(&["loadgen", "get", "--url", "u", "-n", "0"]).is_err());
+        assert!(spec(&["loadgen", "nosuch", "--url", "u"]).is_err());
+        assert!(spec(&["loadgen", "put", "--compare", "A=x"]).is_err());
+        assert!(spec(&["loadgen", "put", "--compare", "Ax", "B=y"]).is_err());
+    }
+
+    #[test]
+    fn compare_and_workload_specific() {
+        let s = spec(&[
+            "loadgen",
+            "put",
+            "--compare",
+            "ringd=http://127.0.0.1:1",
+            "etcd=http://127.0.0.1:2",
+            "--rounds",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(s.targets.len(), 2);
+        assert_eq!(s.targets[0], ("ringd".into(), "http://127.0.0.1:1".into()));
+        assert_eq!(s.rounds, 3);
+        let w = spec(&[
+            "loadgen",
+            "watch",
+            "--url",
+            "u",
+            "--watchers",
+            "8",
+            "--stream",
+        ])
+        .unwrap();
+        assert_eq!(
+            w.workload,
+            Workload::Watch {
+                watchers: 8,
+                stream: true,
+                key: None
+            }
+        );
+        let p = spec(&["loadgen", "preload", "--url", "u", "--keys", "100"]).unwrap();
+        assert_eq!(p.pipeline, 16);
+        let q = spec(&["loadgen", "inorder", "--url", "u", "--prefix", "/p/"]).unwrap();
+        assert_eq!(
+            q.workload,
+            Workload::Inorder {
+                queue: "/p/queue".into()
+            }
+        );
+        let t = spec(&["loadgen", "ttl", "--url", "u", "--ttl", "3"]).unwrap();
+        assert_eq!(t.workload, Workload::Ttl { ttl: 3 });
+        // threads are capped by connections
+        let c = spec(&["loadgen", "qget", "--url", "u", "-c", "2", "-t", "8"]).unwrap();
+        assert_eq!(c.threads, 2);
+        assert_eq!(
+            c.workload,
+            Workload::Get {
+                key: None,
+                quorum: true
+            }
+        );
+    }
+
+    #[test]
+    fn serve_static_parses() {
+        let cli =
+            Cli::try_parse_from(["loadgen", "serve-static", "--listen", "127.0.0.1:0"]).unwrap();
+        match cli.command {
+            Command::ServeStatic(a) => {
+                assert_eq!(a.listen, "127.0.0.1:0");
+                assert!(a.body.contains("\"action\":\"get\""));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
