@@ -4,7 +4,9 @@ pub mod config;
 pub mod http;
 pub mod limits;
 pub mod members;
+// pub mod raft; (enabled once the wal and the store codec land)
 pub mod shard;
+pub mod snapshot;
 pub mod stats;
 pub mod ttl;
 pub mod wal;

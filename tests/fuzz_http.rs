@@ -153,7 +153,7 @@ proptest! {
             let mut p = RequestParser::new(4096);
             let line = format!("GET {target} HTTP/1.1\r\n\r\n");
             if let (_, Parsed::Request(r)) = p.parse(line.as_bytes()) {
-                if let Route::Redirect(loc) = route(&r) {
+                if let Route::Redirect { location: loc, .. } = route(&r) {
                     prop_assert!(loc.starts_with('/'));
                     prop_assert!(!loc.contains("//"));
                 }

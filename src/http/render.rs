@@ -193,11 +193,12 @@ pub fn error(out: &mut Vec<u8>, e: &Error) {
     let _ = writeln!(out, ",\"index\":{}}}", e.index);
 }
 
-/// Appends a `{"message": ...}` body (members, auth and other non-keys errors).
+/// Appends a `{"message": ...}` body (members, auth and other non-keys errors); etcd writes
+/// these without a trailing newline.
 pub fn message(out: &mut Vec<u8>, msg: &str) {
     out.extend_from_slice(b"{\"message\":");
     json_str(out, msg);
-    out.extend_from_slice(b"}\n");
+    out.push(b'}');
 }
 
 /// HTTP reason phrases for the statuses we send.

@@ -46,12 +46,18 @@ pub enum StatsKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     Keys(Result<KeyRequest, Error>),
-    /// Go's ServeMux 301 to the cleaned path (query kept).
-    Redirect(String),
+    /// Go's ServeMux 301 to the cleaned path (query kept); `html_body` only for GET/HEAD, as
+    /// Go's http.Redirect writes it.
+    Redirect {
+        location: String,
+        html_body: bool,
+    },
     Options,
+    /// 405 as http.Error writes it; `cluster_id`: etcd's members handler sets
+    /// X-Etcd-Cluster-Id before it checks the method.
     MethodNotAllowed {
         allow: Option<&'static str>,
-        body: &'static str,
+        cluster_id: bool,
     },
     NotFound,
     Version,
@@ -59,16 +65,17 @@ pub enum Route {
     Metrics,
     Machines,
     Stats(StatsKind),
-    MembersList,
-    MembersLeader,
-    /// Any other members request: answered as a one-member cluster without reconfiguration.
-    MembersOther {
+    /// Any /v2/members request with an allowed method.
+    Members {
         method: Method,
         rest: String,
+        content_type: Option<String>,
+        body: Vec<u8>,
     },
     AuthEnable,
     AuthOther,
-    BadRequest(&'static str),
+    /// A request Go's server rejects before any handler runs: plain 400, connection closed.
+    Malformed,
 }
 
 pub const KEYS_PREFIX: &str = "/v2/keys";
@@ -77,10 +84,10 @@ pub const KEYS_PREFIX: &str = "/v2/keys";
 pub fn route(req: &Request) -> Route {
     let (raw_path, query) = req.path_and_query();
     let Ok(path) = unescape(raw_path, false) else {
-        return Route::BadRequest("invalid URL escape in path");
+        return Route::Malformed;
     };
     if !path.starts_with('/') {
-        return Route::BadRequest("request path must start with /");
+        return Route::Malformed;
     }
     if req.method == Method::Options {
         return Route::Options;
@@ -89,72 +96,76 @@ pub fn route(req: &Request) -> Route {
     if cleaned != path {
         // Go redirects to the cleaned, still-escaped path; re-escaping is only needed for the
         // characters that break a Location header.
-        let mut loc = escape_location(&cleaned);
+        let mut location = escape_location(&cleaned);
         if !query.is_empty() {
-            loc.push('?');
-            loc.push_str(query);
+            location.push('?');
+            location.push_str(query);
         }
-        return Route::Redirect(loc);
+        let html_body = matches!(req.method, Method::Get | Method::Head);
+        return Route::Redirect {
+            location,
+            html_body,
+        };
     }
+    let allow = |methods: &[Method], allow: &'static str, r: Route| -> Route {
+        if methods.contains(&req.method) {
+            r
+        } else {
+            Route::MethodNotAllowed {
+                allow: Some(allow),
+                cluster_id: false,
+            }
+        }
+    };
+    const GET: &[Method] = &[Method::Get];
+    const GET_HEAD: &[Method] = &[Method::Get, Method::Head];
     if path == KEYS_PREFIX || path.starts_with("/v2/keys/") {
-        if !matches!(
-            req.method,
-            Method::Get | Method::Head | Method::Put | Method::Post | Method::Delete
-        ) {
+        let keys = &[
+            Method::Head,
+            Method::Get,
+            Method::Put,
+            Method::Post,
+            Method::Delete,
+        ];
+        if !keys.contains(&req.method) {
             return Route::MethodNotAllowed {
                 allow: Some("HEAD,GET,PUT,POST,DELETE"),
-                body: "Method Not Allowed",
+                cluster_id: false,
             };
         }
         return Route::Keys(keys_request(req, &path[KEYS_PREFIX.len()..], query));
     }
-    let get_only = |r: Route| -> Route {
-        if req.method == Method::Get || req.method == Method::Head {
-            r
-        } else {
-            Route::MethodNotAllowed {
-                allow: Some("GET"),
-                body: "Method Not Allowed",
-            }
+    if path == "/v2/members" || path.starts_with("/v2/members/") {
+        let members = &[Method::Get, Method::Post, Method::Delete, Method::Put];
+        if !members.contains(&req.method) {
+            return Route::MethodNotAllowed {
+                allow: Some("GET,POST,DELETE,PUT"),
+                cluster_id: false,
+            };
         }
-    };
+        let rest = path
+            .strip_prefix("/v2/members")
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .to_string();
+        return Route::Members {
+            method: req.method.clone(),
+            rest,
+            content_type: req.content_type.clone(),
+            body: req.body.clone(),
+        };
+    }
     match path.as_str() {
-        "/version" => get_only(Route::Version),
-        "/health" => get_only(Route::Health),
-        "/metrics" => get_only(Route::Metrics),
-        "/v2/machines" => get_only(Route::Machines),
-        "/v2/stats/self" => get_only(Route::Stats(StatsKind::SelfStats)),
-        "/v2/stats/leader" => get_only(Route::Stats(StatsKind::Leader)),
-        "/v2/stats/store" => get_only(Route::Stats(StatsKind::Store)),
+        "/version" => allow(GET, "GET", Route::Version),
+        "/health" => allow(GET, "GET", Route::Health),
+        "/metrics" => allow(GET_HEAD, "GET,HEAD", Route::Metrics),
+        "/v2/machines" => allow(GET_HEAD, "GET,HEAD", Route::Machines),
+        "/v2/stats/self" => allow(GET, "GET", Route::Stats(StatsKind::SelfStats)),
+        "/v2/stats/leader" => allow(GET, "GET", Route::Stats(StatsKind::Leader)),
+        "/v2/stats/store" => allow(GET, "GET", Route::Stats(StatsKind::Store)),
         "/v2/auth/enable" => match req.method {
             Method::Get | Method::Head => Route::AuthEnable,
             _ => Route::AuthOther,
-        },
-        "/v2/members" | "/v2/members/" => match req.method {
-            Method::Get | Method::Head => Route::MembersList,
-            Method::Post => Route::MembersOther {
-                method: req.method.clone(),
-                rest: String::new(),
-            },
-            Method::Delete | Method::Put => Route::MethodNotAllowed {
-                allow: None,
-                body: "Method Not Allowed",
-            },
-            _ => Route::MethodNotAllowed {
-                allow: Some("GET,POST,DELETE,PUT"),
-                body: "Method Not Allowed",
-            },
-        },
-        "/v2/members/leader" => match req.method {
-            Method::Get | Method::Head => Route::MembersLeader,
-            _ => Route::MethodNotAllowed {
-                allow: Some("GET"),
-                body: "Method Not Allowed",
-            },
-        },
-        p if p.starts_with("/v2/members/") => Route::MembersOther {
-            method: req.method.clone(),
-            rest: p["/v2/members/".len()..].to_string(),
         },
         p if p.starts_with("/v2/auth") => Route::AuthOther,
         _ => Route::NotFound,
@@ -296,6 +307,13 @@ fn keys_request(req: &Request, rest: &str, query: &str) -> Result<KeyRequest, Er
     let head = req.method == Method::Head;
     let write = |cmd: Command| KeyOp::Write { cmd, ttl_secs };
     let op = match req.method {
+        // etcd turns GET+quorum into QGET before it looks at `wait`.
+        Method::Get if quorum => KeyOp::Get {
+            key,
+            recursive,
+            sorted,
+            quorum: true,
+        },
         Method::Get | Method::Head if wait => KeyOp::Watch {
             key,
             recursive,
@@ -426,9 +444,21 @@ mod tests {
     #[test]
     fn path_cleaning_redirects_with_query() {
         let r = route(&req(Method::Get, "/v2/keys//p/a/?recursive=true", None, ""));
-        assert_eq!(r, Route::Redirect("/v2/keys/p/a/?recursive=true".into()));
+        assert_eq!(
+            r,
+            Route::Redirect {
+                location: "/v2/keys/p/a/?recursive=true".into(),
+                html_body: true
+            }
+        );
         let r = route(&req(Method::Get, "/v2/keys/p/./a", None, ""));
-        assert_eq!(r, Route::Redirect("/v2/keys/p/a".into()));
+        assert_eq!(
+            r,
+            Route::Redirect {
+                location: "/v2/keys/p/a".into(),
+                html_body: true
+            }
+        );
     }
 
     #[test]

@@ -339,6 +339,12 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
                 keep
             }
         }
+        Route::Malformed => {
+            conn.out.extend_from_slice(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request",
+            );
+            Flow::Close
+        }
         other => {
             serve_other(ctx, other, head, &mut conn.out);
             keep
@@ -361,27 +367,44 @@ fn serve_other(ctx: &Rc<ShardCtx>, r: Route, head: bool, out: &mut Vec<u8>) {
     match r {
         Route::Keys(Err(e)) => error_response(out, head, &cid, &e),
         Route::Keys(Ok(_)) => {}
-        Route::Redirect(loc) => {
-            let body = format!("<a href=\"{loc}\">Moved Permanently</a>.\n\n");
-            respond(
-                out,
-                head,
-                301,
-                Some("text/html; charset=utf-8"),
-                &[("Location", &loc)],
-                body.as_bytes(),
-            );
+        Route::Redirect {
+            location,
+            html_body,
+        } => {
+            if html_body {
+                let body = format!(
+                    "<a href=\"{}\">Moved Permanently</a>.\n\n",
+                    html_escape(&location)
+                );
+                respond(
+                    out,
+                    head,
+                    301,
+                    Some("text/html; charset=utf-8"),
+                    &[("Location", &location)],
+                    body.as_bytes(),
+                );
+            } else {
+                respond(out, head, 301, None, &[("Location", &location)], b"");
+            }
         }
         Route::Options => respond(out, true, 200, None, &[], b""),
-        Route::MethodNotAllowed { allow, body } => {
-            let extra: Vec<(&str, &str)> = allow.map(|a| ("Allow", a)).into_iter().collect();
+        Route::MethodNotAllowed { allow, cluster_id } => {
+            let mut extra: Vec<(&str, &str)> = Vec::new();
+            if let Some(a) = allow {
+                extra.push(("Allow", a));
+            }
+            if cluster_id {
+                extra.push(("X-Etcd-Cluster-Id", &cid));
+            }
+            extra.push(("X-Content-Type-Options", "nosniff"));
             respond(
                 out,
                 head,
                 405,
                 Some("text/plain; charset=utf-8"),
                 &extra,
-                body.as_bytes(),
+                b"Method Not Allowed\n",
             );
         }
         Route::NotFound => respond(
@@ -392,14 +415,7 @@ fn serve_other(ctx: &Rc<ShardCtx>, r: Route, head: bool, out: &mut Vec<u8>) {
             &[("X-Content-Type-Options", "nosniff")],
             b"404 page not found\n",
         ),
-        Route::BadRequest(msg) => respond(
-            out,
-            head,
-            400,
-            Some("text/plain; charset=utf-8"),
-            &[],
-            format!("400 Bad Request: {msg}").as_bytes(),
-        ),
+        Route::Malformed => {}
         Route::Version => json(
             out,
             head,
@@ -430,26 +446,20 @@ fn serve_other(ctx: &Rc<ShardCtx>, r: Route, head: bool, out: &mut Vec<u8>) {
                 urls.join(", ").as_bytes(),
             );
         }
-        Route::MembersList => {
-            let mut body = b"{\"members\":[".to_vec();
-            for (i, m) in shared.members.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                crate::members::render_member(&mut body, m);
-            }
-            body.extend_from_slice(b"]}\n");
-            json(out, head, 200, &[("X-Etcd-Cluster-Id", &cid)], &body);
-        }
-        Route::MembersLeader => {
-            let mut body = Vec::new();
-            if let Some(m) = shared.members.iter().find(|m| m.id == shared.self_id) {
-                crate::members::render_member(&mut body, m);
-            }
-            body.push(b'\n');
-            json(out, head, 200, &[("X-Etcd-Cluster-Id", &cid)], &body);
-        }
-        Route::MembersOther { method, rest } => members_other(ctx, &method, &rest, head, out),
+        Route::Members {
+            method,
+            rest,
+            content_type,
+            body,
+        } => members(
+            ctx,
+            &method,
+            &rest,
+            content_type.as_deref(),
+            &body,
+            head,
+            out,
+        ),
         Route::Stats(kind) => stats(ctx, kind, head, out),
         Route::Metrics => {
             let body = metrics(ctx);
@@ -472,36 +482,123 @@ fn serve_other(ctx: &Rc<ShardCtx>, r: Route, head: bool, out: &mut Vec<u8>) {
     }
 }
 
-fn members_other(ctx: &Rc<ShardCtx>, method: &Method, rest: &str, head: bool, out: &mut Vec<u8>) {
+/// Go's html.EscapeString as http.Redirect applies it to the href.
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&#34;")
+        .replace('\'', "&#39;")
+}
+
+/// etcd's membersHandler for a one-member cluster: listing, leader, and the validation of
+/// add/update/remove exactly as etcd answers it; a change that would need reconfiguration is
+/// answered 501 until issue "cluster" implements it.
+fn members(
+    ctx: &Rc<ShardCtx>,
+    method: &Method,
+    rest: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    head: bool,
+    out: &mut Vec<u8>,
+) {
     let shared = &ctx.shared;
-    let member = u64::from_str_radix(rest, 16)
-        .ok()
-        .and_then(|id| shared.members.iter().find(|m| m.id == id));
-    match (method, member) {
-        (Method::Post, _) if rest.is_empty() => message_response(
-            out,
-            head,
-            501,
-            "ringd: member reconfiguration is not implemented yet",
-        ),
-        (Method::Delete | Method::Put, None) => {
-            message_response(out, head, 404, &format!("No such member: {rest}"))
-        }
-        (Method::Delete | Method::Put, Some(_)) => message_response(
-            out,
-            head,
-            501,
-            "ringd: member reconfiguration is not implemented yet",
-        ),
-        (Method::Get | Method::Head, _) => message_response(out, head, 404, "Not found"),
-        _ => respond(
+    let cid = format!("{:x}", shared.cluster_id);
+    let msg = |out: &mut Vec<u8>, status: u16, m: &str| {
+        let mut b = Vec::new();
+        render::message(&mut b, m);
+        json(out, head, status, &[("X-Etcd-Cluster-Id", &cid)], &b);
+    };
+    let find = |id: &str| {
+        u64::from_str_radix(id, 16)
+            .ok()
+            .and_then(|id| shared.members.iter().find(|m| m.id == id))
+    };
+    match method {
+        Method::Get => match rest {
+            "" => {
+                let mut b = b"{\"members\":[".to_vec();
+                for (i, m) in shared.members.iter().enumerate() {
+                    if i > 0 {
+                        b.push(b',');
+                    }
+                    crate::members::render_member(&mut b, m);
+                }
+                b.extend_from_slice(b"]}\n");
+                json(out, head, 200, &[("X-Etcd-Cluster-Id", &cid)], &b);
+            }
+            "leader" => {
+                let mut b = Vec::new();
+                if let Some(m) = shared.members.iter().find(|m| m.id == shared.self_id) {
+                    crate::members::render_member(&mut b, m);
+                }
+                b.push(b'\n');
+                json(out, head, 200, &[("X-Etcd-Cluster-Id", &cid)], &b);
+            }
+            _ => msg(out, 404, "Not found"),
+        },
+        Method::Delete | Method::Put if rest.is_empty() => respond(
             out,
             head,
             405,
             Some("text/plain; charset=utf-8"),
-            &[("Allow", "GET,POST,DELETE,PUT")],
-            b"Method Not Allowed",
+            &[
+                ("X-Etcd-Cluster-Id", &cid),
+                ("X-Content-Type-Options", "nosniff"),
+            ],
+            b"Method Not Allowed\n",
         ),
+        Method::Delete => match find(rest) {
+            None => msg(out, 404, &format!("No such member: {rest}")),
+            Some(_) => msg(
+                out,
+                501,
+                "ringd: member reconfiguration is not implemented yet",
+            ),
+        },
+        Method::Post | Method::Put => {
+            let urls = match crate::members::parse_member_request(content_type, body) {
+                Ok(urls) => urls,
+                Err((status, m)) => return msg(out, status, &m),
+            };
+            let taken = |id: Option<u64>| {
+                shared
+                    .members
+                    .iter()
+                    .any(|m| Some(m.id) != id && m.peer_urls.iter().any(|u| urls.contains(u)))
+            };
+            if *method == Method::Post {
+                if taken(None) {
+                    return msg(out, 409, "membership: peerURL exists");
+                }
+                return msg(
+                    out,
+                    501,
+                    "ringd: member reconfiguration is not implemented yet",
+                );
+            }
+            let Some(m) = find(rest) else {
+                return msg(out, 404, &format!("No such member: {rest}"));
+            };
+            if taken(Some(m.id)) {
+                return msg(out, 409, "membership: peerURL exists");
+            }
+            let mut same = m.peer_urls.clone();
+            let mut new = urls.clone();
+            same.sort();
+            new.sort();
+            if same == new {
+                respond(out, head, 204, None, &[("X-Etcd-Cluster-Id", &cid)], b"");
+            } else {
+                msg(
+                    out,
+                    501,
+                    "ringd: member reconfiguration is not implemented yet",
+                );
+            }
+        }
+        _ => msg(out, 404, "Not found"),
     }
 }
 
@@ -538,7 +635,6 @@ fn stats(ctx: &Rc<ShardCtx>, kind: StatsKind, head: bool, out: &mut Vec<u8>) {
             );
         }
     }
-    body.push(b'\n');
     json(out, head, 200, &[], &body);
 }
 

@@ -1,0 +1,209 @@
+//! Snapshot files: the store (with absolute TTL expirations) and the event history at one
+//! raft index, written to a temp file, fsynced, renamed, and the directory fsynced.
+//!
+//! File layout (little endian), `<data-dir>/member/snap/<raft index, 16 hex>.snap`:
+//! ```text
+//! magic "RINGSNAP" | version u32 | raft_index u64 | raft_term u64
+//! store_len u64 | store bytes (ringd-store's snapshot encoding)
+//! events u32 | { len u32 | event bytes (ringd-store's event encoding) } * events
+//! crc32c u32 over every preceding byte
+//! ```
+//! Loading takes the newest file that is complete and checks out; a damaged newest file falls
+//! back to the previous one (the log keeps the entries after it, see `keep_index`), and the
+//! caller refuses to start if the log cannot bridge the gap.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"RINGSNAP";
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// A decoded snapshot file, before its parts are turned into a store and events.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+    pub raft_index: u64,
+    pub raft_term: u64,
+    pub store: Vec<u8>,
+    pub events: Vec<Vec<u8>>,
+}
+
+fn name(index: u64) -> String {
+    format!("{index:016x}.snap")
+}
+
+/// Writes a snapshot durably. Returns the file path.
+pub fn write(
+    dir: &Path,
+    raft_index: u64,
+    raft_term: u64,
+    store: &[u8],
+    events: &[Vec<u8>],
+) -> std::io::Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let mut buf =
+        Vec::with_capacity(store.len() + 64 + events.iter().map(|e| e.len() + 4).sum::<usize>());
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    buf.extend_from_slice(&raft_index.to_le_bytes());
+    buf.extend_from_slice(&raft_term.to_le_bytes());
+    buf.extend_from_slice(&(store.len() as u64).to_le_bytes());
+    buf.extend_from_slice(store);
+    buf.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    for e in events {
+        buf.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        buf.extend_from_slice(e);
+    }
+    let crc = crc32c::crc32c(&buf);
+    buf.extend_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join(format!("{}.tmp", name(raft_index)));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&buf)?;
+        f.sync_all()?;
+    }
+    let path = dir.join(name(raft_index));
+    fs::rename(&tmp, &path)?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(path)
+}
+
+/// Parses one snapshot file, checking framing and CRC.
+pub fn read(path: &Path) -> Result<SnapshotFile, String> {
+    let bytes =
+        fs::read(path).map_err(|e| format!("cannot read snapshot {}: {e}", path.display()))?;
+    let bad = |why: &str| format!("snapshot {} is damaged: {why}", path.display());
+    if bytes.len() < 8 + 4 + 8 + 8 + 8 + 4 + 4 {
+        return Err(bad("too short"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32c::crc32c(body) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    if &body[..8] != MAGIC {
+        return Err(bad("not a ringd snapshot"));
+    }
+    let mut pos = 8;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let s = body.get(pos..pos + n).ok_or_else(|| bad("truncated"))?;
+        pos += n;
+        Ok(s)
+    };
+    let u32_of = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    let u64_of = |s: &[u8]| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(s);
+        u64::from_le_bytes(b)
+    };
+    let version = u32_of(take(4)?);
+    if version > SNAPSHOT_VERSION {
+        return Err(format!(
+            "snapshot {} has format version {version}, newer than this ringd supports ({SNAPSHOT_VERSION})",
+            path.display()
+        ));
+    }
+    let raft_index = u64_of(take(8)?);
+    let raft_term = u64_of(take(8)?);
+    let store_len = u64_of(take(8)?) as usize;
+    let store = take(store_len)?.to_vec();
+    let count = u32_of(take(4)?) as usize;
+    let mut events = Vec::with_capacity(count.min(crate::limits::EVENT_HISTORY_CAPACITY));
+    for _ in 0..count {
+        let len = u32_of(take(4)?) as usize;
+        events.push(take(len)?.to_vec());
+    }
+    if pos != body.len() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(SnapshotFile {
+        path: path.to_path_buf(),
+        raft_index,
+        raft_term,
+        store,
+        events,
+    })
+}
+
+/// Snapshot files in `dir`, newest first (temp files from an interrupted write are removed).
+pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in rd {
+        let entry = entry?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+            continue;
+        }
+        if let Some(hex) = file.strip_suffix(".snap") {
+            if let Ok(index) = u64::from_str_radix(hex, 16) {
+                out.push((index, entry.path()));
+            }
+        }
+    }
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(out)
+}
+
+/// Deletes every snapshot older than `keep_from` (the caller keeps the newest two).
+pub fn prune(dir: &Path, keep_from: u64) -> std::io::Result<()> {
+    for (index, path) in list(dir)? {
+        if index < keep_from {
+            fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ringd-snap-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn round_trip_and_damage_detection() {
+        let d = tmpdir("rt");
+        let p = write(&d, 42, 3, b"store-bytes", &[b"e1".to_vec(), b"e2".to_vec()]).unwrap();
+        let s = read(&p).unwrap();
+        assert_eq!(
+            (s.raft_index, s.raft_term, s.store.as_slice()),
+            (42, 3, &b"store-bytes"[..])
+        );
+        assert_eq!(s.events, vec![b"e1".to_vec(), b"e2".to_vec()]);
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[20] ^= 1;
+        fs::write(&p, &bytes).unwrap();
+        assert!(read(&p).unwrap_err().contains("checksum"));
+        fs::write(&p, b"").unwrap();
+        assert!(read(&p).unwrap_err().contains("too short"));
+        fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(read(&p).is_err());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn list_is_newest_first_and_prunes() {
+        let d = tmpdir("list");
+        for i in [1u64, 300, 20] {
+            write(&d, i, 1, b"s", &[]).unwrap();
+        }
+        fs::write(d.join("0000000000000400.snap.tmp"), b"partial").unwrap();
+        let l: Vec<u64> = list(&d).unwrap().iter().map(|x| x.0).collect();
+        assert_eq!(l, vec![300, 20, 1]);
+        prune(&d, 20).unwrap();
+        let l: Vec<u64> = list(&d).unwrap().iter().map(|x| x.0).collect();
+        assert_eq!(l, vec![300, 20]);
+        let _ = fs::remove_dir_all(&d);
+    }
+}
