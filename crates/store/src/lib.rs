@@ -8,12 +8,14 @@
 //! The tree is persistent (structural sharing), so `Store::view()` is O(1) and the view is an
 //! immutable snapshot that other threads can read while the single writer goes on applying.
 
+pub mod codec;
 pub mod error;
 pub mod event;
 pub mod store;
 mod tree;
 pub mod watch;
 
+pub use codec::{DecodeError, DecodeErrorKind};
 pub use error::{Error, ErrorCode};
 pub use event::{Action, Event, NodeRepr};
 pub use store::{Command, Store, StoreView, WriteStats};

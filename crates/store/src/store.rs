@@ -297,6 +297,29 @@ impl Store {
         self.expiry.len()
     }
 
+    /// The tree root, for `codec`'s snapshot encoder.
+    pub(crate) fn root(&self) -> &Arc<Node> {
+        &self.root
+    }
+
+    /// Assembles a store from a decoded snapshot. The caller guarantees that `node_count`
+    /// and `expiry` mirror the tree (see `check_invariants` in the tests).
+    pub(crate) fn from_parts(
+        root: Arc<Node>,
+        index: u64,
+        node_count: u64,
+        expiry: BTreeSet<(u64, Box<str>)>,
+        stats: WriteStats,
+    ) -> Store {
+        Store {
+            root,
+            index,
+            node_count,
+            expiry,
+            stats,
+        }
+    }
+
     fn error(&self, code: ErrorCode, cause: impl Into<String>) -> Error {
         Error::new(code, cause, self.index)
     }
@@ -936,7 +959,7 @@ mod tests {
 
     impl Store {
         /// Recounts the tree and rebuilds the expiry index from it.
-        fn check_invariants(&self) {
+        pub(crate) fn check_invariants(&self) {
             let mut count = 0u64;
             let mut ttl = BTreeSet::new();
             tree::for_each_in_subtree("/", &self.root, |n, p| {
