@@ -147,7 +147,7 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
             }
         }
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|s| std::cmp::Reverse(s.0));
     Ok(out)
 }
 

@@ -4,7 +4,6 @@
 mod support;
 
 use std::process::Command;
-use support::Server;
 
 fn ringd() -> Command {
     Command::new(support::ringd_binary())

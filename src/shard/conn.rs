@@ -5,7 +5,7 @@
 //! Reads are answered here from the published view; writes go to the raft shard's mailbox
 //! and wait for its reply; watches register in this shard's registry.
 
-use super::{Proposal, Reply, Shared};
+use super::{Proposal, Reply, ReplyTo, ShardMsg, Shared};
 use crate::http::parse::{FramingError, Method, Parsed, Request, RequestParser};
 use crate::http::render;
 use crate::http::route::{route, KeyOp, KeyRequest, Route, StatsKind};
@@ -35,6 +35,37 @@ struct ShardCtx {
     mailbox: flume::Sender<Proposal>,
     registry: RefCell<Registry>,
     connections: std::cell::Cell<usize>,
+    /// Proposals of this shard waiting for the raft shard's reply, by id.
+    pending: RefCell<std::collections::HashMap<u64, Rc<ReplySlot>>>,
+    next_id: std::cell::Cell<u64>,
+}
+
+/// A shard-local one-shot: filled by the dispatch task when the raft shard's batch message
+/// arrives, awaited by the connection task. No cross-thread wake per reply.
+#[derive(Default)]
+struct ReplySlot {
+    value: RefCell<Option<Reply>>,
+    waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl ReplySlot {
+    fn fill(&self, reply: Reply) {
+        *self.value.borrow_mut() = Some(reply);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) -> Reply {
+        std::future::poll_fn(|cx| match self.value.borrow_mut().take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 /// Builds the shard's executor and serves until the process exits.
@@ -43,7 +74,7 @@ pub fn shard_main(
     shared: Arc<Shared>,
     listeners: Vec<std::net::TcpListener>,
     mailbox: flume::Sender<Proposal>,
-    events: flume::Receiver<Arc<[Arc<Event>]>>,
+    events: flume::Receiver<ShardMsg>,
 ) {
     let force_epoll = std::env::var_os("RINGD_FORCE_EPOLL").is_some_and(|v| v == "1");
     let uring = if force_epoll {
@@ -85,6 +116,8 @@ pub fn shard_main(
             mailbox,
             registry: RefCell::new(Registry::default()),
             connections: std::cell::Cell::new(0),
+            pending: RefCell::new(std::collections::HashMap::new()),
+            next_id: std::cell::Cell::new(0),
         });
         monoio::spawn(dispatch_loop(ctx.clone(), events));
         let mut tasks = Vec::new();
@@ -100,13 +133,21 @@ pub fn shard_main(
     });
 }
 
-async fn dispatch_loop(ctx: Rc<ShardCtx>, events: flume::Receiver<Arc<[Arc<Event>]>>) {
-    while let Ok(batch) = events.recv_async().await {
-        let mut reg = ctx.registry.borrow_mut();
-        reg.dispatch(&batch);
-        ctx.shared.counters[ctx.id]
-            .watchers
-            .store(reg.len() as u64, Ordering::Relaxed);
+async fn dispatch_loop(ctx: Rc<ShardCtx>, inbox: flume::Receiver<ShardMsg>) {
+    while let Ok(msg) = inbox.recv_async().await {
+        if let Some(events) = &msg.events {
+            let mut reg = ctx.registry.borrow_mut();
+            reg.dispatch(events);
+            ctx.shared.counters[ctx.id]
+                .watchers
+                .store(reg.len() as u64, Ordering::Relaxed);
+        }
+        let mut pending = ctx.pending.borrow_mut();
+        for (id, reply) in msg.replies {
+            if let Some(slot) = pending.remove(&id) {
+                slot.fill(reply);
+            }
+        }
     }
 }
 
@@ -755,17 +796,25 @@ fn event_response(
     );
 }
 
-async fn propose(ctx: &Rc<ShardCtx>, make: impl FnOnce(flume::Sender<Reply>) -> Proposal) -> Reply {
-    let (tx, rx) = flume::bounded(1);
-    let lost = || Reply {
-        result: Err(Error::new(ErrorCode::RaftInternal, "raft shard stopped", 0)),
-        raft_index: 0,
-        raft_term: 0,
-    };
-    if ctx.mailbox.send_async(make(tx)).await.is_err() {
-        return lost();
+async fn propose(ctx: &Rc<ShardCtx>, make: impl FnOnce(ReplyTo) -> Proposal) -> Reply {
+    let id = ctx.next_id.get().wrapping_add(1);
+    ctx.next_id.set(id);
+    let slot = Rc::new(ReplySlot::default());
+    ctx.pending.borrow_mut().insert(id, slot.clone());
+    if ctx
+        .mailbox
+        .send_async(make(ReplyTo { shard: ctx.id, id }))
+        .await
+        .is_err()
+    {
+        ctx.pending.borrow_mut().remove(&id);
+        return Reply {
+            result: Err(Error::new(ErrorCode::RaftInternal, "raft shard stopped", 0)),
+            raft_index: 0,
+            raft_term: 0,
+        };
     }
-    rx.recv_async().await.unwrap_or_else(|_| lost())
+    slot.wait().await
 }
 
 async fn keys(ctx: &Rc<ShardCtx>, kr: KeyRequest, conn: &mut Conn) -> std::io::Result<Flow> {

@@ -56,15 +56,73 @@ pub enum Proposal {
     Write {
         cmd: Command,
         ttl_secs: Option<u64>,
-        reply: flume::Sender<Reply>,
+        reply: ReplyTo,
     },
     /// quorum=true: answered by the raft shard after every earlier write is applied.
     QuorumGet {
         key: String,
         recursive: bool,
         sorted: bool,
-        reply: flume::Sender<Reply>,
+        reply: ReplyTo,
     },
+}
+
+/// Where a reply goes: the shard that sent the proposal and its id there.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplyTo {
+    pub shard: usize,
+    pub id: u64,
+}
+
+/// What the raft shard sends a client shard after a batch: the batch's events (for its
+/// watchers) and the replies to that shard's proposals. One message, so one cross-thread
+/// wake, per shard per batch.
+pub struct ShardMsg {
+    pub events: Option<Arc<[Arc<Event>]>>,
+    pub replies: Vec<(u64, Reply)>,
+}
+
+/// Collects a batch's replies by shard.
+pub struct Outbox {
+    per_shard: Vec<Vec<(u64, Reply)>>,
+}
+
+impl Outbox {
+    pub fn new(shards: usize) -> Outbox {
+        Outbox {
+            per_shard: (0..shards).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    pub fn push(&mut self, to: ReplyTo, reply: Reply) {
+        if let Some(v) = self.per_shard.get_mut(to.shard) {
+            v.push((to.id, reply));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.per_shard.iter().all(Vec::is_empty)
+    }
+
+    /// Sends every shard its replies plus the events. Bounded channels: a shard that fell
+    /// SHARD_EVENT_QUEUE_CAPACITY batches behind makes the writer wait, which backpressures
+    /// every writer instead of growing memory.
+    pub fn send(&mut self, shards: &[flume::Sender<ShardMsg>], events: Option<Arc<[Arc<Event>]>>) {
+        for (i, tx) in shards.iter().enumerate() {
+            let replies = self
+                .per_shard
+                .get_mut(i)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            if replies.is_empty() && events.is_none() {
+                continue;
+            }
+            let _ = tx.send(ShardMsg {
+                events: events.clone(),
+                replies,
+            });
+        }
+    }
 }
 
 pub fn unix_now_ns() -> u64 {
@@ -131,7 +189,7 @@ pub fn run(cfg: Resolved) -> Result<(), String> {
     let mut event_txs = Vec::new();
     let mut handles = Vec::new();
     for (i, shard_listeners) in listeners.into_iter().enumerate() {
-        let (etx, erx) = flume::bounded::<Arc<[Arc<Event>]>>(SHARD_EVENT_QUEUE_CAPACITY);
+        let (etx, erx) = flume::bounded::<ShardMsg>(SHARD_EVENT_QUEUE_CAPACITY);
         event_txs.push(etx);
         let shared = shared.clone();
         let mailbox = mailbox_tx.clone();

@@ -12,7 +12,7 @@
 //! nothing above this module changes then. Until then every applied write advances a local
 //! log position reported as X-Raft-Index, with a fixed term.
 
-use super::{unix_now_ns, Proposal, Published, Reply, Shared};
+use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ShardMsg, Shared};
 use crate::http::route::stamp_expiration;
 use crate::limits::PROPOSAL_BATCH_MAX;
 use crate::ttl::TtlWheel;
@@ -26,7 +26,7 @@ pub fn raft_main(
     shared: Arc<Shared>,
     mut store: Store,
     mailbox: flume::Receiver<Proposal>,
-    shards: Vec<flume::Sender<Arc<[Arc<Event>]>>>,
+    shards: Vec<flume::Sender<ShardMsg>>,
 ) {
     let mut wheel = TtlWheel::new(unix_now_ns());
     let mut raft_index: u64 = 0;
@@ -54,7 +54,7 @@ pub fn raft_main(
         }
         let now = unix_now_ns();
         let mut events: Vec<Arc<Event>> = Vec::new();
-        let mut replies: Vec<(flume::Sender<Reply>, Reply)> = Vec::with_capacity(batch.len());
+        let mut replies = Outbox::new(shards.len());
         for p in batch.drain(..) {
             match p {
                 Proposal::Write {
@@ -73,14 +73,14 @@ pub fn raft_main(
                         }
                         events.push(ev.clone());
                     }
-                    replies.push((
+                    replies.push(
                         reply,
                         Reply {
                             result,
                             raft_index,
                             raft_term: RAFT_TERM,
                         },
-                    ));
+                    );
                 }
                 Proposal::QuorumGet {
                     key,
@@ -89,14 +89,14 @@ pub fn raft_main(
                     reply,
                 } => {
                     let result = store.view().get(&key, recursive, sorted).map(Arc::new);
-                    replies.push((
+                    replies.push(
                         reply,
                         Reply {
                             result,
                             raft_index,
                             raft_term: RAFT_TERM,
                         },
-                    ));
+                    );
                 }
             }
         }
@@ -119,17 +119,8 @@ pub fn raft_main(
             raft_term: RAFT_TERM,
             write_stats: store.write_stats().clone(),
         }));
-        for (tx, reply) in replies {
-            let _ = tx.send(reply);
-        }
-        if !events.is_empty() {
-            let batch_events: Arc<[Arc<Event>]> = events.into();
-            for shard in &shards {
-                // Bounded: a shard that fell SHARD_EVENT_QUEUE_CAPACITY batches behind makes
-                // the writer wait, which backpressures every writer instead of growing memory.
-                let _ = shard.send(batch_events.clone());
-            }
-        }
+        let events: Option<Arc<[Arc<Event>]>> = (!events.is_empty()).then(|| events.into());
+        replies.send(&shards, events);
     }
 }
 

@@ -1,0 +1,314 @@
+//! The raft shard: the single writer. It owns the `Replica` (raft-rs + the store), the log
+//! and the snapshots, and it is the only thread that mutates the store, the event ring and
+//! the published view.
+//!
+//! Loop: wait for a proposal, the next raft tick or the TTL wheel's next deadline; drain up to
+//! `PROPOSAL_BATCH_MAX` proposals; stamp TTLs with the wall clock (the only place time enters
+//! a command) and propose them; propose an expiry pass when the wheel says one is due; run
+//! the Ready round, whose persist step appends every new entry and the hard state to the log
+//! and makes them durable with ONE fdatasync (group commit); then, once per batch and in this
+//! order: events into the ring, the new view published, replies sent, one wake per shard.
+//! Publishing before replying lets a client read its own write on any shard; ring-before-
+//! view lets a watcher that saw index V find every event <= V in the ring. A failed fsync is
+//! fatal: the process exits and recovers from disk (never retry: the page cache may have
+//! dropped the dirty pages).
+
+use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ReplyTo, ShardMsg, Shared};
+use crate::http::route::stamp_expiration;
+use crate::limits::{EVENT_HISTORY_CAPACITY, PROPOSAL_BATCH_MAX};
+use crate::raft::{Bootstrap, HardState, LogEntry, Replica};
+use crate::ttl::TtlWheel;
+use crate::wal::{Wal, WAL_SEGMENT_BYTES};
+use ringd_store::{Command, Error, ErrorCode, Event, Store};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Who is waiting for a proposal.
+pub enum Token {
+    Client(ReplyTo),
+    /// An expiry pass the raft shard proposed itself.
+    Expiry,
+}
+
+/// Where the durable state lives: `<data-dir>/member/{wal,snap}` as in etcd.
+pub struct Paths {
+    pub wal: PathBuf,
+    pub snap: PathBuf,
+}
+
+impl Paths {
+    pub fn new(data_dir: &Path) -> Paths {
+        Paths { wal: data_dir.join("member").join("wal"), snap: data_dir.join("member").join("snap") }
+    }
+}
+
+/// Everything recovered at start-up, ready for `raft_main`.
+pub struct Recovered {
+    pub replica: Replica<Token>,
+    pub wal: Wal,
+    /// Event history from the snapshot plus the events replayed from the log, in order.
+    pub history: Vec<Arc<Event>>,
+    pub snapshot_index: u64,
+    pub paths: Paths,
+}
+
+/// Loads the newest valid snapshot, opens (and locks) the log, replays it. Refuses to start
+/// on corruption, a gap between snapshot and log, or a newer format.
+pub fn recover(data_dir: &Path, id: u64, voters: Vec<u64>, election_tick: usize, heartbeat_tick: usize) -> Result<Recovered, String> {
+    let paths = Paths::new(data_dir);
+    std::fs::create_dir_all(&paths.snap).map_err(|e| format!("cannot create {}: {e}", paths.snap.display()))?;
+    let mut store = Store::new();
+    let mut history: Vec<Arc<Event>> = Vec::new();
+    let (mut snap_index, mut snap_term) = (0, 0);
+    let snaps = crate::snapshot::list(&paths.snap).map_err(|e| format!("cannot list snapshots: {e}"))?;
+    for (_, path) in &snaps {
+        let file = match crate::snapshot::read(path) {
+            Ok(f) => f,
+            Err(e) if e.contains("newer than") => return Err(e),
+            Err(e) => {
+                tracing::warn!("{e}; trying an older snapshot");
+                continue;
+            }
+        };
+        store = Store::restore(&file.store).map_err(|e| format!("snapshot {}: {e}", path.display()))?;
+        history = file
+            .events
+            .iter()
+            .map(|b| Event::decode(b).map(Arc::new))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("snapshot {} events: {e}", path.display()))?;
+        snap_index = file.raft_index;
+        snap_term = file.raft_term;
+        tracing::info!(snapshot = %path.display(), raft_index = snap_index, keys = store.node_count(), "loaded snapshot");
+        break;
+    }
+    let (wal, rec) = Wal::open(&paths.wal, snap_index, WAL_SEGMENT_BYTES).map_err(|e| e.to_string())?;
+    if let Some(t) = &rec.torn_tail {
+        tracing::warn!("log: {t}");
+    }
+    if let Some(first) = rec.entries.first() {
+        if first.index > snap_index + 1 {
+            return Err(format!(
+                "the log starts at raft index {} but the newest usable snapshot ends at {snap_index}: entries are missing, refusing to start",
+                first.index
+            ));
+        }
+    } else if rec.hard_state.commit > snap_index {
+        return Err(format!(
+            "the log is empty but the hard state says {} entries were committed after snapshot {snap_index}: refusing to start",
+            rec.hard_state.commit - snap_index
+        ));
+    }
+    let replayed = rec.entries.len();
+    let replica = Replica::new(Bootstrap {
+        id,
+        voters,
+        store,
+        snapshot_index: snap_index,
+        snapshot_term: snap_term,
+        entries: rec.entries,
+        hard_state: rec.hard_state,
+        election_tick,
+        heartbeat_tick,
+    })?;
+    tracing::info!(snapshot_index = snap_index, log_entries = replayed, "recovered");
+    Ok(Recovered { replica, wal, history, snapshot_index: snap_index, paths })
+}
+
+fn persist(wal: &mut Wal, entries: &[LogEntry], hs: Option<HardState>) -> Result<(), crate::wal::WalError> {
+    if !entries.is_empty() {
+        wal.append(entries)?;
+    }
+    if let Some(hs) = hs {
+        wal.set_hard_state(hs)?;
+    }
+    wal.sync()
+}
+
+fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
+    tracing::error!("{what}: {e}; exiting (the data directory is consistent up to the last fsync)");
+    std::process::exit(1);
+}
+
+/// Runs Ready rounds until raft has nothing more to do; returns the applied answers and events.
+fn drive(replica: &mut Replica<Token>, wal: &mut Wal, stats: &mut BatchStats) -> (Vec<crate::raft::Applied<Token>>, Vec<Event>) {
+    let mut applied = Vec::new();
+    let mut events = Vec::new();
+    loop {
+        let out = match replica.step(|entries, hs| persist(wal, entries, hs)) {
+            Ok(out) => out,
+            Err(e) => fatal("log write or fsync failed", e),
+        };
+        if out.persisted_entries > 0 {
+            stats.syncs += 1;
+            stats.entries += out.persisted_entries as u64;
+        }
+        let done = out.applied.is_empty() && out.events.is_empty() && out.persisted_entries == 0;
+        applied.extend(out.applied);
+        events.extend(out.events);
+        if done {
+            return (applied, events);
+        }
+    }
+}
+
+/// Group-commit figures, logged at info every so often and exported as metrics.
+#[derive(Default)]
+pub struct BatchStats {
+    pub syncs: u64,
+    pub entries: u64,
+}
+
+pub struct RaftShardConfig {
+    pub snapshot_count: u64,
+    pub tick: Duration,
+}
+
+pub fn raft_main(
+    shared: Arc<Shared>,
+    rec: Recovered,
+    cfg: RaftShardConfig,
+    mailbox: flume::Receiver<Proposal>,
+    shards: Vec<flume::Sender<ShardMsg>>,
+) {
+    let Recovered { mut replica, mut wal, history, snapshot_index, paths } = rec;
+    let mut stats = BatchStats::default();
+    let mut wheel = TtlWheel::new(unix_now_ns());
+    if let Some(next) = replica.store().next_expiration() {
+        // Keys whose TTL ran out while we were down expire at once, through the log.
+        wheel.schedule(next);
+    }
+    let mut snapshots = (0u64, snapshot_index);
+    // Start-up: elect ourselves (single voter) and replay the log into the store.
+    for ev in history {
+        shared.ring.publish(ev);
+    }
+    let (_, events) = drive(&mut replica, &mut wal, &mut stats);
+    publish(&shared, &replica, &shards, events.into_iter().map(Arc::new).collect(), &mut wheel);
+    let mut batch: Vec<Proposal> = Vec::with_capacity(PROPOSAL_BATCH_MAX);
+    let mut next_tick = Instant::now() + cfg.tick;
+    loop {
+        let mut wake = next_tick;
+        if let Some(at) = wheel.next_wake() {
+            let wait_ns = at.saturating_sub(unix_now_ns());
+            wake = wake.min(Instant::now() + Duration::from_nanos(wait_ns));
+        }
+        match mailbox.recv_deadline(wake) {
+            Ok(p) => batch.push(p),
+            Err(flume::RecvTimeoutError::Timeout) => {}
+            Err(flume::RecvTimeoutError::Disconnected) => return,
+        }
+        while batch.len() < PROPOSAL_BATCH_MAX {
+            match mailbox.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let now = unix_now_ns();
+        let mut replies = Outbox::new(shards.len());
+        let mut quorum_gets = Vec::new();
+        for p in batch.drain(..) {
+            match p {
+                Proposal::Write { mut cmd, ttl_secs, reply } => {
+                    let expire = ttl_secs.map(|t| now.saturating_add(t.saturating_mul(1_000_000_000)));
+                    stamp_expiration(&mut cmd, expire);
+                    if let Err((Token::Client(tx), e)) = replica.propose(&cmd, Token::Client(reply)) {
+                        replies.push(tx, Reply { result: Err(e), raft_index: replica.applied_index(), raft_term: replica.term() });
+                    }
+                }
+                Proposal::QuorumGet { key, recursive, sorted, reply } => quorum_gets.push((key, recursive, sorted, reply)),
+            }
+        }
+        if Instant::now() >= next_tick {
+            replica.tick();
+            next_tick = Instant::now() + cfg.tick;
+        }
+        if wheel.advance(now) && replica.is_leader() {
+            let _ = replica.propose(&Command::Expire { cutoff: now }, Token::Expiry);
+        }
+        let (applied, events) = drive(&mut replica, &mut wal, &mut stats);
+        for a in applied {
+            if let Token::Client(tx) = a.token {
+                let result = a.result.map(Arc::new);
+                replies.push(tx, Reply { result, raft_index: a.raft_index, raft_term: a.raft_term });
+            }
+        }
+        // A single voter that leads has applied everything acknowledged before this batch, so
+        // answering from its store now is linearizable (issue "cluster" moves this to
+        // ReadIndex).
+        for (key, recursive, sorted, reply) in quorum_gets {
+            let result = if replica.is_leader() {
+                replica.store().view().get(&key, recursive, sorted).map(Arc::new)
+            } else {
+                Err(Error::new(ErrorCode::LeaderElect, "", replica.store().index().0))
+            };
+            replies.push(reply, Reply { result, raft_index: replica.applied_index(), raft_term: replica.term() });
+        }
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        if !events.is_empty() || !replies.is_empty() {
+            publish(&shared, &replica, &shards, events, &mut wheel, &mut replies);
+        }
+        if replica.applied_index() >= snapshots.1 + cfg.snapshot_count {
+            snapshots = take_snapshot(&shared, &mut replica, &mut wal, &paths, snapshots);
+        }
+    }
+}
+
+fn publish(
+    shared: &Shared,
+    replica: &Replica<Token>,
+    shards: &[flume::Sender<ShardMsg>],
+    events: Vec<Arc<Event>>,
+    wheel: &mut TtlWheel,
+    replies: &mut Outbox,
+) {
+    for ev in &events {
+        if let Some(at) = ev.node.expiration {
+            wheel.schedule(at);
+        }
+        shared.ring.publish(ev.clone());
+    }
+    let store = replica.store();
+    shared.published.store(Arc::new(Published {
+        view: store.view(),
+        raft_index: replica.applied_index(),
+        raft_term: replica.term(),
+        write_stats: store.write_stats().clone(),
+    }));
+    let events: Option<Arc<[Arc<Event>]>> = (!events.is_empty()).then(|| events.into());
+    replies.send(shards, events);
+}
+
+/// Writes a snapshot at the applied index, then compacts: the log keeps the entries after the
+/// previous snapshot, so a damaged newest snapshot can fall back to the previous one.
+/// Returns (previous, newest) snapshot indexes.
+fn take_snapshot(shared: &Shared, replica: &mut Replica<Token>, wal: &mut Wal, paths: &Paths, (prev, last): (u64, u64)) -> (u64, u64) {
+    let started = Instant::now();
+    let index = replica.applied_index();
+    let mut store_bytes = Vec::new();
+    replica.store().snapshot(&mut store_bytes);
+    let current = replica.store().index().0;
+    let start = shared.ring.start_index(current).max(current.saturating_sub(EVENT_HISTORY_CAPACITY as u64 - 1)).max(1);
+    let mut events = Vec::new();
+    for i in start..=current {
+        if let Some(ev) = shared.ring.get(i) {
+            let mut b = Vec::new();
+            ev.encode(&mut b);
+            events.push(b);
+        }
+    }
+    if let Err(e) = crate::snapshot::write(&paths.snap, index, replica.term(), &store_bytes, &events) {
+        fatal("snapshot write failed", e);
+    }
+    if let Err(e) = wal.compact(last) {
+        fatal("log compaction failed", e);
+    }
+    replica.compact(last);
+    if let Err(e) = crate::snapshot::prune(&paths.snap, last) {
+        tracing::warn!("cannot prune old snapshots: {e}");
+    }
+    tracing::info!(raft_index = index, bytes = store_bytes.len(), ms = started.elapsed().as_millis() as u64, "snapshot written");
+    let _ = prev;
+    (last, index)
+}
