@@ -1,0 +1,534 @@
+#!/usr/bin/env bash
+# Side-by-side performance of etcd 3.4 (v2 API) and ringd, driven by loadgen.
+#
+# Starts both servers with fresh data dirs on free loopback ports, preloads both with the same
+# 10k keys, then runs the standard set (get one key, get random, put, mixed 90/10, qget, watch
+# fan-out) at 1, 16, 64 and 256 connections, alternating the targets (etcd, ringd, etcd,
+# ringd, ...) so that noise from the shared machine hits both. Around every run it reads each
+# server's CPU time (utime+stime, /proc/PID/stat), loadgen's CPU time and the whole machine's
+# busy time (/proc/stat), so the other load on the machine during a point is visible.
+#
+# Writes perf/results/YYYY-MM-DD.md (suffix -2, -3, ... if it exists) with a .json summary and
+# a .png plot of latency percentiles beside it, then regenerates the text between
+# <!-- perf:begin --> and <!-- perf:end --> in README.md's "## Performance" section from the
+# newest results file. See perf/README.md.
+#
+# Usage: perf/compare.sh [--duration SECS] [--connections 1,16,64,256] [--rounds N]
+#                        [--workloads get,get-random,put,mixed,qget,watch] [--threads N]
+#                        [--keys N] [--out DIR] [--no-readme] [--quick] [--readme-only] [--keep]
+#                        [--no-build]
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+INVOCATION="perf/compare.sh${*:+ $*}"
+
+ALL_WORKLOADS="get,get-random,put,mixed,qget,watch"
+DUR="" CONNS="" ROUNDS="" WORKLOADS="" THREADS=2 KEYS=10000 OUT="" README=1 QUICK=0 README_ONLY=0 KEEP=0 BUILD=1
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -d|--duration) DUR=$2; shift ;;
+    -c|--connections) CONNS=$2; shift ;;
+    -r|--rounds) ROUNDS=$2; shift ;;
+    -w|--workloads) WORKLOADS=$2; shift ;;
+    -t|--threads) THREADS=$2; shift ;;
+    -k|--keys) KEYS=$2; shift ;;
+    -o|--out) OUT=$2; shift ;;
+    --no-readme) README=0 ;;
+    --quick) QUICK=1 ;;
+    --readme-only) README_ONLY=1 ;;
+    --keep) KEEP=1 ;;
+    --no-build) BUILD=0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ $QUICK = 1 ]; then
+  # smoke run: 2 s points, one round, 16 and 64 connections, results aside, README untouched
+  DUR=${DUR:-2} CONNS=${CONNS:-16,64} ROUNDS=${ROUNDS:-1} OUT=${OUT:-perf/results/quick} README=0
+fi
+DUR=${DUR:-10} CONNS=${CONNS:-1,16,64,256} ROUNDS=${ROUNDS:-2}
+WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS} OUT=${OUT:-perf/results}
+for v in "$DUR" "$ROUNDS" "$THREADS" "$KEYS" ${CONNS//,/ }; do
+  [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: '$v' is not a positive integer" >&2; exit 2; }
+done
+for w in ${WORKLOADS//,/ }; do
+  [[ ,$ALL_WORKLOADS, == *,$w,* ]] || { echo "compare.sh: unknown workload '$w' (known: $ALL_WORKLOADS)" >&2; exit 2; }
+done
+
+# ---- tools (Debian packages) -------------------------------------------------------------------
+APT_UPDATED=0
+need() { # command package
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "== installing $2 (for $1)" >&2
+  if [ $APT_UPDATED = 0 ]; then apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+need python3 python3
+need gnuplot gnuplot-nox
+
+report() { python3 - "$@" <<'PY'
+import json, os, re, statistics, sys
+
+mode = sys.argv[1]
+ROOT = os.getcwd()
+NAMES = {
+    "get": "GET one key",
+    "get-random": "GET random of the preloaded keys",
+    "put": "PUT random key",
+    "mixed": "90% GET / 10% PUT (random keys)",
+    "qget": "GET quorum=true (random keys)",
+    "watch": "watch fan-out (long-poll watchers of one prefix + 1 writer)",
+}
+PCTS = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9")]
+
+
+def lat(us):
+    if us is None:
+        return "-"
+    return f"{us:.0f} us" if us < 1000 else f"{us / 1000:.2f} ms" if us < 100_000 else f"{us / 1000:.0f} ms"
+
+
+def num(x):
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def cpu(x):
+    return "-" if x is None else f"{x:.1f}"
+
+
+def ratio(r, e, times=False):
+    if r is None or e is None or e == 0:
+        return "-"
+    v = r / e
+    return f"x{v:.2f}" if times else f"{v:.2f}"
+
+
+def aggregate(runs):
+    """One point (workload, connections, server) over its rounds."""
+    out = {"rounds": len(runs), "failed": [], "errors": 0, "errors_by_kind": {}}
+    ok = [r for r in runs if r.get("result")]
+    for r in runs:
+        if not r.get("result"):
+            out["failed"].append(f"round {r['round']}: loadgen exit {r['rc']}, no JSON")
+        elif r["rc"] != 0 and not r["result"].get("errors"):
+            out["failed"].append(f"round {r['round']}: loadgen exit {r['rc']}")
+    if not ok:
+        return out
+    reqs = sum(r["result"]["requests"] for r in ok)
+    secs = sum(r["result"]["elapsed_secs"] for r in ok)
+    out["requests"] = reqs
+    out["rps"] = reqs / secs if secs else None
+    out["rps_rounds"] = [r["result"]["requests_per_sec"] for r in ok]
+    for k, _ in PCTS + [("max", "max")]:
+        vals = [r["result"]["latency_us"][k] for r in ok]
+        out[k] = max(vals) if k == "max" else statistics.median(vals)
+    ticks = sum(r["server_ticks"] for r in ok)
+    out["cpu_ms_per_1k"] = ticks / ok[0]["hz"] * 1e6 / reqs if reqs else None
+    out["others_pct"] = max(r["others_pct"] for r in ok)
+    for r in ok:
+        out["errors"] += r["result"]["errors"]
+        for k, v in r["result"].get("errors_by_kind", {}).items():
+            out["errors_by_kind"][k] = out["errors_by_kind"].get(k, 0) + v
+    if ok[0]["workload"] == "watch":
+        writes = sum(r["result"].get("writes", 0) for r in ok)
+        out["writes_per_sec"] = writes / secs if secs else None
+        out["write_p99"] = statistics.median(r["result"]["write_latency_us"]["p99"] for r in ok)
+    return out
+
+
+def trouble(p):
+    """The loud note for a point with errors or failures, or ''."""
+    notes = []
+    if p.get("failed"):
+        notes += p["failed"]
+    if p.get("errors"):
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(p["errors_by_kind"].items()))
+        notes.append(f"{p['errors']} errors ({kinds})")
+    return "; ".join(notes)
+
+
+def build(run_dir, out_md):
+    meta = json.load(open(os.path.join(run_dir, "meta.json")))
+    runs = [json.loads(l) for l in open(os.path.join(run_dir, "runs.jsonl")) if l.strip()]
+    for r in runs:
+        r["result"] = None
+        if r.get("json") and os.path.exists(r["json"]) and os.path.getsize(r["json"]) > 0:
+            try:
+                r["result"] = json.load(open(r["json"]))
+            except ValueError:
+                pass
+        busy = r["busy_ticks"] - r["etcd_ticks"] - r["ringd_ticks"] - r["loadgen_ticks"]
+        r["others_pct"] = max(0.0, 100.0 * busy / r["hz"] / (r["wall_s"] * meta["nproc"]))
+        r["server_ticks"] = r[f"{r['server']}_ticks"]
+    points = {}
+    for r in runs:
+        points.setdefault((r["workload"], r["conns"], r["server"]), []).append(r)
+    agg = {k: aggregate(v) for k, v in points.items()}
+    workloads = [w for w in meta["workloads"] if any(k[0] == w for k in agg)]
+    conns = meta["connections"]
+    base = os.path.splitext(out_md)[0]
+    stem = os.path.basename(base)
+
+    # summary JSON (all rounds, trimmed of the histograms)
+    summary = {"meta": meta, "points": [], "runs": []}
+    for (w, c, s), p in sorted(agg.items()):
+        summary["points"].append({"workload": w, "connections": c, "server": s, **p})
+    for r in runs:
+        res = dict(r["result"] or {})
+        hist = res.pop("histogram", None) or {}
+        res["percentiles"] = hist.get("percentiles")
+        summary["runs"].append({k: v for k, v in r.items() if k not in ("result", "json")} | {"result": res})
+    json.dump(summary, open(base + ".json", "w"), indent=1)
+
+    # plot data: one block per workload, a row per connection count
+    dat = os.path.join(run_dir, "plot.dat")
+    with open(dat, "w") as f:
+        for w in workloads:
+            f.write(f"# {w}: conns, etcd p50 p90 p99 p99.9, ringd p50 p90 p99 p99.9 (ms)\n")
+            for c in conns:
+                row = [str(c)]
+                for s in ("etcd", "ringd"):
+                    p = agg.get((w, c, s), {})
+                    row += [f"{max(p[k], 1.0) / 1000:.4f}" if p.get(k) is not None else "NaN" for k, _ in PCTS]
+                f.write(" ".join(row) + "\n")
+            f.write("\n\n")
+    png = base + ".png"
+    titles = " ".join(w for w in workloads)
+    title = f"etcd 3.4 (dashed) vs ringd (solid), latency percentiles (0 plotted as 1 us), {meta['date']}, {meta['duration']} s x {meta['rounds']} per point"
+    rc = os.system(
+        f"gnuplot -e \"dat='{dat}'; out='{png}'; names='{titles}'; conns='{' '.join(map(str, conns))}'; heading='{title}'\" "
+        f"'{os.path.join(ROOT, 'perf', 'plot.gp')}'"
+    )
+    if rc != 0:
+        print("compare.sh: gnuplot failed; no plot", file=sys.stderr)
+
+    L = []
+    quick = " (quick smoke run)" if meta["quick"] else ""
+    L.append(f"# ringd vs etcd 3.4, {meta['date']}{quick}\n")
+    bad = [(k, trouble(p)) for k, p in sorted(agg.items()) if trouble(p)]
+    if bad:
+        L.append("> **WARNING: NOT A CLEAN RUN. These points had errors or failed runs; their figures are not comparable:**")
+        for (w, c, s), t in bad:
+            L.append(f"> - **{s} {w} @ {c} connections: {t}**")
+        L.append("")
+    L.append(
+        f"Generated by `perf/compare.sh`. loadgen (closed loop, {meta['threads']} threads, pipeline 1) drives "
+        f"each server for {meta['duration']} s per point, {meta['rounds']} round(s) per point, targets "
+        "alternating etcd, ringd, etcd, ringd. Both servers, loadgen and whatever else runs on the machine "
+        "share its cores, so req/s is capped by the machine and server CPU per request is the steadier figure.\n"
+    )
+    L.append("Columns: req/s = all requests of the rounds / their time; p50, p99 = median over the rounds of "
+             "each round's percentile; CPU = server utime+stime per 1,000 requests in ms "
+             "(= us per request); ratio = ringd/etcd (req/s: higher is better for ringd; latency and CPU: "
+             "lower is better). `others` = the largest share of the machine's CPU used by other processes "
+             "(neither server nor loadgen) during one of the point's runs: above ~10 % the point was disturbed. "
+             "For watch, a request is one event delivered to one watcher (connections = watchers), and its "
+             "latency runs from the writer's reply to the watcher's event.\n")
+    L.append(f"![latency percentiles]({stem}.png)\n")
+
+    L.append("## Machine\n")
+    for k in ("nproc", "kernel", "cpu", "memory", "loadavg_start", "loadavg_end", "started", "finished"):
+        if k in meta:
+            L.append(f"- {k}: {meta[k]}")
+    L.append("")
+    L.append("## Versions\n")
+    for k in ("etcd", "ringd", "loadgen", "rustc", "driver"):
+        if k in meta:
+            L.append(f"- {k}: {meta[k]}")
+    L.append("")
+    L.append("## Commands\n")
+    L.append("```")
+    L.append(meta["invocation"])
+    L.append("")
+    L.append(meta["etcd_cmd"])
+    L.append(meta["ringd_cmd"])
+    for c in meta["preload_cmds"]:
+        L.append(c)
+    seen = set()
+    for r in runs:
+        if r["workload"] in seen:
+            continue
+        seen.add(r["workload"])
+        cmd = r["cmd"].replace(meta["urls"][r["server"]], "$URL")
+        cmd = re.sub(r"--(connections|watchers) \d+", r"--\1 $C", cmd)
+        L.append(re.sub(r"--json \S+", f"--json {r['workload']}-$C-$SERVER-$ROUND.json", cmd))
+    L.append("```\n")
+    L.append(f"with URL = {meta['urls']['etcd']} (etcd) or {meta['urls']['ringd']} (ringd), "
+             f"C = {', '.join(map(str, conns))}, for each C {meta['rounds']} round(s) of etcd then ringd.\n")
+
+    for w in workloads:
+        L.append(f"## {w}: {NAMES[w]}\n")
+        extra = w == "watch"
+        head = "| conns | etcd req/s | ringd req/s | ratio | etcd p50 | ringd p50 | ratio | etcd p99 | ringd p99 | ratio | etcd CPU ms/1k | ringd CPU ms/1k | ratio |"
+        if extra:
+            head += " writes/s etcd / ringd | write p99 etcd / ringd |"
+        head += " others | errors |"
+        L.append(head)
+        L.append("|" + "---|" * (head.count("|") - 1))
+        for c in conns:
+            e, r = agg.get((w, c, "etcd")), agg.get((w, c, "ringd"))
+            if e is None and r is None:
+                continue
+            e, r = e or {}, r or {}
+            cells = [str(c), num(e.get("rps")), num(r.get("rps")), ratio(r.get("rps"), e.get("rps"), True),
+                     lat(e.get("p50")), lat(r.get("p50")), ratio(r.get("p50"), e.get("p50")),
+                     lat(e.get("p99")), lat(r.get("p99")), ratio(r.get("p99"), e.get("p99")),
+                     cpu(e.get("cpu_ms_per_1k")), cpu(r.get("cpu_ms_per_1k")),
+                     ratio(r.get("cpu_ms_per_1k"), e.get("cpu_ms_per_1k"))]
+            if extra:
+                cells += [f"{num(e.get('writes_per_sec'))} / {num(r.get('writes_per_sec'))}",
+                          f"{lat(e.get('write_p99'))} / {lat(r.get('write_p99'))}"]
+            others = max(e.get("others_pct", 0), r.get("others_pct", 0))
+            cells.append(f"{others:.0f} %")
+            t = "; ".join(f"{s}: {trouble(p)}" for s, p in (("etcd", e), ("ringd", r)) if trouble(p))
+            cells.append(f"**⚠ {t}**" if t else "0")
+            L.append("| " + " | ".join(cells) + " |")
+        L.append("")
+
+    L.append("## Every run\n")
+    L.append("| # | workload | conns | server | round | req/s | p50 | p90 | p99 | p99.9 | max | CPU ms/1k | others | errors |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for i, r in enumerate(runs, 1):
+        res = r["result"]
+        if res:
+            l = res["latency_us"]
+            cpu1k = r["server_ticks"] / r["hz"] * 1e6 / res["requests"] if res["requests"] else None
+            err = str(res["errors"]) if not res["errors"] else f"**⚠ {res['errors']}**"
+            L.append(f"| {i} | {r['workload']} | {r['conns']} | {r['server']} | {r['round']} | {num(res['requests_per_sec'])} | "
+                     f"{lat(l['p50'])} | {lat(l['p90'])} | {lat(l['p99'])} | {lat(l['p999'])} | {lat(l['max'])} | "
+                     f"{cpu(cpu1k)} | {r['others_pct']:.0f} % | {err} |")
+        else:
+            L.append(f"| {i} | {r['workload']} | {r['conns']} | {r['server']} | {r['round']} | "
+                     f"**⚠ FAILED (loadgen exit {r['rc']})** | | | | | | | {r['others_pct']:.0f} % | |")
+    L.append("")
+    open(out_md, "w").write("\n".join(L))
+    print(out_md)
+
+
+def results_key(name):
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\d)(?:-(\d+))?\.md", name)
+    return (m.group(1), int(m.group(2) or 1)) if m else None
+
+
+def readme(results_dir):
+    files = [f for f in os.listdir(results_dir) if results_key(f)]
+    if not files:
+        sys.exit(f"compare.sh: no results file in {results_dir}")
+    newest = max(files, key=results_key)
+    base = os.path.join(results_dir, os.path.splitext(newest)[0])
+    data = json.load(open(base + ".json"))
+    meta = data["meta"]
+    rel = os.path.relpath(base, ROOT)
+    pts = {(p["workload"], p["connections"], p["server"]): p for p in data["points"]}
+    c = 64 if 64 in meta["connections"] else max(meta["connections"])
+    L = ["<!-- perf:begin -->",
+         f"<!-- Generated by perf/compare.sh from {rel}.md: edit the script, not this text. -->",
+         f"From the newest run of `perf/compare.sh`, [{rel}.md]({rel}.md) ({meta['date']}): loadgen "
+         f"against etcd 3.4 (v2 API) and ringd side by side on this {meta['nproc']}-core machine, "
+         f"{meta['duration']} s x {meta['rounds']} alternating rounds per point, {c} connections, ratio = ringd/etcd. "
+         "loadgen shares the cores with the servers, so server CPU per request is the steadier figure; "
+         f"the results file has every connection count ({', '.join(map(str, meta['connections']))}), p50 to p99.9 and every run.",
+         "",
+         "| workload | etcd req/s | ringd req/s | ratio | etcd p99 | ringd p99 | ratio | etcd CPU us/req | ringd CPU us/req | ratio | errors |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for w in meta["workloads"]:
+        e, r = pts.get((w, c, "etcd")), pts.get((w, c, "ringd"))
+        if not e or not r:
+            continue
+        t = "; ".join(f"{s}: {trouble(p)}" for s, p in (("etcd", e), ("ringd", r)) if trouble(p))
+        L.append("| " + " | ".join([
+            NAMES[w].split(" (")[0] + (" (events)" if w == "watch" else ""),
+            num(e.get("rps")), num(r.get("rps")), ratio(r.get("rps"), e.get("rps"), True),
+            lat(e.get("p99")), lat(r.get("p99")), ratio(r.get("p99"), e.get("p99")),
+            cpu(e.get("cpu_ms_per_1k")), cpu(r.get("cpu_ms_per_1k")),
+            ratio(r.get("cpu_ms_per_1k"), e.get("cpu_ms_per_1k")),
+            f"**⚠ {t}**" if t else "0"]) + " |")
+    L += ["", f"![latency percentiles]({rel}.png)", "<!-- perf:end -->"]
+    block = "\n".join(L)
+    path = os.path.join(ROOT, "README.md")
+    text = open(path).read()
+    if "<!-- perf:begin -->" in text:
+        new = re.sub(r"<!-- perf:begin -->.*?<!-- perf:end -->", lambda _: block, text, count=1, flags=re.S)
+    else:
+        m = re.search(r"^## Performance[ \t]*\n", text, flags=re.M)
+        if not m:
+            sys.exit("compare.sh: README.md has no '## Performance' heading")
+        new = text[: m.end()] + "\n" + block + "\n" + text[m.end():]
+    if new != text:
+        open(path, "w").write(new)
+    print(f"README.md performance section from {rel}.md")
+
+
+if mode == "build":
+    build(sys.argv[2], sys.argv[3])
+elif mode == "readme":
+    readme(sys.argv[2])
+PY
+}
+
+if [ $README_ONLY = 1 ]; then report readme "$OUT"; exit 0; fi
+
+need curl curl
+need etcd etcd-server
+
+# ---- build ---------------------------------------------------------------------------------------
+if [ $BUILD = 1 ]; then
+  echo "== building ringd and loadgen (release)" >&2
+  cargo build --release -p ringd -p loadgen --bins -q
+fi
+CARGO_TARGET=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+# copies, so that a rebuild by someone else during the run cannot change the binaries under test
+TMP=$(mktemp -d "${TMPDIR:-/var/tmp}/ringd-compare.XXXXXX")
+cp "$CARGO_TARGET/release/ringd" "$CARGO_TARGET/release/loadgen" "$TMP/"
+RINGD=$TMP/ringd LOADGEN=$TMP/loadgen
+
+EPID="" RPID=""
+cleanup() {
+  for p in $EPID $RPID; do kill "$p" 2>/dev/null || true; done
+  for p in $EPID $RPID; do wait "$p" 2>/dev/null || true; done
+  if [ $KEEP = 1 ]; then echo "== kept $TMP" >&2; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    if p not in (2379, 2380): print(p); break'
+}
+EP=$(free_port) EPP=$(free_port) RP=$(free_port) RPP=$(free_port)
+EURL=http://127.0.0.1:$EP RURL=http://127.0.0.1:$RP
+server_flags() { # name client_port peer_port data_dir
+  echo "--name $1 --data-dir $4 --listen-client-urls http://127.0.0.1:$2 --advertise-client-urls http://127.0.0.1:$2" \
+    "--listen-peer-urls http://127.0.0.1:$3 --initial-advertise-peer-urls http://127.0.0.1:$3" \
+    "--initial-cluster $1=http://127.0.0.1:$3"
+}
+ETCD_CMD="etcd --enable-v2=true $(server_flags etcd "$EP" "$EPP" "$TMP/etcd.data")"
+RINGD_CMD="ringd $(server_flags ringd "$RP" "$RPP" "$TMP/ringd.data")"
+# shellcheck disable=SC2086
+etcd --enable-v2=true $(server_flags etcd "$EP" "$EPP" "$TMP/etcd.data") >"$TMP/etcd.log" 2>&1 &
+EPID=$!
+# shellcheck disable=SC2086
+"$RINGD" $(server_flags ringd "$RP" "$RPP" "$TMP/ringd.data") >"$TMP/ringd.log" 2>&1 &
+RPID=$!
+for u in $EURL $RURL; do
+  ok=0
+  for _ in $(seq 200); do # 20 s at most: up, and writable (etcd elects itself leader first)
+    if curl -sf -m 2 "$u/version" >/dev/null &&
+      curl -sf -m 2 -XPUT "$u/v2/keys/compare/ready" -d value=1 >/dev/null; then ok=1; break; fi
+    sleep 0.1
+  done
+  if [ $ok = 0 ]; then
+    echo "compare.sh: $u did not come up; logs:" >&2; tail -20 "$TMP"/*.log >&2; exit 1
+  fi
+done
+echo "== etcd pid $EPID on $EURL, ringd pid $RPID on $RURL, temp dir $TMP" >&2
+
+HZ=$(getconf CLK_TCK)
+NPROC=$(nproc)
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
+children_ticks() { # parses bash's `times` output saved in $1: children's user+sys, in ticks
+  awk -v hz="$HZ" 'NR==2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
+    printf "%d\n", t * hz + 0.5 }' "$1"
+}
+
+RUN=$TMP/run
+mkdir -p "$RUN"
+PRELOAD_CMDS=()
+for s in etcd ringd; do
+  u=$EURL; [ $s = ringd ] && u=$RURL
+  cmd="loadgen preload --url $u --keys $KEYS --threads $THREADS --quiet --json $RUN/preload-$s.json"
+  PRELOAD_CMDS+=("$cmd")
+  echo "== $cmd" >&2
+  # shellcheck disable=SC2086
+  "$TMP/"$cmd >"$RUN/preload-$s.out" 2>&1 || { cat "$RUN/preload-$s.out" >&2; echo "compare.sh: preload of $s failed" >&2; exit 1; }
+done
+
+workload_args() { # workload connections
+  case "$1" in
+    get) echo "get --key /loadgen/k0 --connections $2" ;;
+    get-random) echo "get --keys $KEYS --no-preload --connections $2" ;;
+    put) echo "put --keys $KEYS --connections $2" ;;
+    mixed) echo "mixed --keys $KEYS --no-preload --read-ratio 0.9 --connections $2" ;;
+    qget) echo "qget --keys $KEYS --no-preload --connections $2" ;;
+    watch) echo "watch --watchers $2" ;;
+  esac
+}
+
+STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+NW=$(echo "${WORKLOADS//,/ }" | wc -w) NC=$(echo "${CONNS//,/ }" | wc -w)
+echo "== $((NW * NC * ROUNDS * 2)) runs of $DUR s (about $((NW * NC * ROUNDS * 2 * (DUR + 1) / 60 + 1)) min)" >&2
+n=0
+for w in ${WORKLOADS//,/ }; do
+  for c in ${CONNS//,/ }; do
+    for r in $(seq "$ROUNDS"); do
+      for s in etcd ringd; do
+        n=$((n + 1))
+        u=$EURL pid=$EPID; [ $s = ringd ] && u=$RURL pid=$RPID
+        out=$RUN/$w-$c-$s-$r.json
+        rm -f "$out"
+        cmd="loadgen $(workload_args "$w" "$c") --url $u --threads $THREADS --duration $DUR --quiet --json $out"
+        e0=$(ticks $EPID) r0=$(ticks $RPID) b0=$(busy) t0=$(date +%s.%N)
+        times >"$RUN/times0"
+        rc=0
+        # shellcheck disable=SC2086
+        "$TMP/"$cmd >"$RUN/$w-$c-$s-$r.out" 2>&1 || rc=$?
+        times >"$RUN/times1"
+        t1=$(date +%s.%N) b1=$(busy) e1=$(ticks $EPID) r1=$(ticks $RPID)
+        lg=$(($(children_ticks "$RUN/times1") - $(children_ticks "$RUN/times0")))
+        wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+        printf '{"workload":"%s","conns":%d,"server":"%s","round":%d,"rc":%d,"json":"%s","cmd":"%s","hz":%d,"wall_s":%s,"etcd_ticks":%d,"ringd_ticks":%d,"loadgen_ticks":%d,"busy_ticks":%d}\n' \
+          "$w" "$c" "$s" "$r" "$rc" "$out" "${cmd//$RUN\//}" "$HZ" "$wall" $((e1 - e0)) $((r1 - r0)) "$lg" $((b1 - b0)) >>"$RUN/runs.jsonl"
+        summary=$(python3 -c 'import json,sys
+try:
+    d = json.load(open(sys.argv[1])); l = d["latency_us"]
+    print("%9.0f req/s  p50 %8.0f us  p99 %8.0f us  errors %d" % (d["requests_per_sec"], l["p50"], l["p99"], d["errors"]))
+except Exception as e:
+    print("no result (%s)" % e)' "$out")
+        sv=$((e1 - e0)); [ $s = ringd ] && sv=$((r1 - r0))
+        note=""; [ $rc = 0 ] || note="  ** loadgen exit $rc: $(tail -c 300 "$RUN/$w-$c-$s-$r.out" | tr '\n' ' ') **"
+        printf '[%3d/%d] %-10s c=%-3s %-5s r%d  %s  cpu %d ticks%s\n' "$n" "$((NW * NC * ROUNDS * 2))" "$w" "$c" "$s" "$r" "$summary" "$sv" "$note" >&2
+        kill -0 $EPID 2>/dev/null && kill -0 $RPID 2>/dev/null || {
+          echo "compare.sh: a server died; logs:" >&2; tail -20 "$TMP"/*.log >&2; exit 1; }
+      done
+    done
+  done
+done
+
+# ---- report ----------------------------------------------------------------------------------------
+GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=$(git status --porcelain -- src crates Cargo.toml Cargo.lock 2>/dev/null | wc -l)
+DRIVER=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("driver","?"))' "$RUN/preload-ringd.json" 2>/dev/null || echo "?")
+python3 - "$RUN/meta.json" <<PY
+import json, sys
+json.dump({
+    "date": "$(date -u +%Y-%m-%d)", "started": "$STARTED", "finished": "$(date -u '+%Y-%m-%d %H:%M:%S UTC')",
+    "quick": $QUICK == 1, "duration": $DUR, "rounds": $ROUNDS, "threads": $THREADS, "keys": $KEYS,
+    "workloads": "$WORKLOADS".split(","), "connections": [int(c) for c in "$CONNS".split(",")],
+    "nproc": $NPROC, "kernel": "$(uname -sr)",
+    "cpu": "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)",
+    "memory": "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)",
+    "loadavg_start": "$LOAD_START", "loadavg_end": "$(cut -d' ' -f1-3 /proc/loadavg)",
+    "etcd": "$(etcd --version | tr '\n' ' ' | sed 's/ *$//')",
+    "ringd": "$("$RINGD" --version) built from $GIT_REV" + (" + uncommitted changes in $DIRTY files of src/, crates/, Cargo.*" if $DIRTY else ""),
+    "loadgen": "$("$LOADGEN" --version)", "rustc": "$(rustc --version)",
+    "driver": "loadgen used $DRIVER",
+    "urls": {"etcd": "$EURL", "ringd": "$RURL"},
+    "invocation": "$INVOCATION", "etcd_cmd": "$ETCD_CMD", "ringd_cmd": "$RINGD_CMD",
+    "preload_cmds": [c.replace("$RUN/", "") for c in """$(printf '%s\n' "${PRELOAD_CMDS[@]}")""".splitlines()],
+}, open(sys.argv[1], "w"), indent=1)
+PY
+mkdir -p "$OUT"
+DAY=$(date -u +%Y-%m-%d)
+MD=$OUT/$DAY.md i=2
+while [ -e "$MD" ]; do MD=$OUT/$DAY-$i.md i=$((i + 1)); done
+report build "$RUN" "$MD"
+if [ $README = 1 ]; then report readme "$OUT"; fi

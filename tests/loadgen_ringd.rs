@@ -1,0 +1,290 @@
+//! One short real run of the bundled load generator (`loadgen`) against ringd: `put`, `get` and
+//! `watch` with small `--requests` counts and `--json` reports, each checked for zero errors and
+//! a positive rate. No timing is asserted; every wait is bounded.
+//!
+//! loadgen is looked up next to the ringd binary (the same target dir; `cargo test --workspace`
+//! builds it); if it is missing, it is built with `$CARGO build -p loadgen`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long ringd may take to answer `GET /version`.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one loadgen run may take (it ends by itself well before: `--requests`, `--timeout`).
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local_addr").port();
+        if port != 2379 && port != 2380 {
+            return port;
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ringd-loadgen-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A ringd process, killed on drop.
+struct Ringd {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Drop for Ringd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `GET /version` on a fresh connection; true on a 200 answer.
+fn version_ok(port: u16) -> bool {
+    let addr = ([127, 0, 0, 1], port).into();
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    let req = "GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = s.take(64 * 1024).read_to_end(&mut buf);
+    buf.starts_with(b"HTTP/1.1 200")
+}
+
+fn start_ringd(data: &Path) -> Ringd {
+    let mut last = String::new();
+    // a free port can be taken by someone else before ringd binds it: a few attempts
+    for attempt in 0..3 {
+        let (port, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = data.join(format!("ringd-{attempt}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_ringd"))
+            .args([
+                "--data-dir",
+                data.join(format!("data-{attempt}")).to_str().unwrap(),
+            ])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create ringd log"))
+            .spawn()
+            .expect("spawn ringd");
+        let mut server = Ringd { child, url, log };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if version_ok(port) {
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                last = format!("ringd exited with {status}: {}", read_log(&server.log));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if last.is_empty() {
+            last = format!(
+                "ringd did not answer GET /version within {START_TIMEOUT:?}: {}",
+                read_log(&server.log)
+            );
+        }
+        drop(server);
+    }
+    panic!("could not start ringd: {last}");
+}
+
+fn read_log(p: &Path) -> String {
+    let s = std::fs::read_to_string(p).unwrap_or_default();
+    let tail: Vec<&str> = s.lines().rev().take(20).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+/// The loadgen binary next to ringd's; built with `$CARGO build -p loadgen` if missing.
+fn loadgen_binary() -> PathBuf {
+    let ringd = PathBuf::from(env!("CARGO_BIN_EXE_ringd"));
+    let dir = ringd.parent().expect("ringd binary has a parent dir");
+    let bin = dir.join(format!("loadgen{}", std::env::consts::EXE_SUFFIX));
+    if bin.is_file() {
+        return bin;
+    }
+    let cargo = std::env::var_os("CARGO")
+        .or_else(|| option_env!("CARGO").map(Into::into))
+        .unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "loadgen"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build -p loadgen");
+    assert!(status.success(), "cargo build -p loadgen failed: {status}");
+    assert!(
+        bin.is_file(),
+        "cargo build -p loadgen did not produce {}",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs loadgen with `args` plus `--url`, `--json` and `--quiet`; returns the JSON report.
+fn loadgen(bin: &Path, server: &Ringd, dir: &Path, name: &str, args: &[&str]) -> serde_json::Value {
+    let json = dir.join(format!("{name}.json"));
+    let out = dir.join(format!("{name}.out"));
+    let mut child = Command::new(bin)
+        .args(args)
+        .args(["--url", &server.url, "--quiet", "--json"])
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("create loadgen output"))
+        .stderr(Stdio::from(
+            std::fs::File::options()
+                .append(true)
+                .open(&out)
+                .expect("open loadgen output"),
+        ))
+        .spawn()
+        .expect("spawn loadgen");
+    // loadgen ends by itself (after --requests, or --timeout without progress); this bound only
+    // keeps a broken build from hanging the test suite
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for loadgen") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("loadgen {name} still running after {RUN_TIMEOUT:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        status.success(),
+        "loadgen {name} ({args:?}) exited with {status}:\n{output}\nringd log:\n{}",
+        read_log(&server.log)
+    );
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|e| panic!("loadgen {name} wrote no JSON report ({e}):\n{output}"));
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("loadgen {name} JSON does not parse ({e}): {text}"));
+    assert_eq!(
+        v["errors"], 0,
+        "loadgen {name}: errors in the report:\n{text}"
+    );
+    let rps = v["requests_per_sec"]
+        .as_f64()
+        .expect("requests_per_sec is a number");
+    assert!(rps > 0.0, "loadgen {name}: requests_per_sec {rps}:\n{text}");
+    let requests = v["requests"].as_u64().expect("requests is a number");
+    assert!(requests > 0, "loadgen {name}: no requests:\n{text}");
+    for p in ["p50", "p99", "max"] {
+        assert!(
+            v["latency_us"][p].is_number(),
+            "loadgen {name}: latency_us.{p} missing:\n{text}"
+        );
+    }
+    v
+}
+
+#[test]
+fn loadgen_put_get_watch_against_ringd() {
+    let bin = loadgen_binary();
+    let dir = TempDir::new();
+    let server = start_ringd(&dir.0);
+
+    let put = loadgen(
+        &bin,
+        &server,
+        &dir.0,
+        "put",
+        &[
+            "put",
+            "--requests",
+            "300",
+            "--connections",
+            "4",
+            "--keys",
+            "100",
+        ],
+    );
+    assert_eq!(put["params"]["workload"], "put", "{put}");
+
+    // preloads its 100 keys first, then reads random ones (each value checked by loadgen)
+    let get = loadgen(
+        &bin,
+        &server,
+        &dir.0,
+        "get",
+        &[
+            "get",
+            "--requests",
+            "500",
+            "--connections",
+            "4",
+            "--keys",
+            "100",
+        ],
+    );
+    assert_eq!(get["params"]["workload"], "get", "{get}");
+
+    // 4 long-poll watchers of one prefix, one writer; requests are delivered events
+    let watch = loadgen(
+        &bin,
+        &server,
+        &dir.0,
+        "watch",
+        &[
+            "watch",
+            "--requests",
+            "200",
+            "--watchers",
+            "4",
+            "--threads",
+            "2",
+        ],
+    );
+    assert_eq!(watch["params"]["workload"], "watch", "{watch}");
+    assert_eq!(watch["watchers"], 4, "{watch}");
+    assert!(
+        watch["writes"].as_u64().unwrap_or(0) > 0,
+        "no writes: {watch}"
+    );
+}
