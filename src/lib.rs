@@ -4,7 +4,7 @@ pub mod config;
 pub mod http;
 pub mod limits;
 pub mod members;
-// pub mod raft; (enabled once the wal and the store codec land)
+pub mod raft;
 pub mod shard;
 pub mod snapshot;
 pub mod stats;

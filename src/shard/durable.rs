@@ -39,7 +39,10 @@ pub struct Paths {
 
 impl Paths {
     pub fn new(data_dir: &Path) -> Paths {
-        Paths { wal: data_dir.join("member").join("wal"), snap: data_dir.join("member").join("snap") }
+        Paths {
+            wal: data_dir.join("member").join("wal"),
+            snap: data_dir.join("member").join("snap"),
+        }
     }
 }
 
@@ -55,13 +58,21 @@ pub struct Recovered {
 
 /// Loads the newest valid snapshot, opens (and locks) the log, replays it. Refuses to start
 /// on corruption, a gap between snapshot and log, or a newer format.
-pub fn recover(data_dir: &Path, id: u64, voters: Vec<u64>, election_tick: usize, heartbeat_tick: usize) -> Result<Recovered, String> {
+pub fn recover(
+    data_dir: &Path,
+    id: u64,
+    voters: Vec<u64>,
+    election_tick: usize,
+    heartbeat_tick: usize,
+) -> Result<Recovered, String> {
     let paths = Paths::new(data_dir);
-    std::fs::create_dir_all(&paths.snap).map_err(|e| format!("cannot create {}: {e}", paths.snap.display()))?;
+    std::fs::create_dir_all(&paths.snap)
+        .map_err(|e| format!("cannot create {}: {e}", paths.snap.display()))?;
     let mut store = Store::new();
     let mut history: Vec<Arc<Event>> = Vec::new();
     let (mut snap_index, mut snap_term) = (0, 0);
-    let snaps = crate::snapshot::list(&paths.snap).map_err(|e| format!("cannot list snapshots: {e}"))?;
+    let snaps =
+        crate::snapshot::list(&paths.snap).map_err(|e| format!("cannot list snapshots: {e}"))?;
     for (_, path) in &snaps {
         let file = match crate::snapshot::read(path) {
             Ok(f) => f,
@@ -71,7 +82,8 @@ pub fn recover(data_dir: &Path, id: u64, voters: Vec<u64>, election_tick: usize,
                 continue;
             }
         };
-        store = Store::restore(&file.store).map_err(|e| format!("snapshot {}: {e}", path.display()))?;
+        store =
+            Store::restore(&file.store).map_err(|e| format!("snapshot {}: {e}", path.display()))?;
         history = file
             .events
             .iter()
@@ -83,7 +95,8 @@ pub fn recover(data_dir: &Path, id: u64, voters: Vec<u64>, election_tick: usize,
         tracing::info!(snapshot = %path.display(), raft_index = snap_index, keys = store.node_count(), "loaded snapshot");
         break;
     }
-    let (wal, rec) = Wal::open(&paths.wal, snap_index, WAL_SEGMENT_BYTES).map_err(|e| e.to_string())?;
+    let (wal, rec) =
+        Wal::open(&paths.wal, snap_index, WAL_SEGMENT_BYTES).map_err(|e| e.to_string())?;
     if let Some(t) = &rec.torn_tail {
         tracing::warn!("log: {t}");
     }
@@ -112,11 +125,25 @@ pub fn recover(data_dir: &Path, id: u64, voters: Vec<u64>, election_tick: usize,
         election_tick,
         heartbeat_tick,
     })?;
-    tracing::info!(snapshot_index = snap_index, log_entries = replayed, "recovered");
-    Ok(Recovered { replica, wal, history, snapshot_index: snap_index, paths })
+    tracing::info!(
+        snapshot_index = snap_index,
+        log_entries = replayed,
+        "recovered"
+    );
+    Ok(Recovered {
+        replica,
+        wal,
+        history,
+        snapshot_index: snap_index,
+        paths,
+    })
 }
 
-fn persist(wal: &mut Wal, entries: &[LogEntry], hs: Option<HardState>) -> Result<(), crate::wal::WalError> {
+fn persist(
+    wal: &mut Wal,
+    entries: &[LogEntry],
+    hs: Option<HardState>,
+) -> Result<(), crate::wal::WalError> {
     if !entries.is_empty() {
         wal.append(entries)?;
     }
@@ -132,7 +159,11 @@ fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
 }
 
 /// Runs Ready rounds until raft has nothing more to do; returns the applied answers and events.
-fn drive(replica: &mut Replica<Token>, wal: &mut Wal, stats: &mut BatchStats) -> (Vec<crate::raft::Applied<Token>>, Vec<Event>) {
+fn drive(
+    replica: &mut Replica<Token>,
+    wal: &mut Wal,
+    stats: &mut BatchStats,
+) -> (Vec<crate::raft::Applied<Token>>, Vec<Event>) {
     let mut applied = Vec::new();
     let mut events = Vec::new();
     loop {
@@ -151,6 +182,14 @@ fn drive(replica: &mut Replica<Token>, wal: &mut Wal, stats: &mut BatchStats) ->
             return (applied, events);
         }
     }
+}
+
+/// Start-up: elects this member (single voter) and replays the log into the store, returning
+/// the replayed events for the ring. Runs before any shard serves.
+pub fn replay(rec: &mut Recovered) -> Vec<Arc<Event>> {
+    let mut stats = BatchStats::default();
+    let (_, events) = drive(&mut rec.replica, &mut rec.wal, &mut stats);
+    events.into_iter().map(Arc::new).collect()
 }
 
 /// Group-commit figures, logged at info every so often and exported as metrics.
@@ -172,7 +211,13 @@ pub fn raft_main(
     mailbox: flume::Receiver<Proposal>,
     shards: Vec<flume::Sender<ShardMsg>>,
 ) {
-    let Recovered { mut replica, mut wal, history, snapshot_index, paths } = rec;
+    let Recovered {
+        mut replica,
+        mut wal,
+        history: _,
+        snapshot_index,
+        paths,
+    } = rec;
     let mut stats = BatchStats::default();
     let mut wheel = TtlWheel::new(unix_now_ns());
     if let Some(next) = replica.store().next_expiration() {
@@ -180,12 +225,6 @@ pub fn raft_main(
         wheel.schedule(next);
     }
     let mut snapshots = (0u64, snapshot_index);
-    // Start-up: elect ourselves (single voter) and replay the log into the store.
-    for ev in history {
-        shared.ring.publish(ev);
-    }
-    let (_, events) = drive(&mut replica, &mut wal, &mut stats);
-    publish(&shared, &replica, &shards, events.into_iter().map(Arc::new).collect(), &mut wheel);
     let mut batch: Vec<Proposal> = Vec::with_capacity(PROPOSAL_BATCH_MAX);
     let mut next_tick = Instant::now() + cfg.tick;
     loop {
@@ -210,28 +249,62 @@ pub fn raft_main(
         let mut quorum_gets = Vec::new();
         for p in batch.drain(..) {
             match p {
-                Proposal::Write { mut cmd, ttl_secs, reply } => {
-                    let expire = ttl_secs.map(|t| now.saturating_add(t.saturating_mul(1_000_000_000)));
+                Proposal::Write {
+                    mut cmd,
+                    ttl_secs,
+                    reply,
+                } => {
+                    let expire =
+                        ttl_secs.map(|t| now.saturating_add(t.saturating_mul(1_000_000_000)));
                     stamp_expiration(&mut cmd, expire);
-                    if let Err((Token::Client(tx), e)) = replica.propose(&cmd, Token::Client(reply)) {
-                        replies.push(tx, Reply { result: Err(e), raft_index: replica.applied_index(), raft_term: replica.term() });
+                    if let Err((Token::Client(tx), e)) = replica.propose(&cmd, Token::Client(reply))
+                    {
+                        replies.push(
+                            tx,
+                            Reply {
+                                result: Err(e),
+                                raft_index: replica.applied_index(),
+                                raft_term: replica.term(),
+                            },
+                        );
                     }
                 }
-                Proposal::QuorumGet { key, recursive, sorted, reply } => quorum_gets.push((key, recursive, sorted, reply)),
+                Proposal::QuorumGet {
+                    key,
+                    recursive,
+                    sorted,
+                    reply,
+                } => quorum_gets.push((key, recursive, sorted, reply)),
             }
         }
         if Instant::now() >= next_tick {
             replica.tick();
             next_tick = Instant::now() + cfg.tick;
         }
-        if wheel.advance(now) && replica.is_leader() {
+        let expiry_due = wheel.advance(now);
+        if expiry_due && replica.is_leader() {
             let _ = replica.propose(&Command::Expire { cutoff: now }, Token::Expiry);
         }
         let (applied, events) = drive(&mut replica, &mut wal, &mut stats);
+        if expiry_due {
+            // The wheel only knows deadlines written while this process ran; TTLs recovered
+            // from the snapshot and the log are chained here: after each pass, the store's
+            // earliest remaining expiration is scheduled.
+            if let Some(next) = replica.store().next_expiration() {
+                wheel.schedule(next);
+            }
+        }
         for a in applied {
             if let Token::Client(tx) = a.token {
                 let result = a.result.map(Arc::new);
-                replies.push(tx, Reply { result, raft_index: a.raft_index, raft_term: a.raft_term });
+                replies.push(
+                    tx,
+                    Reply {
+                        result,
+                        raft_index: a.raft_index,
+                        raft_term: a.raft_term,
+                    },
+                );
             }
         }
         // A single voter that leads has applied everything acknowledged before this batch, so
@@ -239,11 +312,26 @@ pub fn raft_main(
         // ReadIndex).
         for (key, recursive, sorted, reply) in quorum_gets {
             let result = if replica.is_leader() {
-                replica.store().view().get(&key, recursive, sorted).map(Arc::new)
+                replica
+                    .store()
+                    .view()
+                    .get(&key, recursive, sorted)
+                    .map(Arc::new)
             } else {
-                Err(Error::new(ErrorCode::LeaderElect, "", replica.store().index().0))
+                Err(Error::new(
+                    ErrorCode::LeaderElect,
+                    "",
+                    replica.store().index().0,
+                ))
             };
-            replies.push(reply, Reply { result, raft_index: replica.applied_index(), raft_term: replica.term() });
+            replies.push(
+                reply,
+                Reply {
+                    result,
+                    raft_index: replica.applied_index(),
+                    raft_term: replica.term(),
+                },
+            );
         }
         let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         if !events.is_empty() || !replies.is_empty() {
@@ -283,13 +371,23 @@ fn publish(
 /// Writes a snapshot at the applied index, then compacts: the log keeps the entries after the
 /// previous snapshot, so a damaged newest snapshot can fall back to the previous one.
 /// Returns (previous, newest) snapshot indexes.
-fn take_snapshot(shared: &Shared, replica: &mut Replica<Token>, wal: &mut Wal, paths: &Paths, (prev, last): (u64, u64)) -> (u64, u64) {
+fn take_snapshot(
+    shared: &Shared,
+    replica: &mut Replica<Token>,
+    wal: &mut Wal,
+    paths: &Paths,
+    (prev, last): (u64, u64),
+) -> (u64, u64) {
     let started = Instant::now();
     let index = replica.applied_index();
     let mut store_bytes = Vec::new();
     replica.store().snapshot(&mut store_bytes);
     let current = replica.store().index().0;
-    let start = shared.ring.start_index(current).max(current.saturating_sub(EVENT_HISTORY_CAPACITY as u64 - 1)).max(1);
+    let start = shared
+        .ring
+        .start_index(current)
+        .max(current.saturating_sub(EVENT_HISTORY_CAPACITY as u64 - 1))
+        .max(1);
     let mut events = Vec::new();
     for i in start..=current {
         if let Some(ev) = shared.ring.get(i) {
@@ -298,7 +396,9 @@ fn take_snapshot(shared: &Shared, replica: &mut Replica<Token>, wal: &mut Wal, p
             events.push(b);
         }
     }
-    if let Err(e) = crate::snapshot::write(&paths.snap, index, replica.term(), &store_bytes, &events) {
+    if let Err(e) =
+        crate::snapshot::write(&paths.snap, index, replica.term(), &store_bytes, &events)
+    {
         fatal("snapshot write failed", e);
     }
     if let Err(e) = wal.compact(last) {
@@ -308,7 +408,12 @@ fn take_snapshot(shared: &Shared, replica: &mut Replica<Token>, wal: &mut Wal, p
     if let Err(e) = crate::snapshot::prune(&paths.snap, last) {
         tracing::warn!("cannot prune old snapshots: {e}");
     }
-    tracing::info!(raft_index = index, bytes = store_bytes.len(), ms = started.elapsed().as_millis() as u64, "snapshot written");
+    tracing::info!(
+        raft_index = index,
+        bytes = store_bytes.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "snapshot written"
+    );
     let _ = prev;
     (last, index)
 }

@@ -9,7 +9,7 @@
 //!   them to the store, publishes the new view and the events, then answers and wakes shards.
 
 pub mod conn;
-pub mod raft;
+pub mod durable;
 
 use crate::config::Resolved;
 use crate::limits::{MAILBOX_CAPACITY, SHARD_EVENT_QUEUE_CAPACITY};
@@ -166,15 +166,30 @@ pub fn run(cfg: Resolved) -> Result<(), String> {
         .map(|m| m.id)
         .unwrap_or(0);
     let cid = cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
-    let store = ringd_store::Store::new();
+    // Recover before serving anything: the shards must never answer from a store that is not
+    // yet the recovered one.
+    let election_tick = (cfg.election_timeout_ms / cfg.heartbeat_interval_ms).max(2) as usize;
+    let mut rec = durable::recover(
+        std::path::Path::new(&cfg.data_dir),
+        self_id,
+        members.iter().map(|m| m.id).collect(),
+        election_tick,
+        1,
+    )?;
+    let replayed = durable::replay(&mut rec);
+    let ring = EventRing::new();
+    for ev in rec.history.drain(..).chain(replayed) {
+        ring.publish(ev);
+    }
+    let store = rec.replica.store();
     let shared = Arc::new(Shared {
         published: ArcSwap::from_pointee(Published {
             view: store.view(),
-            raft_index: 0,
-            raft_term: 1,
+            raft_index: rec.replica.applied_index(),
+            raft_term: rec.replica.term(),
             write_stats: store.write_stats().clone(),
         }),
-        ring: EventRing::new(),
+        ring,
         counters: (0..cfg.shards).map(|_| ShardCounters::default()).collect(),
         members,
         self_id,
@@ -201,9 +216,13 @@ pub fn run(cfg: Resolved) -> Result<(), String> {
     }
     drop(mailbox_tx);
     let raft_shared = shared.clone();
+    let raft_cfg = durable::RaftShardConfig {
+        snapshot_count: cfg.snapshot_count.max(1),
+        tick: std::time::Duration::from_millis(cfg.heartbeat_interval_ms),
+    };
     let raft = std::thread::Builder::new()
         .name("raft".to_string())
-        .spawn(move || raft::raft_main(raft_shared, store, mailbox_rx, event_txs))
+        .spawn(move || durable::raft_main(raft_shared, rec, raft_cfg, mailbox_rx, event_txs))
         .map_err(|e| format!("cannot spawn raft thread: {e}"))?;
     let urls: Vec<String> = cfg
         .listen_client

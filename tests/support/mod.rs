@@ -223,7 +223,9 @@ impl Server {
                 b"",
                 Duration::from_secs(2),
             )
-            .map(|r| r.status == 200)
+            // etcd also writes the decided cluster version (/0/version) into its store a moment
+            // after start, consuming another index: wait until /version shows it decided.
+            .map(|r| r.status == 200 && !String::from_utf8_lossy(&r.body).contains("not_decided"))
             .unwrap_or(false);
             // etcd answers /version before it has published its member attributes, a write
             // that consumes a store index: wait until the member has its name too, so that
