@@ -738,9 +738,24 @@ fn metrics(ctx: &Rc<ShardCtx>) -> String {
             "Last applied log position.",
             p.raft_index,
         ),
+        (
+            "ringd_wal_fsyncs_total",
+            "fdatasyncs of the log (one per raft batch).",
+            shared.wal_syncs.load(Ordering::Relaxed),
+        ),
+        (
+            "ringd_wal_entries_total",
+            "Log entries made durable; divided by fsyncs, the average group-commit batch.",
+            shared.wal_entries.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, v) in gauges {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
     s
 }

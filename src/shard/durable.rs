@@ -224,7 +224,7 @@ pub fn raft_main(
         // Keys whose TTL ran out while we were down expire at once, through the log.
         wheel.schedule(next);
     }
-    let mut snapshots = (0u64, snapshot_index);
+    let mut snapshotter = Snapshotter::start(paths.snap.clone(), snapshot_index);
     let mut batch: Vec<Proposal> = Vec::with_capacity(PROPOSAL_BATCH_MAX);
     let mut next_tick = Instant::now() + cfg.tick;
     loop {
@@ -286,6 +286,12 @@ pub fn raft_main(
             let _ = replica.propose(&Command::Expire { cutoff: now }, Token::Expiry);
         }
         let (applied, events) = drive(&mut replica, &mut wal, &mut stats);
+        shared
+            .wal_syncs
+            .store(stats.syncs, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .wal_entries
+            .store(stats.entries, std::sync::atomic::Ordering::Relaxed);
         if expiry_due {
             // The wheel only knows deadlines written while this process ran; TTLs recovered
             // from the snapshot and the log are chained here: after each pass, the store's
@@ -337,9 +343,8 @@ pub fn raft_main(
         if !events.is_empty() || !replies.is_empty() {
             publish(&shared, &replica, &shards, events, &mut wheel, &mut replies);
         }
-        if replica.applied_index() >= snapshots.1 + cfg.snapshot_count {
-            snapshots = take_snapshot(&shared, &mut replica, &mut wal, &paths, snapshots);
-        }
+        snapshotter.collect(&mut replica, &mut wal, &paths.snap);
+        snapshotter.maybe_start(&shared, &replica, cfg.snapshot_count);
     }
 }
 
@@ -368,52 +373,114 @@ fn publish(
     replies.send(shards, events);
 }
 
-/// Writes a snapshot at the applied index, then compacts: the log keeps the entries after the
-/// previous snapshot, so a damaged newest snapshot can fall back to the previous one.
-/// Returns (previous, newest) snapshot indexes.
-fn take_snapshot(
-    shared: &Shared,
-    replica: &mut Replica<Token>,
-    wal: &mut Wal,
-    paths: &Paths,
-    (prev, last): (u64, u64),
-) -> (u64, u64) {
-    let started = Instant::now();
-    let index = replica.applied_index();
-    let mut store_bytes = Vec::new();
-    replica.store().snapshot(&mut store_bytes);
-    let current = replica.store().index().0;
-    let start = shared
-        .ring
-        .start_index(current)
-        .max(current.saturating_sub(EVENT_HISTORY_CAPACITY as u64 - 1))
-        .max(1);
-    let mut events = Vec::new();
-    for i in start..=current {
-        if let Some(ev) = shared.ring.get(i) {
-            let mut b = Vec::new();
-            ev.encode(&mut b);
-            events.push(b);
+/// A snapshot being written by the snapshot thread.
+struct SnapJob {
+    index: u64,
+    term: u64,
+    source: ringd_store::SnapshotSource,
+    events: Vec<Vec<u8>>,
+}
+
+/// Snapshots are encoded and written on their own thread from an O(1) frozen copy of the
+/// store, so writes keep flowing meanwhile (no stop-the-world). The raft shard only collects
+/// the last 1000 events (cheap) and, when the file is durable, compacts the log.
+pub struct Snapshotter {
+    jobs: flume::Sender<SnapJob>,
+    done: flume::Receiver<Result<u64, String>>,
+    in_flight: bool,
+    /// Raft index of the newest durable snapshot; the log keeps the entries after the one
+    /// before it, so a damaged newest snapshot can fall back to the previous one.
+    last: u64,
+}
+
+impl Snapshotter {
+    pub fn start(dir: PathBuf, last: u64) -> Snapshotter {
+        let (jobs, rx) = flume::bounded::<SnapJob>(1);
+        let (done_tx, done) = flume::bounded(1);
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".to_string())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let started = Instant::now();
+                    let mut store = Vec::new();
+                    job.source.snapshot(&mut store);
+                    let res =
+                        crate::snapshot::write(&dir, job.index, job.term, &store, &job.events)
+                            .map(|_| {
+                                tracing::info!(
+                                    raft_index = job.index,
+                                    bytes = store.len(),
+                                    ms = started.elapsed().as_millis() as u64,
+                                    "snapshot written"
+                                );
+                                job.index
+                            })
+                            .map_err(|e| {
+                                format!("snapshot at raft index {} failed: {e}", job.index)
+                            });
+                    if done_tx.send(res).is_err() {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            fatal("cannot spawn the snapshot thread", e);
+        }
+        Snapshotter {
+            jobs,
+            done,
+            in_flight: false,
+            last,
         }
     }
-    if let Err(e) =
-        crate::snapshot::write(&paths.snap, index, replica.term(), &store_bytes, &events)
-    {
-        fatal("snapshot write failed", e);
+
+    /// Starts a snapshot when `count` entries were applied since the last one.
+    fn maybe_start(&mut self, shared: &Shared, replica: &Replica<Token>, count: u64) {
+        if self.in_flight || replica.applied_index() < self.last + count {
+            return;
+        }
+        let current = replica.store().index().0;
+        let start = shared
+            .ring
+            .start_index(current)
+            .max(current.saturating_sub(EVENT_HISTORY_CAPACITY as u64 - 1))
+            .max(1);
+        let mut events = Vec::new();
+        for i in start..=current {
+            if let Some(ev) = shared.ring.get(i) {
+                let mut b = Vec::new();
+                ev.encode(&mut b);
+                events.push(b);
+            }
+        }
+        let job = SnapJob {
+            index: replica.applied_index(),
+            term: replica.term(),
+            source: replica.store().snapshot_source(),
+            events,
+        };
+        self.in_flight = self.jobs.try_send(job).is_ok();
     }
-    if let Err(e) = wal.compact(last) {
-        fatal("log compaction failed", e);
+
+    /// Compacts the log once a snapshot is durable.
+    fn collect(&mut self, replica: &mut Replica<Token>, wal: &mut Wal, snap_dir: &Path) {
+        let Ok(res) = self.done.try_recv() else {
+            return;
+        };
+        self.in_flight = false;
+        match res {
+            Ok(index) => {
+                if let Err(e) = wal.compact(self.last) {
+                    fatal("log compaction failed", e);
+                }
+                replica.compact(self.last);
+                if let Err(e) = crate::snapshot::prune(snap_dir, self.last) {
+                    tracing::warn!("cannot prune old snapshots: {e}");
+                }
+                self.last = index;
+            }
+            // Nothing is lost: the log still holds every entry. Try again later.
+            Err(e) => tracing::warn!("{e}"),
+        }
     }
-    replica.compact(last);
-    if let Err(e) = crate::snapshot::prune(&paths.snap, last) {
-        tracing::warn!("cannot prune old snapshots: {e}");
-    }
-    tracing::info!(
-        raft_index = index,
-        bytes = store_bytes.len(),
-        ms = started.elapsed().as_millis() as u64,
-        "snapshot written"
-    );
-    let _ = prev;
-    (last, index)
 }

@@ -42,6 +42,10 @@ pub struct Shared {
     pub start: Instant,
     pub max_request_bytes: usize,
     pub driver: std::sync::Mutex<Vec<&'static str>>,
+    /// fdatasyncs of the log, and the entries they made durable (group commit: the ratio is
+    /// the average batch per fsync).
+    pub wal_syncs: std::sync::atomic::AtomicU64,
+    pub wal_entries: std::sync::atomic::AtomicU64,
 }
 
 /// The reply to a proposal: the outcome and the raft position it was applied at.
@@ -199,6 +203,8 @@ pub fn run(cfg: Resolved) -> Result<(), String> {
         start: Instant::now(),
         max_request_bytes: cfg.max_request_bytes,
         driver: std::sync::Mutex::new(Vec::new()),
+        wal_syncs: Default::default(),
+        wal_entries: Default::default(),
     });
     let (mailbox_tx, mailbox_rx) = flume::bounded::<Proposal>(MAILBOX_CAPACITY);
     let mut event_txs = Vec::new();

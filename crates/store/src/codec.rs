@@ -758,7 +758,36 @@ impl Frame<'_> {
     }
 }
 
+/// What a snapshot needs, frozen at one index: the (shared, persistent) tree, the index, the
+/// node count and the stats. Taking it is O(1), and it is `Send`, so the encoding can run on
+/// another thread while the store goes on applying writes.
+pub struct SnapshotSource(Store);
+
+impl SnapshotSource {
+    /// The etcd index the snapshot will hold.
+    pub fn index(&self) -> u64 {
+        self.0.index().0
+    }
+
+    /// Same bytes as `Store::snapshot` on the store it was taken from.
+    pub fn snapshot(&self, out: &mut Vec<u8>) {
+        self.0.snapshot(out)
+    }
+}
+
 impl Store {
+    /// An O(1) frozen copy for encoding a snapshot elsewhere (the expiry index is left out:
+    /// `restore` rebuilds it from the tree).
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource(Store::from_parts(
+            self.root().clone(),
+            self.index().0,
+            self.node_count(),
+            std::collections::BTreeSet::new(),
+            self.write_stats().clone(),
+        ))
+    }
+
     /// Appends a snapshot of the whole store (see the module doc) to `out`. Deterministic:
     /// equal stores give equal bytes. The tree is walked iteratively, so depth is no concern.
     pub fn snapshot(&self, out: &mut Vec<u8>) {
@@ -1015,6 +1044,38 @@ fn decode_tree<'a>(r: &mut Reader<'a>, index: u64) -> Result<(Node, Expiry, u64)
     };
     // Sorted bulk build; the paths are unique, so no entry is lost.
     Ok((root, ttl.into_iter().collect(), count))
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_source_encodes_the_store_as_it_was() {
+        let mut s = Store::new();
+        let set = |k: &str| Command::Set {
+            key: k.into(),
+            dir: false,
+            value: "v".into(),
+            expire: Some(1_800_000_000_000_000_000),
+            refresh: false,
+        };
+        s.apply(&set("/a")).unwrap();
+        let src = s.snapshot_source();
+        let mut before = Vec::new();
+        s.snapshot(&mut before);
+        s.apply(&set("/b")).unwrap();
+        let frozen = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            src.snapshot(&mut out);
+            out
+        })
+        .join()
+        .unwrap();
+        assert_eq!(frozen, before);
+        let restored = Store::restore(&frozen).unwrap();
+        assert_eq!(restored.next_expiration(), Some(1_800_000_000_000_000_000));
+    }
 }
 
 #[cfg(test)]
