@@ -1,5 +1,9 @@
 //! ringd: an etcd v2 compatible key-value server. See ARCHITECTURE.md for the map.
 
+// Input reaches almost everything here: no unwrap outside tests (expect is allowed only for
+// true invariants, with the invariant as its message).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod config;
 pub mod http;
 pub mod limits;

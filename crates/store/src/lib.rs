@@ -8,6 +8,8 @@
 //! The tree is persistent (structural sharing), so `Store::view()` is O(1) and the view is an
 //! immutable snapshot that other threads can read while the single writer goes on applying.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod codec;
 pub mod error;
 pub mod event;
