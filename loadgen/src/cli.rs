@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::tls::TlsOpts;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
@@ -94,6 +96,23 @@ pub struct Common {
     /// No live progress line
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// https: PEM file of the CA certificate(s) to trust (default: the system roots)
+    #[arg(long, value_name = "FILE", visible_alias = "ca-file")]
+    pub cacert: Option<PathBuf>,
+    /// https: do not verify the server certificate (prints a warning)
+    #[arg(long, conflicts_with = "cacert")]
+    pub insecure: bool,
+    /// https: client certificate chain (PEM) for servers with --client-cert-auth
+    #[arg(
+        long,
+        value_name = "FILE",
+        visible_alias = "cert-file",
+        requires = "key_file"
+    )]
+    pub cert: Option<PathBuf>,
+    /// https: the private key (PEM) of --cert (--key is the etcd key of get/watch)
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -173,6 +192,15 @@ pub struct ServeArgs {
     /// Exit by itself after this many seconds
     #[arg(long)]
     pub exit_after: Option<f64>,
+    /// Serve https with this certificate chain (PEM); needs --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// What a run does, decoded from the subcommand.
@@ -244,6 +272,7 @@ pub struct Spec {
     pub timeout: Duration,
     pub preload: bool,
     pub progress: bool,
+    pub tls: TlsOpts,
 }
 
 pub const MAX_VALUE_SIZE: usize = 16 << 20;
@@ -378,6 +407,17 @@ impl Spec {
         if c.rounds == 0 {
             return Err("--rounds must be >= 1".into());
         }
+        let tls = TlsOpts {
+            cacert: c.cacert.clone(),
+            insecure: c.insecure,
+            cert: c.cert.clone(),
+            key: c.key_file.clone(),
+        };
+        if tls.any() && !targets.iter().any(|(_, u)| u.starts_with("https://")) {
+            return Err(
+                "--cacert, --insecure, --cert and --key-file apply to https:// URLs only".into(),
+            );
+        }
         let timeout = secs("timeout", c.timeout)?;
         if timeout.is_zero() {
             return Err("--timeout must be > 0".into());
@@ -399,6 +439,7 @@ impl Spec {
             timeout,
             preload: !c.no_preload,
             progress: !c.quiet,
+            tls,
         })
     }
 
@@ -422,6 +463,13 @@ impl Spec {
             "prefix": self.prefix,
             "preload": self.preload,
         });
+        if self.targets.iter().any(|(_, u)| u.starts_with("https://")) {
+            v["tls"] = serde_json::json!({
+                "cacert": self.tls.cacert,
+                "insecure": self.tls.insecure,
+                "client_cert": self.tls.cert.is_some(),
+            });
+        }
         let extra = match &self.workload {
             Workload::Get { key, quorum } => serde_json::json!({"key": key, "quorum": quorum}),
             Workload::Mixed { read_ratio } => serde_json::json!({"read_ratio": read_ratio}),
@@ -593,6 +641,115 @@ mod tests {
                 quorum: true
             }
         );
+    }
+
+    #[test]
+    fn tls_flags() {
+        let s = spec(&[
+            "loadgen",
+            "get",
+            "--url",
+            "https://127.0.0.1:1",
+            "--key",
+            "/x",
+            "--cacert",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key-file",
+            "c.key",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.workload,
+            Workload::Get {
+                key: Some("/x".into()),
+                quorum: false
+            }
+        );
+        assert_eq!(
+            s.tls,
+            TlsOpts {
+                cacert: Some("ca.pem".into()),
+                insecure: false,
+                cert: Some("c.pem".into()),
+                key: Some("c.key".into()),
+            }
+        );
+        assert_eq!(s.params_json()["tls"]["client_cert"], true);
+        // etcdctl v2 style aliases
+        let s = spec(&[
+            "loadgen",
+            "put",
+            "--url",
+            "https://h:1",
+            "--ca-file",
+            "a",
+            "--cert-file",
+            "b",
+            "--key-file",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!(s.tls.cacert.as_deref(), Some(std::path::Path::new("a")));
+        assert_eq!(s.tls.cert.as_deref(), Some(std::path::Path::new("b")));
+        let s = spec(&["loadgen", "watch", "--url", "https://h:1", "--insecure"]).unwrap();
+        assert!(s.tls.insecure && s.tls.cacert.is_none());
+        assert_eq!(s.params_json()["tls"]["insecure"], true);
+        // no tls flags: defaults, and no "tls" in the params of an http run
+        let s = spec(&["loadgen", "put", "--url", "http://h:1"]).unwrap();
+        assert_eq!(s.tls, TlsOpts::default());
+        assert!(s.params_json().get("tls").is_none());
+        let s = spec(&["loadgen", "put", "--url", "https://h:1"]).unwrap();
+        assert!(!s.tls.any());
+        // with --compare, one https target is enough
+        assert!(spec(&[
+            "loadgen",
+            "put",
+            "--compare",
+            "A=http://h:1",
+            "B=https://h:2",
+            "--cacert",
+            "x"
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn tls_flags_rejected() {
+        let u = "https://h:1";
+        // --insecure and --cacert contradict each other
+        assert!(spec(&["loadgen", "put", "--url", u, "--insecure", "--cacert", "a"]).is_err());
+        // a certificate needs its key and the other way round
+        assert!(spec(&["loadgen", "put", "--url", u, "--cert", "a"]).is_err());
+        assert!(spec(&["loadgen", "put", "--url", u, "--key-file", "a"]).is_err());
+        // TLS options with only http targets are a mistake
+        let e = spec(&["loadgen", "put", "--url", "http://h:1", "--insecure"]).unwrap_err();
+        assert!(e.contains("https"), "{e}");
+        assert!(spec(&["loadgen", "put", "--url", "http://h:1", "--cacert", "a"]).is_err());
+        // serve-static: cert and key together
+        assert!(Cli::try_parse_from(["loadgen", "serve-static", "--tls-cert", "a"]).is_err());
+        assert!(Cli::try_parse_from(["loadgen", "serve-static", "--tls-key", "a"]).is_err());
+        assert!(Cli::try_parse_from(["loadgen", "serve-static", "--tls-client-ca", "a"]).is_err());
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "serve-static",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--tls-client-ca",
+            "ca",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::ServeStatic(a) => {
+                assert_eq!(a.tls_cert.as_deref(), Some(std::path::Path::new("c")));
+                assert_eq!(a.tls_key.as_deref(), Some(std::path::Path::new("k")));
+                assert_eq!(a.tls_client_ca.as_deref(), Some(std::path::Path::new("ca")));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -6,6 +6,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use crate::tls::TlsTarget;
 
 /// Largest response head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -15,22 +18,44 @@ const MAX_HEADERS: usize = 48;
 const MAX_CHUNK_LINE: usize = 1024;
 
 /// Where requests go.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Target {
     /// The value for the Host header.
     pub host: String,
     pub addr: SocketAddr,
+    /// An https:// URL: the name of the host to verify (and send as SNI),
+    /// without brackets or port.
+    pub https: Option<String>,
+    /// Set by `with_tls` for https targets before a run.
+    pub tls: Option<TlsTarget>,
 }
 
-/// Parses `http://host[:port][/]`. https is not supported (yet).
+impl Target {
+    /// Attaches the TLS client configuration to an https target.
+    pub fn with_tls(mut self, config: &Arc<rustls::ClientConfig>) -> Result<Target, String> {
+        if let Some(name) = &self.https {
+            self.tls = Some(TlsTarget {
+                config: config.clone(),
+                name: crate::tls::server_name(name)?,
+            });
+        }
+        Ok(self)
+    }
+}
+
+/// Parses `http://host[:port][/]` or `https://host[:port][/]` (ports 80 and
+/// 443 by default).
 pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
-        return Err(format!("{url}: https is not supported yet"));
+    let (rest, https) = if let Some(r) = url.strip_prefix("http://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (r, true)
     } else {
-        return Err(format!("{url}: the URL must start with http://"));
+        return Err(format!(
+            "{url}: the URL must start with http:// or https://"
+        ));
     };
+    let default_port = if https { 443 } else { 80 };
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() || authority.contains('@') {
         return Err(format!("{url}: no host"));
@@ -41,7 +66,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
             .ok_or_else(|| format!("{url}: bad IPv6 host"))?;
         let port = match tail.strip_prefix(':') {
             Some(p) => p.parse::<u16>().map_err(|_| format!("{url}: bad port"))?,
-            None if tail.is_empty() => 80,
+            None if tail.is_empty() => default_port,
             None => return Err(format!("{url}: bad authority")),
         };
         (h.to_string(), port)
@@ -51,9 +76,12 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
                 h.to_string(),
                 p.parse::<u16>().map_err(|_| format!("{url}: bad port"))?,
             ),
-            None => (authority.to_string(), 80),
+            None => (authority.to_string(), default_port),
         }
     };
+    if host.is_empty() {
+        return Err(format!("{url}: no host"));
+    }
     let addr = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| format!("{url}: cannot resolve {host}: {e}"))?
@@ -62,6 +90,8 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     Ok(Target {
         host: authority.to_string(),
         addr,
+        https: https.then_some(host),
+        tls: None,
     })
 }
 
@@ -508,7 +538,21 @@ mod tests {
             parse_url("http://[::1]:5/").unwrap().addr,
             "[::1]:5".parse().unwrap()
         );
-        assert!(parse_url("https://127.0.0.1:1").is_err());
+        let s = parse_url("https://127.0.0.1:2379/").unwrap();
+        assert_eq!(s.addr, "127.0.0.1:2379".parse().unwrap());
+        assert_eq!(s.host, "127.0.0.1:2379");
+        assert_eq!(s.https.as_deref(), Some("127.0.0.1"));
+        assert!(t.https.is_none());
+        assert_eq!(parse_url("https://127.0.0.1").unwrap().addr.port(), 443);
+        let v6 = parse_url("https://[::1]/").unwrap();
+        assert_eq!(v6.addr, "[::1]:443".parse().unwrap());
+        assert_eq!(v6.https.as_deref(), Some("::1"));
+        assert_eq!(
+            parse_url("https://localhost:9/").unwrap().https.as_deref(),
+            Some("localhost")
+        );
+        assert!(parse_url("https://:5").is_err());
+        assert!(parse_url("ftp://127.0.0.1:1").is_err());
         assert!(parse_url("127.0.0.1:1").is_err());
         assert!(parse_url("http://127.0.0.1:x").is_err());
         assert!(parse_url("http://").is_err());

@@ -8,6 +8,7 @@ mod runner;
 mod schedule;
 mod serve;
 mod stats;
+mod tls;
 mod watch;
 mod workload;
 
@@ -170,11 +171,26 @@ fn describe(spec: &Spec) -> String {
 }
 
 fn run_spec(spec: &Spec) -> Result<i32, String> {
-    let targets: Vec<(String, String, Target)> = spec
+    let mut targets: Vec<(String, String, Target)> = spec
         .targets
         .iter()
         .map(|(n, u)| parse_url(u).map(|t| (n.clone(), u.clone(), t)))
         .collect::<Result<_, _>>()?;
+    if targets.iter().any(|(_, _, t)| t.https.is_some()) {
+        let config = match tls::client_config(&spec.tls) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                return Ok(2);
+            }
+        };
+        if spec.tls.insecure {
+            eprintln!("loadgen: WARNING: --insecure: the server certificate is NOT verified");
+        }
+        for (_, _, t) in &mut targets {
+            *t = t.clone().with_tls(&config)?;
+        }
+    }
     let compare = targets.len() > 1;
     let rounds = if compare { spec.rounds } else { 1 };
     let progress = spec.progress && std::io::stderr().is_terminal();
@@ -269,6 +285,19 @@ fn run_spec(spec: &Spec) -> Result<i32, String> {
             "!!! loadgen: THE RUN HAD {errors} ERRORS: {}",
             kinds.join(" ")
         );
+        for ((name, url, _), r) in targets.iter().zip(&results) {
+            if r.stats.requests == 0 {
+                let who = if name.is_empty() {
+                    url.clone()
+                } else {
+                    format!("{name} ({url})")
+                };
+                eprintln!("!!! loadgen: NOT ONE REQUEST GOT AN ANSWER FROM {who}: every connection failed");
+            }
+        }
+        if let Some(e) = tls::first_error() {
+            eprintln!("!!! loadgen: first tls error: {e}");
+        }
         eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
         return Ok(1);
     }

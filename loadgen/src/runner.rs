@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::cli::StopAt;
 use crate::http::{parse_response, Target, MAX_BODY, MAX_HEAD};
 use crate::schedule::Schedule;
 use crate::stats::{latency, new_hist, ErrKind, RunResult, Stats};
+use crate::tls::{self, Conn};
 use crate::workload::{share, ConnWorkload, Op, Plan};
 
 pub type Runtime = monoio::FusionRuntime<
@@ -119,16 +120,65 @@ impl Drop for FdGuard {
     }
 }
 
-pub async fn connect(target: &Target, shared: &Arc<Shared>) -> io::Result<(FdGuard, TcpStream)> {
-    let s = TcpStream::connect_addr(target.addr).await?;
-    s.set_nodelay(true)?;
+/// Why a connection could not be set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectError {
+    pub kind: ErrKind,
+    /// Retrying cannot help (the TLS peer rejected us or we rejected it).
+    pub fatal: bool,
+}
+
+/// Connects (and for https runs the TLS handshake). The socket is
+/// registered for `hard_stop` before the handshake, so a stuck handshake is
+/// cut off like any read.
+pub async fn connect(
+    target: &Target,
+    shared: &Arc<Shared>,
+) -> Result<(FdGuard, Conn), ConnectError> {
+    let connect_err = ConnectError {
+        kind: ErrKind::Connect,
+        fatal: false,
+    };
+    let s = TcpStream::connect_addr(target.addr)
+        .await
+        .map_err(|_| connect_err)?;
+    s.set_nodelay(true).map_err(|_| connect_err)?;
     let g = shared.register(&s);
-    Ok((g, s))
+    let Some(t) = &target.tls else {
+        return Ok((g, Conn::Plain(s)));
+    };
+    match tls::handshake(s, t).await {
+        Ok(c) => Ok((g, c)),
+        Err(e) => {
+            let fatal = tls::rustls_error(&e).is_some();
+            tls::note_error(|| format!("{}: {e}", target.host));
+            Err(ConnectError {
+                kind: ErrKind::Tls,
+                fatal,
+            })
+        }
+    }
+}
+
+/// The error kind of a failed read or write: `tls` when rustls reported it
+/// (e.g. an alert from a server that rejected our client certificate).
+pub fn io_kind(e: &io::Error) -> ErrKind {
+    match tls::rustls_error(e) {
+        Some(r) => {
+            tls::note_error(|| r.to_string());
+            ErrKind::Tls
+        }
+        None => ErrKind::Io,
+    }
 }
 
 /// Reads more bytes into `buf` after `*pos`-consumed data, compacting and
 /// growing it within MAX_BODY + MAX_HEAD. Returns the bytes read (0: EOF).
-pub async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, pos: &mut usize) -> io::Result<usize> {
+pub async fn read_more<S: AsyncReadRent>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    pos: &mut usize,
+) -> io::Result<usize> {
     if *pos >= buf.len() {
         buf.clear();
         *pos = 0;
@@ -152,7 +202,7 @@ pub async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, pos: &mut usize) ->
     res
 }
 
-pub async fn write_all(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+pub async fn write_all<S: AsyncWriteRent>(s: &mut S, buf: &mut Vec<u8>) -> io::Result<()> {
     let b = std::mem::take(buf);
     let (res, mut b) = s.write_all(b).await;
     b.clear();
@@ -320,7 +370,7 @@ fn fail_all(ctx: &ConnCtx, inflight: &mut VecDeque<Meta>, kind: ErrKind) {
     inflight.clear();
 }
 
-async fn conn_task(c: usize, mut conn: Option<(FdGuard, TcpStream)>, ctx: ConnCtx) {
+async fn conn_task(c: usize, first: Result<(FdGuard, Conn), ConnectError>, ctx: ConnCtx) {
     let cfg = ctx.cfg.clone();
     let depth = cfg.pipeline;
     let mut wl = ConnWorkload::new(cfg.plan.clone(), c, cfg.seed);
@@ -340,7 +390,15 @@ async fn conn_task(c: usize, mut conn: Option<(FdGuard, TcpStream)>, ctx: ConnCt
     };
     let mut done_sending = false;
     let mut connect_failing_since: Option<Instant> = None;
+    let (mut conn, mut gave_up) = match first {
+        Ok(c) => (Some(c), false),
+        Err(e) => (None, e.fatal),
+    };
     loop {
+        if gave_up {
+            // a TLS rejection is final: this connection gives up its share
+            break;
+        }
         if ctx.shared.stopped() {
             if !inflight.is_empty() {
                 fail_all(&ctx, &mut inflight, ErrKind::Timeout);
@@ -358,8 +416,12 @@ async fn conn_task(c: usize, mut conn: Option<(FdGuard, TcpStream)>, ctx: ConnCt
                     rbuf.clear();
                     rpos = 0;
                 }
-                Err(_) => {
-                    ctx.local.borrow_mut().stats.error(ErrKind::Connect, 1);
+                Err(e) => {
+                    ctx.local.borrow_mut().stats.error(e.kind, 1);
+                    if e.fatal {
+                        gave_up = true;
+                        continue;
+                    }
                     let since = *connect_failing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > cfg.timeout
                         || ctx.clock.deadline.is_some_and(|d| Instant::now() >= d)
@@ -396,11 +458,15 @@ async fn conn_task(c: usize, mut conn: Option<(FdGuard, TcpStream)>, ctx: ConnCt
             }
             ctx.local.borrow_mut().outstanding += (inflight.len() - before) as i64;
         }
-        if !wbuf.is_empty() && write_all(stream, &mut wbuf).await.is_err() {
-            wbuf.clear();
-            fail_all(&ctx, &mut inflight, ErrKind::Io);
-            conn = None;
-            continue;
+        if !wbuf.is_empty() {
+            if let Err(e) = write_all(stream, &mut wbuf).await {
+                wbuf.clear();
+                let kind = io_kind(&e);
+                fail_all(&ctx, &mut inflight, kind);
+                gave_up = kind == ErrKind::Tls;
+                conn = None;
+                continue;
+            }
         }
         if inflight.is_empty() {
             if done_sending {
@@ -418,8 +484,12 @@ async fn conn_task(c: usize, mut conn: Option<(FdGuard, TcpStream)>, ctx: ConnCt
                 continue;
             }
             Ok(_) => {}
-            Err(_) => {
-                fail_all(&ctx, &mut inflight, ErrKind::Io);
+            Err(e) => {
+                // a TLS error (e.g. the server's alert that it wants a client
+                // certificate) does not heal by reconnecting: give up
+                let kind = io_kind(&e);
+                fail_all(&ctx, &mut inflight, kind);
+                gave_up = kind == ErrKind::Tls;
                 conn = None;
                 continue;
             }
@@ -616,13 +686,10 @@ fn thread_main(
         // connect first so that connection setup is not part of the measurement
         let mut conns = Vec::new();
         for c in (t..cfg.connections).step_by(threads) {
-            let conn = match connect(&cfg.target, shared).await {
-                Ok(s) => Some(s),
-                Err(_) => {
-                    local.borrow_mut().stats.error(ErrKind::Connect, 1);
-                    None
-                }
-            };
+            let conn = connect(&cfg.target, shared).await;
+            if let Err(e) = &conn {
+                local.borrow_mut().stats.error(e.kind, 1);
+            }
             conns.push((c, conn));
         }
         barrier.wait();

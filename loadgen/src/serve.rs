@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::net::{ListenerOpts, TcpListener, TcpStream};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::cli::ServeArgs;
 use crate::runner::{build_runtime, read_more, write_all};
@@ -66,11 +67,21 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
     let local = first.local_addr().map_err(|e| e.to_string())?;
     drop(first);
     let resp_bytes = response_bytes(&args.body);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(crate::tls::server_config(
+            c,
+            k,
+            args.tls_client_ca.as_deref(),
+        )?),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
     let mut handles = Vec::new();
     let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
     for _ in 0..threads {
         let resp_bytes = resp_bytes.clone();
         let tx = tx.clone();
+        let tls = tls.clone();
         handles.push(std::thread::spawn(move || {
             let mut rt = match build_runtime() {
                 Ok(rt) => rt,
@@ -93,10 +104,25 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
                 };
                 let _ = tx.send(Ok(()));
                 let resp: Rc<[u8]> = Rc::from(resp_bytes);
+                let acceptor = tls.map(monoio_rustls::TlsAcceptor::from);
                 loop {
                     if let Ok((s, _)) = listener.accept().await {
                         let _ = s.set_nodelay(true);
-                        monoio::spawn(handle(s, resp.clone()));
+                        let resp = resp.clone();
+                        match &acceptor {
+                            None => {
+                                monoio::spawn(handle(s, resp));
+                            }
+                            Some(a) => {
+                                let a = a.clone();
+                                monoio::spawn(async move {
+                                    // a failed handshake just drops the connection
+                                    if let Ok(t) = a.accept(s).await {
+                                        handle(t, resp).await;
+                                    }
+                                });
+                            }
+                        }
                     }
                 }
             });
@@ -106,6 +132,9 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
     for _ in 0..threads {
         rx.recv()
             .map_err(|_| "a server thread died".to_string())??;
+    }
+    if args.tls_cert.is_some() {
+        eprintln!("serve-static: https on {local}");
     }
     println!("listening on {local}");
     let _ = std::io::stdout().flush();
@@ -123,7 +152,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
     }
 }
 
-async fn handle(mut s: TcpStream, resp: Rc<[u8]>) {
+async fn handle<S: AsyncReadRent + AsyncWriteRent>(mut s: S, resp: Rc<[u8]>) {
     let mut rbuf = Vec::with_capacity(16 * 1024);
     let mut rpos = 0usize;
     let mut wbuf = Vec::with_capacity(16 * 1024);

@@ -31,6 +31,9 @@ pub enum ErrKind {
     /// An unexpected HTTP status.
     Status(u16),
     Connect,
+    /// TLS handshake failure (bad certificate, alert, ...) or a TLS error
+    /// on an established connection.
+    Tls,
     Io,
     /// The server closed the connection with requests outstanding.
     Eof,
@@ -63,6 +66,7 @@ impl fmt::Display for ErrKind {
         match self {
             ErrKind::Status(s) => write!(f, "status_{s}"),
             ErrKind::Connect => f.write_str("connect"),
+            ErrKind::Tls => f.write_str("tls"),
             ErrKind::Io => f.write_str("io"),
             ErrKind::Eof => f.write_str("closed"),
             ErrKind::Http => f.write_str("bad_http"),

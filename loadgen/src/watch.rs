@@ -12,7 +12,6 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use monoio::net::TcpStream;
 
 use crate::cli::StopAt;
 use crate::etcd::{parse_reply, push_value};
@@ -21,11 +20,12 @@ use crate::http::{
     Target, MAX_BODY,
 };
 use crate::runner::{
-    build_runtime, connect, driver_name, pace_until, read_more, ticker, write_all, Clock, FdGuard,
-    Local, Shared, EARLY,
+    build_runtime, connect, driver_name, io_kind, pace_until, read_more, ticker, write_all, Clock,
+    FdGuard, Local, Shared, EARLY,
 };
 use crate::schedule::Schedule;
 use crate::stats::{new_hist, ErrKind, RunResult, Stats};
+use crate::tls::{BlockingConn, Conn};
 
 pub struct WatchCfg {
     pub target: Target,
@@ -60,12 +60,14 @@ pub fn blocking_request(
     req: &[u8],
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), String> {
-    let mut s = std::net::TcpStream::connect_timeout(&target.addr, timeout)
+    let tcp = std::net::TcpStream::connect_timeout(&target.addr, timeout)
         .map_err(|e| format!("connect {}: {e}", target.addr))?;
-    s.set_read_timeout(Some(timeout))
+    tcp.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
+    tcp.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
+    let mut s =
+        BlockingConn::new(tcp, target.tls.as_ref()).map_err(|e| format!("{}: {e}", target.host))?;
     s.write_all(req).map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -380,7 +382,7 @@ fn watch_thread(
 
 async fn writer(ctx: Ctx) {
     let cfg = &ctx.cfg;
-    let mut conn: Option<(FdGuard, TcpStream)> = None;
+    let mut conn: Option<(FdGuard, Conn)> = None;
     let mut wbuf = Vec::with_capacity(1024);
     let mut rbuf = Vec::with_capacity(8192);
     let mut rpos = 0;
@@ -410,8 +412,11 @@ async fn writer(ctx: Ctx) {
                     rbuf.clear();
                     rpos = 0;
                 }
-                Err(_) => {
-                    ctx.local.borrow_mut().stats.error(ErrKind::Connect, 1);
+                Err(e) => {
+                    ctx.local.borrow_mut().stats.error(e.kind, 1);
+                    if e.fatal {
+                        break;
+                    }
                     monoio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -494,12 +499,12 @@ fn prune(ws: &WatchShared) {
 
 /// Sends `wbuf` and reads one whole response: (status, body, close).
 async fn roundtrip(
-    s: &mut TcpStream,
+    s: &mut Conn,
     wbuf: &mut Vec<u8>,
     rbuf: &mut Vec<u8>,
     rpos: &mut usize,
 ) -> Result<(u16, Vec<u8>, bool), ErrKind> {
-    write_all(s, wbuf).await.map_err(|_| ErrKind::Io)?;
+    write_all(s, wbuf).await.map_err(|e| io_kind(&e))?;
     loop {
         match parse_response(&rbuf[*rpos..]) {
             Ok(Some(r)) => {
@@ -513,14 +518,14 @@ async fn roundtrip(
         match read_more(s, rbuf, rpos).await {
             Ok(0) => return Err(ErrKind::Eof),
             Ok(_) => {}
-            Err(_) => return Err(ErrKind::Io),
+            Err(e) => return Err(io_kind(&e)),
         }
     }
 }
 
 struct Watcher {
     id: usize,
-    conn: Option<(FdGuard, TcpStream)>,
+    conn: Option<(FdGuard, Conn)>,
     rbuf: Vec<u8>,
     rpos: usize,
     last: u64,
@@ -538,14 +543,12 @@ impl Watcher {
     ) -> Result<(), ErrKind> {
         self.streaming = false;
         self.conn = None;
-        let mut c = connect(&cfg.target, shared)
-            .await
-            .map_err(|_| ErrKind::Connect)?;
+        let mut c = connect(&cfg.target, shared).await.map_err(|e| e.kind)?;
         let mut wbuf = Vec::with_capacity(256);
         paths.watch_req(&mut wbuf, true, from);
         write_all(&mut c.1, &mut wbuf)
             .await
-            .map_err(|_| ErrKind::Io)?;
+            .map_err(|e| io_kind(&e))?;
         self.rbuf.clear();
         self.rpos = 0;
         loop {
@@ -568,7 +571,7 @@ impl Watcher {
             match read_more(&mut c.1, &mut self.rbuf, &mut self.rpos).await {
                 Ok(0) => return Err(ErrKind::Eof),
                 Ok(_) => {}
-                Err(_) => return Err(ErrKind::Io),
+                Err(e) => return Err(io_kind(&e)),
             }
         }
     }
@@ -619,7 +622,7 @@ impl Watcher {
                     connect(&ctx.cfg.target, &ctx.shared)
                         .await
                         .map(|c| self.conn = Some(c))
-                        .map_err(|_| ErrKind::Connect)
+                        .map_err(|e| e.kind)
                 };
                 if let Err(k) = res {
                     if !ctx.shared.stopped() {
