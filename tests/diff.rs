@@ -6,7 +6,7 @@
 //! - `DIFF_TARGET=etcd`: compare etcd against a second etcd (self-check of the normalization).
 //! - `DIFF_CASE=a,b`: run only the named cases.
 //! - `DIFF_SHOW=1`: print every answer of the reference side (for writing cases).
-//! - `DIFF_RINGD_ARGS="--shards 2"`: extra ringd flags.
+//! - `DIFF_RINGD_ARGS="--shards 3"`: extra ringd flags (default `--shards 2`).
 //! - `RINGD_DIFF_SKIP=1`: pass (skipped) when etcd is not installed; otherwise that fails.
 //!
 //! Both targets run in parallel, each on one server, the cases in sequence. Before a case the
@@ -1095,9 +1095,13 @@ fn diff_against_etcd() {
         Ok("ringd") | Err(_) => Kind::Ringd,
         Ok(t) => panic!("DIFF_TARGET must be etcd or ringd, not {t:?}"),
     };
+    // Two client shards by default, so requests of one case land on different shards (writes,
+    // reads and watches crossing shards), whatever the machine's core count.
     let extra: Vec<String> = std::env::var("DIFF_RINGD_ARGS")
-        .map(|s| s.split_whitespace().map(String::from).collect())
-        .unwrap_or_default();
+        .unwrap_or_else(|_| "--shards 2".to_string())
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     let other_name = if other == Kind::Etcd {
         "etcd#2"
     } else {

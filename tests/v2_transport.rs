@@ -70,7 +70,7 @@ fn read_to_close(c: &mut TcpStream) -> String {
 
 #[test]
 fn pipelined_requests_are_answered_in_order_on_one_connection() {
-    let s = Server::ringd(&[]);
+    let s = Server::ringd(&["--shards", "2"]);
     let mut c = connect(&s);
     let mut reqs = String::new();
     for i in 0..50 {

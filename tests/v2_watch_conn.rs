@@ -32,7 +32,7 @@ fn await_watchers(s: &Server, ok: impl Fn(u64) -> bool) {
 
 #[test]
 fn a_disconnecting_client_frees_its_watcher_at_once() {
-    let s = Server::ringd(&[]);
+    let s = Server::ringd(&["--shards", "3"]);
     let mut conns = Vec::new();
     for _ in 0..10 {
         let mut c = TcpStream::connect(s.addr()).unwrap();
@@ -47,7 +47,7 @@ fn a_disconnecting_client_frees_its_watcher_at_once() {
 
 #[test]
 fn stream_keeps_streaming_after_a_history_hit() {
-    let s = Server::ringd(&[]);
+    let s = Server::ringd(&["--shards", "3"]);
     let first = s.put_form("/v2/keys/st", "value=1").json()["node"]["modifiedIndex"]
         .as_u64()
         .unwrap();
@@ -75,7 +75,7 @@ fn stream_keeps_streaming_after_a_history_hit() {
 
 #[test]
 fn many_watchers_of_one_key_all_get_the_event() {
-    let s = Server::ringd(&[]);
+    let s = Server::ringd(&["--shards", "3"]);
     let n = 500;
     let mut conns = Vec::new();
     for _ in 0..n {
@@ -102,7 +102,7 @@ fn many_watchers_of_one_key_all_get_the_event() {
 
 #[test]
 fn a_request_pipelined_behind_a_long_poll_is_answered_after_it() {
-    let s = Server::ringd(&[]);
+    let s = Server::ringd(&["--shards", "3"]);
     let mut c = TcpStream::connect(s.addr()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     c.write_all(b"GET /v2/keys/pp?wait=true HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -189,11 +189,12 @@ impl<T> Replica<T> {
         }
     }
 
-    /// Runs one Ready round. `persist(entries, hard_state)` must make both durable before it
-    /// returns Ok; an Err is fatal to the caller (we never retry a failed fsync).
+    /// Runs one Ready round. `persist(entries, hard_state, must_sync)` must write both, and
+    /// when `must_sync` make them durable before it returns Ok; an Err is fatal to the caller
+    /// (we never retry a failed fsync).
     pub fn step<E>(
         &mut self,
-        mut persist: impl FnMut(&[LogEntry], Option<HardState>) -> Result<(), E>,
+        mut persist: impl FnMut(&[LogEntry], Option<HardState>, bool) -> Result<(), E>,
     ) -> Result<StepOutput<T>, E> {
         let mut out = StepOutput {
             applied: Vec::new(),
@@ -214,7 +215,11 @@ impl<T> Replica<T> {
             commit: h.commit,
         });
         if !entries.is_empty() || hs.is_some() {
-            persist(&entries, hs)?;
+            // raft-rs's must_sync: new entries, or a new term or vote. A hard state that only
+            // moved its commit index need not be durable before anything is answered (after a
+            // crash the leader re-commits what the log holds), so it rides along unsynced
+            // until the next batch's fdatasync: one fsync per batch, not two.
+            persist(&entries, hs, ready.must_sync())?;
             out.persisted_entries = entries.len();
             let store = self.node.mut_store();
             let mut core = store.wl();

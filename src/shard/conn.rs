@@ -38,6 +38,8 @@ struct ShardCtx {
     /// Proposals of this shard waiting for the raft shard's reply, by id.
     pending: RefCell<std::collections::HashMap<u64, Rc<ReplySlot>>>,
     next_id: std::cell::Cell<u64>,
+    /// X-Etcd-Cluster-Id, rendered once (it is on every keys response).
+    cid: String,
 }
 
 /// A shard-local one-shot: filled by the dispatch task when the raft shard's batch message
@@ -110,7 +112,9 @@ pub fn shard_main(
             d.push(driver);
         }
         tracing::info!(shard = id, driver, "shard started");
+        let cid = format!("{:x}", shared.cluster_id);
         let ctx = Rc::new(ShardCtx {
+            cid,
             id,
             shared,
             mailbox,
@@ -833,7 +837,7 @@ async fn propose(ctx: &Rc<ShardCtx>, make: impl FnOnce(ReplyTo) -> Proposal) -> 
 }
 
 async fn keys(ctx: &Rc<ShardCtx>, kr: KeyRequest, conn: &mut Conn) -> std::io::Result<Flow> {
-    let cid = format!("{:x}", ctx.shared.cluster_id);
+    let cid = ctx.cid.as_str();
     let counters = &ctx.shared.counters[ctx.id];
     let head = kr.head;
     let reply = match kr.op {
@@ -850,7 +854,7 @@ async fn keys(ctx: &Rc<ShardCtx>, kr: KeyRequest, conn: &mut Conn) -> std::io::R
                     event_response(
                         &mut conn.out,
                         head,
-                        &cid,
+                        cid,
                         &ev,
                         p.raft_index,
                         p.raft_term,
@@ -859,7 +863,7 @@ async fn keys(ctx: &Rc<ShardCtx>, kr: KeyRequest, conn: &mut Conn) -> std::io::R
                 }
                 Err(e) => {
                     counters.get_fail();
-                    error_response(&mut conn.out, head, &cid, &e);
+                    error_response(&mut conn.out, head, cid, &e);
                 }
             }
             return Ok(Flow::KeepAlive);
@@ -884,7 +888,7 @@ async fn keys(ctx: &Rc<ShardCtx>, kr: KeyRequest, conn: &mut Conn) -> std::io::R
             stream,
             since,
         } => {
-            return watch(ctx, conn, &cid, &key, recursive, stream, since).await;
+            return watch(ctx, conn, cid, &key, recursive, stream, since).await;
         }
         KeyOp::Write { cmd, ttl_secs } => {
             propose(ctx, |reply| Proposal::Write {
@@ -899,13 +903,13 @@ async fn keys(ctx: &Rc<ShardCtx>, kr: KeyRequest, conn: &mut Conn) -> std::io::R
         Ok(ev) => event_response(
             &mut conn.out,
             head,
-            &cid,
+            cid,
             ev,
             reply.raft_index,
             reply.raft_term,
             kr.no_value_on_success,
         ),
-        Err(e) => error_response(&mut conn.out, head, &cid, e),
+        Err(e) => error_response(&mut conn.out, head, cid, e),
     }
     Ok(Flow::KeepAlive)
 }

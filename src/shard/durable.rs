@@ -143,6 +143,7 @@ fn persist(
     wal: &mut Wal,
     entries: &[LogEntry],
     hs: Option<HardState>,
+    must_sync: bool,
 ) -> Result<(), crate::wal::WalError> {
     if !entries.is_empty() {
         wal.append(entries)?;
@@ -150,7 +151,10 @@ fn persist(
     if let Some(hs) = hs {
         wal.set_hard_state(hs)?;
     }
-    wal.sync()
+    if must_sync {
+        wal.sync()?;
+    }
+    Ok(())
 }
 
 fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
@@ -167,7 +171,8 @@ fn drive(
     let mut applied = Vec::new();
     let mut events = Vec::new();
     loop {
-        let out = match replica.step(|entries, hs| persist(wal, entries, hs)) {
+        let out = match replica.step(|entries, hs, must_sync| persist(wal, entries, hs, must_sync))
+        {
             Ok(out) => out,
             Err(e) => fatal("log write or fsync failed", e),
         };
