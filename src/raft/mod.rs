@@ -18,6 +18,18 @@ use std::collections::VecDeque;
 /// An entry or hard state to persist, in the log's own types (no raft-rs types leak out).
 pub use crate::wal::{HardState, LogEntry};
 
+/// A position in the raft log. Not an etcd index (`ringd_store::EtcdIndex`): conf changes,
+/// leader no-ops and expiry passes that expire nothing consume raft indexes only, so the two
+/// drift apart and must never be mixed up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RaftIndex(pub u64);
+
+impl std::fmt::Display for RaftIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Kinds of log entries (the `kind` byte of a log record).
 pub const ENTRY_NORMAL: u8 = 0;
 pub const ENTRY_CONF_CHANGE: u8 = 1;
@@ -26,7 +38,7 @@ pub const ENTRY_CONF_CHANGE: u8 = 1;
 pub struct Applied<T> {
     pub token: T,
     pub result: Result<Event, Error>,
-    pub raft_index: u64,
+    pub raft_index: RaftIndex,
     pub raft_term: u64,
 }
 
@@ -144,8 +156,8 @@ impl<T> Replica<T> {
         self.node.raft.term
     }
 
-    pub fn applied_index(&self) -> u64 {
-        self.applied_index
+    pub fn applied_index(&self) -> RaftIndex {
+        RaftIndex(self.applied_index)
     }
 
     pub fn store(&self) -> &Store {
@@ -292,7 +304,7 @@ impl<T> Replica<T> {
                 out.applied.push(Applied {
                     token,
                     result,
-                    raft_index: e.index,
+                    raft_index: RaftIndex(e.index),
                     raft_term: e.term,
                 });
             }

@@ -740,7 +740,7 @@ fn metrics(ctx: &Rc<ShardCtx>) -> String {
         (
             "ringd_raft_index",
             "Last applied log position.",
-            p.raft_index,
+            p.raft_index.0,
         ),
         (
             "ringd_wal_fsyncs_total",
@@ -782,7 +782,7 @@ fn event_response(
     head: bool,
     cid: &str,
     ev: &Event,
-    raft_index: u64,
+    raft_index: crate::raft::RaftIndex,
     raft_term: u64,
     no_value: bool,
 ) {
@@ -829,7 +829,7 @@ async fn propose(ctx: &Rc<ShardCtx>, make: impl FnOnce(ReplyTo) -> Proposal) -> 
         ctx.pending.borrow_mut().remove(&id);
         return Reply {
             result: Err(Error::new(ErrorCode::RaftInternal, "raft shard stopped", 0)),
-            raft_index: 0,
+            raft_index: crate::raft::RaftIndex(0),
             raft_term: 0,
         };
     }

@@ -441,7 +441,7 @@ impl Snapshotter {
 
     /// Starts a snapshot when `count` entries were applied since the last one.
     fn maybe_start(&mut self, shared: &Shared, replica: &Replica<Token>, count: u64) {
-        if self.in_flight || replica.applied_index() < self.last + count {
+        if self.in_flight || replica.applied_index().0 < self.last.saturating_add(count) {
             return;
         }
         let current = replica.store().index().0;
@@ -459,7 +459,7 @@ impl Snapshotter {
             }
         }
         let job = SnapJob {
-            index: replica.applied_index(),
+            index: replica.applied_index().0,
             term: replica.term(),
             source: replica.store().snapshot_source(),
             events,

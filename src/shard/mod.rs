@@ -24,7 +24,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// What the raft shard publishes after each applied batch.
 pub struct Published {
     pub view: StoreView,
-    pub raft_index: u64,
+    pub raft_index: crate::raft::RaftIndex,
     pub raft_term: u64,
     pub write_stats: WriteStats,
 }
@@ -51,7 +51,7 @@ pub struct Shared {
 /// The reply to a proposal: the outcome and the raft position it was applied at.
 pub struct Reply {
     pub result: Result<Arc<Event>, Error>,
-    pub raft_index: u64,
+    pub raft_index: crate::raft::RaftIndex,
     pub raft_term: u64,
 }
 
