@@ -85,9 +85,10 @@ pub fn read(path: &Path) -> Result<SnapshotFile, String> {
     if &body[..8] != MAGIC {
         return Err(bad("not a ringd snapshot"));
     }
-    let mut pos = 8;
+    let mut pos: usize = 8;
     let mut take = |n: usize| -> Result<&[u8], String> {
-        let s = body.get(pos..pos + n).ok_or_else(|| bad("truncated"))?;
+        let end = pos.checked_add(n).ok_or_else(|| bad("length overflow"))?;
+        let s = body.get(pos..end).ok_or_else(|| bad("truncated"))?;
         pos += n;
         Ok(s)
     };
@@ -188,6 +189,25 @@ mod tests {
         fs::write(&p, b"").unwrap();
         assert!(read(&p).unwrap_err().contains("too short"));
         fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(read(&p).is_err());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn absurd_lengths_with_a_valid_checksum_are_errors_not_panics() {
+        let d = tmpdir("absurd");
+        fs::create_dir_all(&d).unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(MAGIC);
+        body.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.extend_from_slice(&u64::MAX.to_le_bytes());
+        body.extend_from_slice(&[0u8; 8]);
+        let crc = crc32c::crc32c(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        let p = d.join("0000000000000001.snap");
+        fs::write(&p, &body).unwrap();
         assert!(read(&p).is_err());
         let _ = fs::remove_dir_all(&d);
     }
