@@ -498,54 +498,81 @@ mod tests {
 
     #[test]
     fn form_errors_have_etcds_texts() {
-        assert_eq!(
-            cause(keys(Method::Put, "/v2/keys/a?ttl=x", "")),
-            (202, "invalid value for \"ttl\"".into())
-        );
-        assert_eq!(
-            cause(keys(Method::Put, "/v2/keys/a?ttl=-1", "")),
-            (202, "invalid value for \"ttl\"".into())
-        );
-        assert_eq!(
-            cause(keys(Method::Put, "/v2/keys/a?prevIndex=-1", "")),
-            (203, "invalid value for \"prevIndex\"".into())
-        );
-        assert_eq!(
-            cause(keys(Method::Get, "/v2/keys/a?waitIndex=", "")),
-            (203, "invalid value for \"waitIndex\"".into())
-        );
-        assert_eq!(
-            cause(keys(Method::Put, "/v2/keys/a?prevValue=", "")),
-            (201, "\"prevValue\" cannot be empty".into())
-        );
-        assert_eq!(
-            cause(keys(Method::Get, "/v2/keys/a?recursive=yes", "")),
-            (209, "invalid value for \"recursive\"".into())
-        );
-        assert_eq!(
-            cause(keys(Method::Put, "/v2/keys/a?prevExist=", "")),
-            (209, "invalid value for prevExist".into())
-        );
-        assert_eq!(
-            cause(keys(Method::Put, "/v2/keys/a?wait=true", "")),
-            (209, "\"wait\" can only be used with GET requests".into())
-        );
-        assert_eq!(
-            cause(keys(Method::Put, "/v2/keys/a?a=%zz", "")),
-            (210, "invalid URL escape \"%zz\"".into())
-        );
-        assert_eq!(
-            cause(keys(
+        let cases: &[(Method, &str, u16, &str)] = &[
+            (
+                Method::Put,
+                "/v2/keys/a?ttl=x",
+                202,
+                "invalid value for \"ttl\"",
+            ),
+            (
+                Method::Put,
+                "/v2/keys/a?ttl=-1",
+                202,
+                "invalid value for \"ttl\"",
+            ),
+            (
+                Method::Put,
+                "/v2/keys/a?prevIndex=-1",
+                203,
+                "invalid value for \"prevIndex\"",
+            ),
+            (
+                Method::Get,
+                "/v2/keys/a?waitIndex=",
+                203,
+                "invalid value for \"waitIndex\"",
+            ),
+            (
+                Method::Put,
+                "/v2/keys/a?prevValue=",
+                201,
+                "\"prevValue\" cannot be empty",
+            ),
+            (
+                Method::Get,
+                "/v2/keys/a?recursive=yes",
+                209,
+                "invalid value for \"recursive\"",
+            ),
+            (
+                Method::Put,
+                "/v2/keys/a?prevExist=",
+                209,
+                "invalid value for prevExist",
+            ),
+            (
+                Method::Put,
+                "/v2/keys/a?wait=true",
+                209,
+                "\"wait\" can only be used with GET requests",
+            ),
+            (
+                Method::Put,
+                "/v2/keys/a?a=%zz",
+                210,
+                "invalid URL escape \"%zz\"",
+            ),
+            (
                 Method::Put,
                 "/v2/keys/a?refresh=true&value=x&ttl=1",
-                ""
-            )),
-            (211, "A value was provided on a refresh".into())
-        );
-        assert_eq!(
-            cause(keys(Method::Put, "/v2/keys/a?refresh=true", "")),
-            (212, "No TTL value set".into())
-        );
+                211,
+                "A value was provided on a refresh",
+            ),
+            (
+                Method::Put,
+                "/v2/keys/a?refresh=true",
+                212,
+                "No TTL value set",
+            ),
+        ];
+        for (method, target, code, expected) in cases {
+            assert_eq!(
+                cause(keys(method.clone(), target, "")),
+                (*code, expected.to_string()),
+                "{target}"
+            );
+        }
     }
 
     #[test]

@@ -58,7 +58,6 @@ pub struct Replica<T> {
     applied_index: u64,
     /// Proposals waiting for their entry to be applied: (raft index, token).
     pending: VecDeque<(u64, T)>,
-    scratch: Vec<u8>,
 }
 
 /// A slog drain that forwards raft-rs's log lines to tracing.
@@ -144,7 +143,6 @@ impl<T> Replica<T> {
             store: b.store,
             applied_index: b.snapshot_index,
             pending: VecDeque::new(),
-            scratch: Vec::new(),
         })
     }
 
@@ -186,9 +184,9 @@ impl<T> Replica<T> {
                 Error::new(ErrorCode::LeaderElect, "", self.store.index().0),
             ));
         }
-        self.scratch.clear();
-        cmd.encode(&mut self.scratch);
-        match self.node.propose(Vec::new(), self.scratch.clone()) {
+        let mut data = Vec::with_capacity(64);
+        cmd.encode(&mut data);
+        match self.node.propose(Vec::new(), data) {
             Ok(()) => {
                 let index = self.node.raft.raft_log.last_index();
                 self.pending.push_back((index, token));
