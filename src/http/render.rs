@@ -4,12 +4,38 @@
 use ringd_store::{Error, Event, NodeRepr};
 use std::io::Write;
 
+/// Bytes that may need escaping: `"`, `\\`, controls, `<`, `>`, `&`, and 0xE2 (the lead byte
+/// of U+2028/U+2029). Keys and values rarely hold any, so the common case is one table scan
+/// and one copy.
+static MAY_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[b'&' as usize] = true;
+    t[0xe2] = true;
+    t
+};
+
 /// Appends `s` as a JSON string the way Go's encoding/json does (HTML-safe escaping).
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    let Some(first) = bytes.iter().position(|&b| MAY_ESCAPE[b as usize]) else {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    };
+    out.push(b'"');
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(first) {
         let esc: Option<&[u8]> = match b {
             b'"' => Some(b"\\\""),
             b'\\' => Some(b"\\\\"),

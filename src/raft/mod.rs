@@ -14,6 +14,7 @@ use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 use ringd_store::{Command, Error, ErrorCode, Event, Store};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// An entry or hard state to persist, in the log's own types (no raft-rs types leak out).
 pub use crate::wal::{HardState, LogEntry};
@@ -37,7 +38,8 @@ pub const ENTRY_CONF_CHANGE: u8 = 1;
 /// The result of applying one proposal, handed back with its token.
 pub struct Applied<T> {
     pub token: T,
-    pub result: Result<Event, Error>,
+    /// Shared with `StepOutput::events`: each event is built once.
+    pub result: Result<Arc<Event>, Error>,
     pub raft_index: RaftIndex,
     pub raft_term: u64,
 }
@@ -47,7 +49,7 @@ pub struct StepOutput<T> {
     /// Answers to proposals, in log order.
     pub applied: Vec<Applied<T>>,
     /// Every event applied this step (including expiries nobody proposed from a client).
-    pub events: Vec<Event>,
+    pub events: Vec<Arc<Event>>,
     /// Entries persisted this step (for the batch-size metric).
     pub persisted_entries: usize,
 }
@@ -266,14 +268,20 @@ impl<T> Replica<T> {
             } else {
                 match Command::decode(&e.data) {
                     Ok(Command::Expire { cutoff }) => {
-                        let events = self.store.expire(cutoff);
-                        out.events.extend(events.iter().cloned());
-                        Some(events.last().cloned().ok_or_else(|| {
-                            Error::new(ErrorCode::KeyNotFound, "", self.store.index().0)
-                        }))
+                        let before = out.events.len();
+                        out.events
+                            .extend(self.store.expire(cutoff).into_iter().map(Arc::new));
+                        Some(match out.events.get(before..).and_then(|e| e.last()) {
+                            Some(last) => Ok(last.clone()),
+                            None => Err(Error::new(
+                                ErrorCode::KeyNotFound,
+                                "",
+                                self.store.index().0,
+                            )),
+                        })
                     }
                     Ok(cmd) => {
-                        let r = self.store.apply(&cmd);
+                        let r = self.store.apply(&cmd).map(Arc::new);
                         if let Ok(ev) = &r {
                             out.events.push(ev.clone());
                         }

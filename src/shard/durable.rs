@@ -167,7 +167,7 @@ fn drive(
     replica: &mut Replica<Token>,
     wal: &mut Wal,
     stats: &mut BatchStats,
-) -> (Vec<crate::raft::Applied<Token>>, Vec<Event>) {
+) -> (Vec<crate::raft::Applied<Token>>, Vec<Arc<Event>>) {
     let mut applied = Vec::new();
     let mut events = Vec::new();
     loop {
@@ -194,7 +194,7 @@ fn drive(
 pub fn replay(rec: &mut Recovered) -> Vec<Arc<Event>> {
     let mut stats = BatchStats::default();
     let (_, events) = drive(&mut rec.replica, &mut rec.wal, &mut stats);
-    events.into_iter().map(Arc::new).collect()
+    events
 }
 
 /// Group-commit figures, logged at info every so often and exported as metrics.
@@ -307,7 +307,7 @@ pub fn raft_main(
         }
         for a in applied {
             if let Token::Client(tx) = a.token {
-                let result = a.result.map(Arc::new);
+                let result = a.result;
                 replies.push(
                     tx,
                     Reply {
@@ -344,7 +344,6 @@ pub fn raft_main(
                 },
             );
         }
-        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         if !events.is_empty() || !replies.is_empty() {
             publish(&shared, &replica, &shards, events, &mut wheel, &mut replies);
         }
