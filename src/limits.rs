@@ -54,3 +54,9 @@ pub const TTL_WHEEL_SLOTS: usize = 1024;
 const _: () = assert!(PROPOSAL_BATCH_MAX <= MAILBOX_CAPACITY);
 const _: () = assert!(REQUEST_HEADER_BYTES_MAX < REQUEST_BODY_BYTES_DEFAULT);
 const _: () = assert!(TTL_WHEEL_SLOTS.is_power_of_two());
+
+/// Applied entries raft-rs keeps in memory (its `MemStorage`) behind the applied index. Older
+/// ones are on disk (log and snapshots); holding a whole `--snapshot-count` of them cost tens
+/// of MB and a growing Vec's reallocations on the raft shard. A follower that falls further
+/// behind than this is sent a snapshot (issue "cluster"), as raft does for compacted logs.
+pub const RAFT_MEM_LOG_KEEP: u64 = 4096;

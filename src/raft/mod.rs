@@ -9,6 +9,7 @@
 //! Architecture invariant: nothing here touches sockets, threads or files; time enters only
 //! as the absolute expirations already stamped into proposed commands.
 
+use crate::limits::RAFT_MEM_LOG_KEEP;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState as RaftHardState};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
@@ -250,7 +251,18 @@ impl<T> Replica<T> {
         let committed = light.take_committed_entries();
         self.apply_entries(committed, &mut out);
         self.node.advance_apply();
+        self.trim_mem_log();
         Ok(out)
+    }
+
+    /// Drops applied entries from raft's in-memory log beyond `RAFT_MEM_LOG_KEEP`, in chunks
+    /// of that size so the drain's memmove stays amortized.
+    fn trim_mem_log(&mut self) {
+        // `Storage::first_index` never fails for MemStorage.
+        let first = raft::Storage::first_index(self.node.store()).unwrap_or(0);
+        if self.applied_index >= first + 2 * RAFT_MEM_LOG_KEEP {
+            self.compact(self.applied_index - RAFT_MEM_LOG_KEEP);
+        }
     }
 
     fn apply_entries(&mut self, entries: Vec<Entry>, out: &mut StepOutput<T>) {
@@ -273,11 +285,9 @@ impl<T> Replica<T> {
                             .extend(self.store.expire(cutoff).into_iter().map(Arc::new));
                         Some(match out.events.get(before..).and_then(|e| e.last()) {
                             Some(last) => Ok(last.clone()),
-                            None => Err(Error::new(
-                                ErrorCode::KeyNotFound,
-                                "",
-                                self.store.index().0,
-                            )),
+                            None => {
+                                Err(Error::new(ErrorCode::KeyNotFound, "", self.store.index().0))
+                            }
                         })
                     }
                     Ok(cmd) => {
@@ -343,5 +353,112 @@ fn from_raft_entry(e: &Entry) -> LogEntry {
         term: e.term,
         kind,
         data: e.data.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(key: &str, value: &str) -> Command {
+        Command::Set {
+            key: key.to_string(),
+            dir: false,
+            value: value.to_string(),
+            expire: None,
+            refresh: false,
+        }
+    }
+
+    fn bootstrap(entries: Vec<LogEntry>, hard_state: HardState) -> Replica<u64> {
+        let r = Replica::new(Bootstrap {
+            id: 1,
+            voters: vec![1],
+            store: Store::new(),
+            snapshot_index: 0,
+            snapshot_term: 0,
+            entries,
+            hard_state,
+            election_tick: 10,
+            heartbeat_tick: 1,
+        });
+        r.unwrap_or_else(|e| panic!("bootstrap: {e}"))
+    }
+
+    /// Steps until raft is idle, persisting into `log`; returns the applied tokens in order.
+    fn drive(r: &mut Replica<u64>, log: &mut Vec<LogEntry>, hs: &mut HardState) -> Vec<u64> {
+        let mut tokens = Vec::new();
+        loop {
+            let out = r
+                .step(|entries, h, _| {
+                    for e in entries {
+                        log.truncate((e.index - 1) as usize);
+                        log.push(e.clone());
+                    }
+                    if let Some(h) = h {
+                        *hs = h;
+                    }
+                    Ok::<(), ()>(())
+                })
+                .unwrap_or_else(|()| panic!("persist failed"));
+            let idle = out.applied.is_empty() && out.persisted_entries == 0;
+            tokens.extend(out.applied.into_iter().map(|a| {
+                assert!(a.result.is_ok(), "write {} failed", a.token);
+                a.token
+            }));
+            if idle {
+                return tokens;
+            }
+        }
+    }
+
+    #[test]
+    fn applies_in_order_trims_its_memory_log_and_recovers_from_the_persisted_one() {
+        let mut log = Vec::new();
+        let mut hs = HardState::default();
+        let mut r = bootstrap(Vec::new(), HardState::default());
+        drive(&mut r, &mut log, &mut hs);
+        assert!(r.is_leader());
+        let n = 5 * RAFT_MEM_LOG_KEEP;
+        let mut applied = Vec::new();
+        for i in 0..n {
+            r.propose(&set(&format!("/k{}", i % 100), &i.to_string()), i)
+                .unwrap_or_else(|_| panic!("propose {i}"));
+            if i % 97 == 0 {
+                applied.extend(drive(&mut r, &mut log, &mut hs));
+            }
+        }
+        applied.extend(drive(&mut r, &mut log, &mut hs));
+        assert_eq!(applied, (0..n).collect::<Vec<_>>());
+        // raft's in-memory log keeps a window, not everything since the start.
+        let first = raft::Storage::first_index(r.node.store()).unwrap_or(0);
+        let applied_index = r.applied_index().0;
+        assert!(
+            first > applied_index - 2 * RAFT_MEM_LOG_KEEP,
+            "first {first}"
+        );
+        assert!(
+            first <= applied_index - RAFT_MEM_LOG_KEEP + 1,
+            "first {first}"
+        );
+        // Writes keep working after the trim, and a replica rebuilt from the persisted log
+        // (nothing in memory) reaches the same store.
+        r.propose(&set("/after", "trim"), n)
+            .unwrap_or_else(|_| panic!("propose"));
+        assert_eq!(drive(&mut r, &mut log, &mut hs), vec![n]);
+        let mut again = bootstrap(log.clone(), hs);
+        let mut log2 = log.clone();
+        let mut hs2 = hs;
+        drive(&mut again, &mut log2, &mut hs2);
+        assert_eq!(again.store().index(), r.store().index());
+        for k in ["/k0", "/k99", "/after"] {
+            let a = again
+                .store()
+                .view()
+                .get(k, false, false)
+                .map(|e| e.node.value);
+            let b = r.store().view().get(k, false, false).map(|e| e.node.value);
+            assert_eq!(a, b, "{k}");
+        }
     }
 }
