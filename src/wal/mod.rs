@@ -27,6 +27,18 @@ const _: () = assert!(WAL_SEGMENT_BYTES.is_multiple_of(4096));
 const FLUSH_BYTES: usize = 1 << 20;
 /// Zeroes are written in chunks of this size when a torn tail is discarded.
 const ZERO_CHUNK: usize = 64 << 10;
+/// The active segment is kept overwritten with zeroes this far past the end of the data.
+/// fallocate leaves "unwritten" extents, and an fdatasync after writing into one must also
+/// write the extent change; over blocks already written it writes only data. Measured on
+/// this machine's ext4 (4 KiB per fdatasync): 136-158 us per fdatasync after fallocate, 86
+/// us with zeroes ahead, 91 us on a fully zero-filled file; `perf/ab.sh` put at 64
+/// connections: +10 % req/s. Zeroes beyond the end change nothing on disk that recovery
+/// reads (the preallocated tail is zeroes either way), so this needs no sync of its own.
+const ZERO_AHEAD: u64 = 1 << 20;
+/// Zeroes ahead are written in chunks of this size, and their writeback started at once so
+/// the next fdatasync finds them mostly on disk already.
+const ZERO_AHEAD_CHUNK: usize = 256 << 10;
+static ZEROES: [u8; ZERO_AHEAD_CHUNK] = [0; ZERO_AHEAD_CHUNK];
 
 /// `<data-dir>/member/wal`, the directory to give `Wal::open`.
 pub fn wal_dir(data_dir: &Path) -> PathBuf {
@@ -204,6 +216,8 @@ struct Segment<F> {
     len: u64,
     /// End of the valid data (where the next record goes, for the last segment).
     end: u64,
+    /// Bytes before this offset have been written (data or zeroes): see `ZERO_AHEAD`.
+    zeroed: u64,
 }
 
 /// Where an entry's record is.
@@ -563,6 +577,7 @@ impl<S: Storage> Wal<S> {
                         file,
                         len,
                         end,
+                        zeroed: end,
                     });
                     next_seq = seq + 1;
                 }
@@ -844,6 +859,7 @@ impl<S: Storage> Wal<S> {
             file,
             len: size,
             end,
+            zeroed: end,
         });
         self.write_off = end;
         self.synced_off = end;
@@ -863,6 +879,16 @@ impl<S: Storage> Wal<S> {
         self.write_off += self.pending.len() as u64;
         seg.end = self.write_off;
         self.pending.clear();
+        // Keep zeroes ahead of the data (never over it: from the end of the data on).
+        let want = (self.write_off + ZERO_AHEAD).min(seg.len);
+        let mut at = seg.zeroed.max(self.write_off);
+        while at < want {
+            let n = (ZERO_AHEAD_CHUNK as u64).min(seg.len - at);
+            seg.file.write_at(at, &ZEROES[..n as usize])?;
+            seg.file.start_writeback(at, n);
+            at += n;
+        }
+        seg.zeroed = seg.zeroed.max(at);
         Ok(())
     }
 

@@ -48,6 +48,9 @@ pub trait StorageFile {
     fn sync_all(&mut self) -> io::Result<()>;
     /// The whole file mapped in memory, if this storage maps files.
     fn mapped(&self) -> Option<&[u8]>;
+    /// A hint: start writing `off..off+len` back to disk without waiting. Durability still
+    /// comes only from `sync_data`.
+    fn start_writeback(&self, _off: u64, _len: u64) {}
 }
 
 /// How records reach a segment on the real file system.
@@ -297,6 +300,18 @@ impl StorageFile for FsFile {
         self.file
             .sync_all()
             .map_err(|e| ctx(&self.path, "cannot fsync", e))
+    }
+
+    fn start_writeback(&self, off: u64, len: u64) {
+        let (Ok(off), Ok(len)) = (libc::off64_t::try_from(off), libc::off64_t::try_from(len))
+        else {
+            return;
+        };
+        // SAFETY: plain syscall on an open descriptor. A failure is ignored on purpose: this
+        // only starts writeback early, and the next fdatasync reports any real I/O error.
+        let _ = unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
     }
 
     fn mapped(&self) -> Option<&[u8]> {

@@ -582,3 +582,37 @@ fn wal_moves_to_the_raft_thread() {
     is_send::<Wal<SimStorage>>();
     is_send::<WalError>();
 }
+
+#[test]
+fn zeroes_ahead_never_overwrite_data_and_stay_inside_the_segment() {
+    let d = TempDir::new("zero-ahead");
+    // A segment of 3 zero-ahead chunks plus a bit: the zeroes must stop at its end, and a
+    // rotation must start a new segment's zeroes from its own data.
+    let seg = 3 * ZERO_AHEAD_CHUNK as u64 + 4096;
+    let (mut wal, _) = open(&d.wal(), 0, seg);
+    let mut next = 1;
+    // Small batches, one sync each, across several chunk boundaries and two rotations.
+    while next < 8000 {
+        wal.append(&entries(next, next + 7, 1, 300)).unwrap();
+        wal.sync().unwrap();
+        next += 7;
+        let a = wal.active();
+        assert!(
+            a.zeroed <= a.len,
+            "zeroed {} past the segment ({})",
+            a.zeroed,
+            a.len
+        );
+        assert!(
+            a.zeroed >= a.end.min(a.len),
+            "zeroed {} behind the data {}",
+            a.zeroed,
+            a.end
+        );
+    }
+    assert!(segments_in(&d.wal()).len() >= 3);
+    assert_eq!(wal.entries(1, next).unwrap(), entries(1, next, 1, 300));
+    drop(wal);
+    let (_, rec) = open(&d.wal(), 0, seg);
+    assert_eq!(rec.entries, entries(1, next, 1, 300));
+}
