@@ -360,13 +360,21 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_one_and_loses_nothing() 
         .collect();
     files.sort();
     assert!(files.len() >= 2, "expected two snapshots, found {files:?}");
-    // An empty newest snapshot (as a crash between create and write could leave).
-    std::fs::write(files.last().unwrap(), b"").unwrap();
-    let node = start(dir.path(), port, &[]).unwrap();
-    for i in 0..220 {
-        assert_eq!(
-            support::get(&node.addr, &format!("/v2/keys/s/{i}")).json()["node"]["value"],
-            format!("{i}")
-        );
+    let newest = files.last().unwrap().clone();
+    let full = std::fs::read(&newest).unwrap();
+    // A partial newest snapshot (a torn write), then an empty one (a crash between create
+    // and write): each time the previous snapshot plus the log give back every write.
+    for damaged in [&full[..full.len() / 2], &b""[..]] {
+        std::fs::write(&newest, damaged).unwrap();
+        let node = start(dir.path(), port, &[]).unwrap();
+        for i in 0..220 {
+            assert_eq!(
+                support::get(&node.addr, &format!("/v2/keys/s/{i}")).json()["node"]["value"],
+                format!("{i}"),
+                "after a snapshot of {} of {} bytes",
+                damaged.len(),
+                full.len()
+            );
+        }
     }
 }
