@@ -229,7 +229,7 @@ pub fn raft_main(
         // Keys whose TTL ran out while we were down expire at once, through the log.
         wheel.schedule(next);
     }
-    let mut snapshotter = Snapshotter::start(paths.snap.clone(), snapshot_index);
+    let mut snapshotter = Snapshotter::start(paths.snap.clone(), paths.wal.clone(), snapshot_index);
     let mut batch: Vec<Proposal> = Vec::with_capacity(PROPOSAL_BATCH_MAX);
     let mut next_tick = Instant::now() + cfg.tick;
     loop {
@@ -347,7 +347,7 @@ pub fn raft_main(
         if !events.is_empty() || !replies.is_empty() {
             publish(&shared, &replica, &shards, events, &mut wheel, &mut replies);
         }
-        snapshotter.collect(&mut replica, &mut wal, &paths.snap);
+        snapshotter.collect(&mut replica, &mut wal);
         snapshotter.maybe_start(&shared, &replica, cfg.snapshot_count);
     }
 }
@@ -377,17 +377,47 @@ fn publish(
     replies.send(shards, events);
 }
 
-/// A snapshot being written by the snapshot thread.
-struct SnapJob {
-    index: u64,
-    term: u64,
-    source: ringd_store::SnapshotSource,
-    events: Vec<Vec<u8>>,
+/// Nice +10 for the calling thread (Linux nice values are per thread). The snapshot thread
+/// encodes the whole store (~280 ms of CPU for 900k keys) every `--snapshot-count` writes;
+/// at normal priority it takes its share of the cores from the shards and the raft shard,
+/// and write latency suffers while it runs. Lowered, it uses the time they leave; writes
+/// never wait for it (the log keeps everything until it finishes).
+fn lower_this_threads_priority() {
+    // SAFETY: plain syscalls; gettid cannot fail, setpriority on our own tid only.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    let Ok(tid) = libc::id_t::try_from(tid) else {
+        return;
+    };
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) } != 0 {
+        tracing::debug!(
+            "cannot lower the snapshot thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Work for the snapshot thread.
+enum SnapJob {
+    /// Write a snapshot.
+    Write {
+        index: u64,
+        term: u64,
+        source: ringd_store::SnapshotSource,
+        events: Vec<Vec<u8>>,
+    },
+    /// After a snapshot: remove the log segments the raft shard detached (in order) and the
+    /// snapshots older than `keep_from`. File removal takes milliseconds (~5 ms for a 64 MiB
+    /// segment here), so the raft shard does not do it.
+    Remove {
+        segments: Vec<PathBuf>,
+        keep_from: u64,
+    },
 }
 
 /// Snapshots are encoded and written on their own thread from an O(1) frozen copy of the
 /// store, so writes keep flowing meanwhile (no stop-the-world). The raft shard only collects
-/// the last 1000 events (cheap) and, when the file is durable, compacts the log.
+/// the last 1000 events (cheap) and, when the file is durable, detaches the old log segments,
+/// which the snapshot thread then removes.
 pub struct Snapshotter {
     jobs: flume::Sender<SnapJob>,
     done: flume::Receiver<Result<u64, String>>,
@@ -398,30 +428,51 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    pub fn start(dir: PathBuf, last: u64) -> Snapshotter {
-        let (jobs, rx) = flume::bounded::<SnapJob>(1);
+    pub fn start(dir: PathBuf, wal_dir: PathBuf, last: u64) -> Snapshotter {
+        // At most one write and one removal are ever queued (`in_flight`).
+        let (jobs, rx) = flume::bounded::<SnapJob>(2);
         let (done_tx, done) = flume::bounded(1);
         let spawned = std::thread::Builder::new()
             .name("snapshot".to_string())
             .spawn(move || {
+                lower_this_threads_priority();
                 while let Ok(job) = rx.recv() {
+                    let (index, term, source, events) = match job {
+                        SnapJob::Write {
+                            index,
+                            term,
+                            source,
+                            events,
+                        } => (index, term, source, events),
+                        SnapJob::Remove {
+                            segments,
+                            keep_from,
+                        } => {
+                            // A failure leaves old files behind, nothing more: they are
+                            // removed at the next compaction after a restart.
+                            if let Err(e) = crate::wal::remove_detached(&wal_dir, &segments) {
+                                tracing::warn!("cannot remove old log segments: {e}");
+                            }
+                            if let Err(e) = crate::snapshot::prune(&dir, keep_from) {
+                                tracing::warn!("cannot prune old snapshots: {e}");
+                            }
+                            continue;
+                        }
+                    };
                     let started = Instant::now();
                     let mut store = Vec::new();
-                    job.source.snapshot(&mut store);
-                    let res =
-                        crate::snapshot::write(&dir, job.index, job.term, &store, &job.events)
-                            .map(|_| {
-                                tracing::info!(
-                                    raft_index = job.index,
-                                    bytes = store.len(),
-                                    ms = started.elapsed().as_millis() as u64,
-                                    "snapshot written"
-                                );
-                                job.index
-                            })
-                            .map_err(|e| {
-                                format!("snapshot at raft index {} failed: {e}", job.index)
-                            });
+                    source.snapshot(&mut store);
+                    let res = crate::snapshot::write(&dir, index, term, &store, &events)
+                        .map(|_| {
+                            tracing::info!(
+                                raft_index = index,
+                                bytes = store.len(),
+                                ms = started.elapsed().as_millis() as u64,
+                                "snapshot written"
+                            );
+                            index
+                        })
+                        .map_err(|e| format!("snapshot at raft index {} failed: {e}", index));
                     if done_tx.send(res).is_err() {
                         return;
                     }
@@ -457,7 +508,7 @@ impl Snapshotter {
                 events.push(b);
             }
         }
-        let job = SnapJob {
+        let job = SnapJob::Write {
             index: replica.applied_index().0,
             term: replica.term(),
             source: replica.store().snapshot_source(),
@@ -467,19 +518,24 @@ impl Snapshotter {
     }
 
     /// Compacts the log once a snapshot is durable.
-    fn collect(&mut self, replica: &mut Replica<Token>, wal: &mut Wal, snap_dir: &Path) {
+    fn collect(&mut self, replica: &mut Replica<Token>, wal: &mut Wal) {
         let Ok(res) = self.done.try_recv() else {
             return;
         };
         self.in_flight = false;
         match res {
             Ok(index) => {
-                if let Err(e) = wal.compact(self.last) {
-                    fatal("log compaction failed", e);
-                }
+                let segments = match wal.detach(self.last) {
+                    Ok(s) => s,
+                    Err(e) => fatal("log compaction failed", e),
+                };
                 replica.compact(self.last);
-                if let Err(e) = crate::snapshot::prune(snap_dir, self.last) {
-                    tracing::warn!("cannot prune old snapshots: {e}");
+                let job = SnapJob::Remove {
+                    segments,
+                    keep_from: self.last,
+                };
+                if self.jobs.try_send(job).is_err() {
+                    tracing::warn!("snapshot thread busy: the old log segments stay on disk until after a restart");
                 }
                 self.last = index;
             }

@@ -40,6 +40,22 @@ const ZERO_AHEAD: u64 = 1 << 20;
 const ZERO_AHEAD_CHUNK: usize = 256 << 10;
 static ZEROES: [u8; ZERO_AHEAD_CHUNK] = [0; ZERO_AHEAD_CHUNK];
 
+/// Removes segments `Wal::detach` returned, in order, syncing the directory after each (see
+/// `compact`). One already gone is fine (a retry after a crash).
+pub fn remove_detached(dir: &Path, paths: &[PathBuf]) -> io::Result<()> {
+    for p in paths {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+        }
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io::Error::new(e.kind(), format!("fsync {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
 /// `<data-dir>/member/wal`, the directory to give `Wal::open`.
 pub fn wal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("wal")
@@ -734,21 +750,40 @@ impl<S: Storage> Wal<S> {
     }
 
     fn compact_inner(&mut self, index: u64) -> Result<(), WalError> {
-        let mut removed = false;
+        for path in self.detach_inner(index) {
+            self.storage.remove(&path)?;
+            // One directory sync per removal keeps the removals in order on disk: a crash
+            // leaves the oldest segments gone, never a gap between segments (a gap refuses to
+            // start, `MissingSegment`).
+            self.storage.sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// `compact` without the file system work: forgets the segments whose entries are all <=
+    /// `index` and returns their paths, oldest first, for `remove_detached` on another thread
+    /// (removing a 64 MiB segment takes ~5 ms here, which the raft shard must not wait for).
+    /// Until they are removed they are only old entries before a snapshot, which recovery
+    /// accepts.
+    pub fn detach(&mut self, index: u64) -> Result<Vec<PathBuf>, WalError> {
+        self.check()?;
+        Ok(self.detach_inner(index))
+    }
+
+    fn detach_inner(&mut self, index: u64) -> Vec<PathBuf> {
+        let mut paths = Vec::new();
         while self.segments.len() > 1 && self.segments[1].first_index <= index.saturating_add(1) {
             let seg = self.segments.remove(0);
             drop(seg.file);
-            self.storage.remove(&seg.path)?;
-            removed = true;
+            paths.push(seg.path);
         }
-        if removed {
-            self.storage.sync_dir(&self.dir)?;
+        if !paths.is_empty() {
             let keep = self.segments[0].seq;
             let n = self.pos.iter().take_while(|p| p.seq < keep).count();
             self.pos.drain(..n);
             self.first += n as u64;
         }
-        Ok(())
+        paths
     }
 
     /// Entries in `[lo, hi)`, read from the maps (or the write buffer).
