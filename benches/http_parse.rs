@@ -1,4 +1,5 @@
-//! Parse + route + render on recorded requests: the per-request CPU floor of a shard.
+//! Parse + route on recorded requests, and the JSON of a PUT's answer: the per-request CPU
+//! floor of a shard.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use ringd::http::parse::{Parsed, RequestParser};
@@ -22,5 +23,34 @@ fn parse_route(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, parse_route);
+/// The body of `loadgen put`'s answer: node and prevNode, 64-byte values.
+fn render_put_answer(c: &mut Criterion) {
+    use ringd_store::{Action, Event, NodeRepr};
+    let node = |i: u64| NodeRepr {
+        key: Some("/loadgen/k1234".to_string()),
+        dir: false,
+        value: Some("x".repeat(64)),
+        expiration: None,
+        modified_index: i,
+        created_index: i,
+        nodes: None,
+    };
+    let ev = Event {
+        action: Action::Set,
+        node: node(20_001),
+        prev_node: Some(node(10_001)),
+        etcd_index: 20_001,
+        refresh: false,
+    };
+    let mut out = Vec::with_capacity(512);
+    c.bench_function("render_put_answer", |b| {
+        b.iter(|| {
+            out.clear();
+            ringd::http::render::event(&mut out, black_box(&ev), 0, false);
+            black_box(out.len())
+        })
+    });
+}
+
+criterion_group!(benches, parse_route, render_put_answer);
 criterion_main!(benches);
