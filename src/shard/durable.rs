@@ -96,7 +96,7 @@ pub fn recover(
         break;
     }
     let (wal, rec) =
-        Wal::open(&paths.wal, snap_index, WAL_SEGMENT_BYTES).map_err(|e| e.to_string())?;
+        Wal::open(&paths.wal, snap_index, segment_bytes()).map_err(|e| e.to_string())?;
     if let Some(t) = &rec.torn_tail {
         tracing::warn!("log: {t}");
     }
@@ -137,6 +137,16 @@ pub fn recover(
         snapshot_index: snap_index,
         paths,
     })
+}
+
+/// The size of new log segments: `WAL_SEGMENT_BYTES`, or `RINGD_WAL_SEGMENT_BYTES` (a
+/// multiple of 4096, at least 64 KiB) so that tests can fill and remove segments quickly.
+fn segment_bytes() -> u64 {
+    std::env::var("RINGD_WAL_SEGMENT_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&b| b >= 64 << 10 && b.is_multiple_of(4096))
+        .unwrap_or(WAL_SEGMENT_BYTES)
 }
 
 fn persist(
