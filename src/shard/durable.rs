@@ -18,7 +18,7 @@ use crate::http::route::stamp_expiration;
 use crate::limits::{EVENT_HISTORY_CAPACITY, PROPOSAL_BATCH_MAX};
 use crate::raft::{Bootstrap, HardState, LogEntry, Replica};
 use crate::ttl::TtlWheel;
-use crate::wal::{Wal, WAL_SEGMENT_BYTES};
+use crate::wal::{FsStorage, Wal, WAL_SEGMENT_BYTES};
 use ringd_store::{Command, Error, ErrorCode, Event, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -460,7 +460,11 @@ impl Snapshotter {
                         } => {
                             // A failure leaves old files behind, nothing more: they are
                             // removed at the next compaction after a restart.
-                            if let Err(e) = crate::wal::remove_detached(&wal_dir, &segments) {
+                            if let Err(e) = crate::wal::remove_detached(
+                                &FsStorage::default(),
+                                &wal_dir,
+                                &segments,
+                            ) {
                                 tracing::warn!("cannot remove old log segments: {e}");
                             }
                             if let Err(e) = crate::snapshot::prune(&dir, keep_from) {

@@ -40,18 +40,18 @@ const ZERO_AHEAD: u64 = 1 << 20;
 const ZERO_AHEAD_CHUNK: usize = 256 << 10;
 static ZEROES: [u8; ZERO_AHEAD_CHUNK] = [0; ZERO_AHEAD_CHUNK];
 
-/// Removes segments `Wal::detach` returned, in order, syncing the directory after each (see
-/// `compact`). One already gone is fine (a retry after a crash).
-pub fn remove_detached(dir: &Path, paths: &[PathBuf]) -> io::Result<()> {
+/// Removes segments `Wal::detach` returned from `dir`, in order, syncing the directory after
+/// each: a crash then leaves the oldest segments gone, never a gap between segments (a gap
+/// refuses to start, `MissingSegment`). One already gone is fine (a retry after a crash).
+/// `compact` uses it too; the raft shard has the snapshot thread call it.
+pub fn remove_detached<S: Storage>(storage: &S, dir: &Path, paths: &[PathBuf]) -> io::Result<()> {
     for p in paths {
-        match std::fs::remove_file(p) {
+        match storage.remove(p) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+            Err(e) => return Err(e),
         }
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io::Error::new(e.kind(), format!("fsync {}: {e}", dir.display())))?;
+        storage.sync_dir(dir)?;
     }
     Ok(())
 }
@@ -750,14 +750,8 @@ impl<S: Storage> Wal<S> {
     }
 
     fn compact_inner(&mut self, index: u64) -> Result<(), WalError> {
-        for path in self.detach_inner(index) {
-            self.storage.remove(&path)?;
-            // One directory sync per removal keeps the removals in order on disk: a crash
-            // leaves the oldest segments gone, never a gap between segments (a gap refuses to
-            // start, `MissingSegment`).
-            self.storage.sync_dir(&self.dir)?;
-        }
-        Ok(())
+        let paths = self.detach_inner(index);
+        Ok(remove_detached(&self.storage, &self.dir, &paths)?)
     }
 
     /// `compact` without the file system work: forgets the segments whose entries are all <=

@@ -647,8 +647,8 @@ fn detached_segments_are_removed_later_in_order_and_recovery_accepts_either_stat
     assert_eq!(rec.entries, entries(index + 1, 62, 1, 300));
     drop(wal);
     // Removal, then once more (a retry after a crash finds some files gone).
-    remove_detached(&t.wal(), &detached).unwrap();
-    remove_detached(&t.wal(), &detached).unwrap();
+    remove_detached(&FsStorage::default(), &t.wal(), &detached).unwrap();
+    remove_detached(&FsStorage::default(), &t.wal(), &detached).unwrap();
     assert_eq!(segments_in(&t.wal()), before[3..].to_vec());
     let (_, rec) = open(&t.wal(), index, 4096);
     assert_eq!(rec.entries, entries(index + 1, 62, 1, 300));
