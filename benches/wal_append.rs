@@ -1,7 +1,7 @@
 //! The log's append path: records of 64 B and 1 KiB, batches of 1, 8, 64 and 256, each batch
-//! with a hard state, with and without the batch's sync, through pwrite and through the map,
-//! on the real disk (under target/) and on tmpfs (/dev/shm) when present. Its result picks
-//! `WriteMode::DEFAULT` (docs/wal-format.md records the numbers).
+//! with a hard state, with and without the batch's sync, through pwrite, through the map and
+//! through O_DIRECT, on the real disk (under target/) and on tmpfs (/dev/shm) when present.
+//! Its result picks `WriteMode::DEFAULT` (docs/wal-format.md records the numbers).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,7 +32,7 @@ fn wal_append(c: &mut Criterion) {
         g.sample_size(20)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(2));
-        for mode in [WriteMode::Pwrite, WriteMode::Mmap] {
+        for mode in [WriteMode::Pwrite, WriteMode::Mmap, WriteMode::Direct] {
             for size in [64usize, 1024] {
                 for batch in [1u64, 8, 64, 256] {
                     for sync in [true, false] {
@@ -53,10 +53,10 @@ fn wal_append(c: &mut Criterion) {
                         g.throughput(Throughput::Elements(batch));
                         let id = format!(
                             "{}/{size}B/batch{batch}/{}",
-                            if mode == WriteMode::Pwrite {
-                                "pwrite"
-                            } else {
-                                "mmap"
+                            match mode {
+                                WriteMode::Pwrite => "pwrite",
+                                WriteMode::Mmap => "mmap",
+                                WriteMode::Direct => "direct",
                             },
                             if sync { "sync" } else { "nosync" }
                         );

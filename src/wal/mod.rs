@@ -37,8 +37,7 @@ const ZERO_CHUNK: usize = 64 << 10;
 const ZERO_AHEAD: u64 = 1 << 20;
 /// Zeroes ahead are written in chunks of this size, and their writeback started at once so
 /// the next fdatasync finds them mostly on disk already.
-const ZERO_AHEAD_CHUNK: usize = 256 << 10;
-static ZEROES: [u8; ZERO_AHEAD_CHUNK] = [0; ZERO_AHEAD_CHUNK];
+const ZERO_AHEAD_CHUNK: usize = storage::ZEROES_AHEAD_MAX;
 
 /// Removes segments `Wal::detach` returned from `dir`, in order, syncing the directory after
 /// each: a crash then leaves the oldest segments gone, never a gap between segments (a gap
@@ -909,12 +908,14 @@ impl<S: Storage> Wal<S> {
         seg.end = self.write_off;
         self.pending.clear();
         // Keep zeroes ahead of the data (never over it: from the end of the data on).
+        // From the next block boundary on: the block holding the data's end is written whole
+        // with it (a page in `Pwrite`/`Mmap` mode, an aligned block in `Direct` mode), so
+        // whole blocks of zeroes keep `Direct` writes and these apart.
         let want = (self.write_off + ZERO_AHEAD).min(seg.len);
-        let mut at = seg.zeroed.max(self.write_off);
+        let mut at = seg.zeroed.max(self.write_off.next_multiple_of(4096));
         while at < want {
             let n = (ZERO_AHEAD_CHUNK as u64).min(seg.len - at);
-            seg.file.write_at(at, &ZEROES[..n as usize])?;
-            seg.file.start_writeback(at, n);
+            seg.file.write_zeroes_ahead(at, n as usize)?;
             at += n;
         }
         seg.zeroed = seg.zeroed.max(at);

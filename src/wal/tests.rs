@@ -67,8 +67,8 @@ fn segments_in(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn fresh_log_round_trip_both_write_modes() {
-    for mode in [WriteMode::Pwrite, WriteMode::Mmap] {
+fn fresh_log_round_trip_every_write_mode() {
+    for mode in [WriteMode::Pwrite, WriteMode::Mmap, WriteMode::Direct] {
         let t = TempDir::new("roundtrip");
         let (mut wal, rec) =
             Wal::open_with(FsStorage::with_mode(mode), &t.wal(), 0, 1 << 20).unwrap();
