@@ -72,7 +72,8 @@ pub enum WriteMode {
     /// before the data in its first block come from the last partial block written (kept in
     /// memory) or are read back; the rest of its last block is written as zeroes, which the
     /// log guarantees they already are (everything past its data end is zero). Where the file
-    /// system refuses `O_DIRECT`, the file falls back to `Pwrite`.
+    /// system refuses `O_DIRECT` (at open, or its writes with EINVAL), the file falls back to
+    /// `Pwrite`.
     Direct,
 }
 
@@ -362,9 +363,17 @@ impl StorageFile for FsFile {
 
     fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
         if let Some(d) = &mut self.direct {
-            return d
-                .write_at(&self.file, off, data)
-                .map_err(|e| ctx(&self.path, "cannot write", e));
+            match d.write_at(&self.file, off, data) {
+                Ok(()) => return Ok(()),
+                // EINVAL comes before any I/O: the file system took O_DIRECT at open but not
+                // these writes (a larger block size, say). Nothing was written; go on through
+                // the page cache.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "O_DIRECT write refused; writing the log through the page cache");
+                    self.direct = None;
+                }
+                Err(e) => return Err(ctx(&self.path, "cannot write", e)),
+            }
         }
         if let Map::Rw(m) = &mut self.map {
             let start = usize::try_from(off).unwrap_or(usize::MAX);
