@@ -159,9 +159,8 @@ impl Storage for FsStorage {
             .open(path)
             .map_err(|e| ctx(path, "cannot create", e))?;
         let mut f = FsFile {
-            direct: (self.mode == WriteMode::Direct)
-                .then(|| DirectWriter::open(path))
-                .flatten(),
+            direct: None,
+            direct_pending: self.mode == WriteMode::Direct,
             file,
             path: path.to_path_buf(),
             map: Map::None,
@@ -178,9 +177,8 @@ impl Storage for FsStorage {
             .open(path)
             .map_err(|e| ctx(path, "cannot open", e))?;
         let mut f = FsFile {
-            direct: (self.mode == WriteMode::Direct)
-                .then(|| DirectWriter::open(path))
-                .flatten(),
+            direct: None,
+            direct_pending: self.mode == WriteMode::Direct,
             file,
             path: path.to_path_buf(),
             map: Map::None,
@@ -213,8 +211,9 @@ pub struct FsFile {
     path: PathBuf,
     map: Map,
     mode: WriteMode,
-    /// `WriteMode::Direct` only.
+    /// `WriteMode::Direct` only, opened at the first write (most segments are only read).
     direct: Option<DirectWriter>,
+    direct_pending: bool,
 }
 
 /// The alignment (offset, length and memory) of `O_DIRECT` writes.
@@ -362,6 +361,10 @@ impl StorageFile for FsFile {
     }
 
     fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
+        if self.direct_pending {
+            self.direct_pending = false;
+            self.direct = DirectWriter::open(&self.path);
+        }
         if let Some(d) = &mut self.direct {
             match d.write_at(&self.file, off, data) {
                 Ok(()) => return Ok(()),
@@ -421,7 +424,7 @@ impl StorageFile for FsFile {
         // now: an O_DIRECT write would make the raft shard wait for the device. By the time
         // the data reaches them (ZERO_AHEAD later) the pages are clean, and the direct write
         // only drops them from the cache.
-        if self.direct.is_some() {
+        if self.direct.is_some() || self.direct_pending {
             self.file
                 .write_all_at(zeroes, off)
                 .map_err(|e| ctx(&self.path, "cannot write", e))?;
@@ -467,7 +470,6 @@ mod tests {
         let storage = FsStorage::with_mode(WriteMode::Direct);
         const LEN: usize = 256 << 10;
         let mut f = storage.create(&path, LEN as u64).unwrap();
-        assert!(f.direct.is_some(), "O_DIRECT refused on {}", dir.display());
         let mut model = vec![0u8; LEN];
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = |n: u64| {
@@ -490,6 +492,7 @@ mod tests {
             let len = len.min(LEN - off);
             let data: Vec<u8> = (0..len).map(|i| round ^ (i as u8) | 1).collect();
             f.write_at(off as u64, &data).unwrap();
+            assert!(f.direct.is_some(), "O_DIRECT refused on {}", dir.display());
             model[off..off + len].copy_from_slice(&data);
             off += len;
             if round.is_multiple_of(11) {
