@@ -252,6 +252,9 @@ impl DirectWriter {
     /// Writes `data` at `off` as whole blocks (see `WriteMode::Direct`). `file` is a buffered
     /// descriptor of the same file, for reading back the head of a block not in `tail`.
     fn write_at(&mut self, file: &File, off: u64, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
         let b = BLOCK as u64;
         let start = off / b * b;
         let end = off + data.len() as u64;
