@@ -255,6 +255,38 @@ impl<T> Replica<T> {
         Ok(out)
     }
 
+    /// Rebuilds raft's in-memory log with only the entries it still holds, in a Vec of their
+    /// size. After recovery it held every replayed entry (~100k for a snapshot count of
+    /// 100000); trimming drops them but keeps the Vec's capacity, which nothing ever reuses.
+    pub fn shrink_mem_log(&mut self) -> Result<(), String> {
+        use raft::storage::MemStorageCore;
+        use raft::{GetEntriesContext, Storage};
+        let store = self.node.store();
+        let (first, last) = (
+            store.first_index().map_err(|e| e.to_string())?,
+            store.last_index().map_err(|e| e.to_string())?,
+        );
+        let kept = store
+            .entries(first, last + 1, None, GetEntriesContext::empty(false))
+            .map_err(|e| e.to_string())?;
+        // raft-rs's compaction forgets the term before the first entry, so the first entry
+        // kept becomes the boundary (it is applied: trimming only ever drops applied ones).
+        let Some((boundary, rest)) = kept.split_first() else {
+            return Ok(());
+        };
+        let state = store.initial_state().map_err(|e| e.to_string())?;
+        let mut fresh = MemStorageCore::default();
+        let mut snap = raft::eraftpb::Snapshot::default();
+        snap.mut_metadata().index = boundary.index;
+        snap.mut_metadata().term = boundary.term;
+        snap.mut_metadata().set_conf_state(state.conf_state);
+        fresh.apply_snapshot(snap).map_err(|e| e.to_string())?;
+        fresh.append(rest).map_err(|e| e.to_string())?;
+        fresh.set_hardstate(state.hard_state);
+        *self.node.mut_store().wl() = fresh;
+        Ok(())
+    }
+
     /// Drops applied entries from raft's in-memory log beyond `RAFT_MEM_LOG_KEEP`, in chunks
     /// of that size so the drain's memmove stays amortized.
     fn trim_mem_log(&mut self) {
@@ -460,5 +492,23 @@ mod tests {
             let b = r.store().view().get(k, false, false).map(|e| e.node.value);
             assert_eq!(a, b, "{k}");
         }
+        // Shrinking the rebuilt replica's in-memory log keeps its window (less the boundary
+        // entry) and its last entry, and writes go on.
+        let bounds = |r: &Replica<u64>| {
+            let s = r.node.store();
+            (
+                raft::Storage::first_index(s).unwrap_or(0),
+                raft::Storage::last_index(s).unwrap_or(0),
+            )
+        };
+        let (first, last) = bounds(&again);
+        again
+            .shrink_mem_log()
+            .unwrap_or_else(|e| panic!("shrink: {e}"));
+        assert_eq!(bounds(&again), (first + 1, last));
+        again
+            .propose(&set("/after", "shrink"), n + 1)
+            .unwrap_or_else(|_| panic!("propose"));
+        assert_eq!(drive(&mut again, &mut log2, &mut hs2), vec![n + 1]);
     }
 }

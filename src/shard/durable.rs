@@ -204,6 +204,10 @@ fn drive(
 pub fn replay(rec: &mut Recovered) -> Vec<Arc<Event>> {
     let mut stats = BatchStats::default();
     let (_, events) = drive(&mut rec.replica, &mut rec.wal, &mut stats);
+    if let Err(e) = rec.replica.shrink_mem_log() {
+        // Only memory is at stake: the log as it is stays correct.
+        tracing::warn!("cannot shrink raft's in-memory log after replay: {e}");
+    }
     events
 }
 
