@@ -11,7 +11,7 @@
 
 use crate::limits::RAFT_MEM_LOG_KEEP;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState as RaftHardState};
-use raft::storage::MemStorage;
+use raft::storage::{MemStorage, MemStorageCore};
 use raft::{Config, RawNode, StateRole};
 use ringd_store::{Command, Error, ErrorCode, Event, Store};
 use std::collections::VecDeque;
@@ -100,30 +100,19 @@ pub struct Bootstrap {
 impl<T> Replica<T> {
     pub fn new(b: Bootstrap) -> Result<Replica<T>, String> {
         let storage = MemStorage::new();
-        {
-            let mut core = storage.wl();
-            if b.snapshot_index > 0 {
-                let mut snap = raft::eraftpb::Snapshot::default();
-                snap.mut_metadata().index = b.snapshot_index;
-                snap.mut_metadata().term = b.snapshot_term;
-                snap.mut_metadata()
-                    .set_conf_state(ConfState::from((b.voters.clone(), vec![])));
-                core.apply_snapshot(snap)
-                    .map_err(|e| format!("raft snapshot: {e}"))?;
-            } else {
-                core.set_conf_state(ConfState::from((b.voters.clone(), vec![])));
-            }
-            let entries: Vec<Entry> = b.entries.iter().map(to_raft_entry).collect();
-            core.append(&entries)
-                .map_err(|e| format!("raft log: {e}"))?;
-            let hs = RaftHardState {
-                term: b.hard_state.term.max(b.snapshot_term),
-                vote: b.hard_state.vote,
-                commit: b.hard_state.commit.max(b.snapshot_index),
-                ..Default::default()
-            };
-            core.set_hardstate(hs);
-        }
+        let entries: Vec<Entry> = b.entries.iter().map(to_raft_entry).collect();
+        let hs = RaftHardState {
+            term: b.hard_state.term.max(b.snapshot_term),
+            vote: b.hard_state.vote,
+            commit: b.hard_state.commit.max(b.snapshot_index),
+            ..Default::default()
+        };
+        *storage.wl() = mem_log(
+            (b.snapshot_index, b.snapshot_term),
+            ConfState::from((b.voters.clone(), vec![])),
+            &entries,
+            hs,
+        )?;
         let cfg = Config {
             id: b.id,
             election_tick: b.election_tick,
@@ -259,7 +248,6 @@ impl<T> Replica<T> {
     /// size. After recovery it held every replayed entry (~100k for a snapshot count of
     /// 100000); trimming drops them but keeps the Vec's capacity, which nothing ever reuses.
     pub fn shrink_mem_log(&mut self) -> Result<(), String> {
-        use raft::storage::MemStorageCore;
         use raft::{GetEntriesContext, Storage};
         let store = self.node.store();
         let (first, last) = (
@@ -275,14 +263,12 @@ impl<T> Replica<T> {
             return Ok(());
         };
         let state = store.initial_state().map_err(|e| e.to_string())?;
-        let mut fresh = MemStorageCore::default();
-        let mut snap = raft::eraftpb::Snapshot::default();
-        snap.mut_metadata().index = boundary.index;
-        snap.mut_metadata().term = boundary.term;
-        snap.mut_metadata().set_conf_state(state.conf_state);
-        fresh.apply_snapshot(snap).map_err(|e| e.to_string())?;
-        fresh.append(rest).map_err(|e| e.to_string())?;
-        fresh.set_hardstate(state.hard_state);
+        let fresh = mem_log(
+            (boundary.index, boundary.term),
+            state.conf_state,
+            rest,
+            state.hard_state,
+        )?;
         *self.node.mut_store().wl() = fresh;
         Ok(())
     }
@@ -373,6 +359,31 @@ fn to_raft_entry(e: &LogEntry) -> Entry {
         EntryType::EntryNormal
     });
     r
+}
+
+/// raft-rs's in-memory log: `entries` after the snapshot boundary `(index, term)` (`(0, 0)`:
+/// none, the log starts at 1), with the membership and hard state. Built at start-up and,
+/// once replay is done, again at the size of what it still holds (`shrink_mem_log`).
+fn mem_log(
+    boundary: (u64, u64),
+    conf_state: ConfState,
+    entries: &[Entry],
+    hs: RaftHardState,
+) -> Result<MemStorageCore, String> {
+    let mut core = MemStorageCore::default();
+    if boundary.0 > 0 {
+        let mut snap = raft::eraftpb::Snapshot::default();
+        snap.mut_metadata().index = boundary.0;
+        snap.mut_metadata().term = boundary.1;
+        snap.mut_metadata().set_conf_state(conf_state);
+        core.apply_snapshot(snap)
+            .map_err(|e| format!("raft snapshot: {e}"))?;
+    } else {
+        core.set_conf_state(conf_state);
+    }
+    core.append(entries).map_err(|e| format!("raft log: {e}"))?;
+    core.set_hardstate(hs);
+    Ok(core)
 }
 
 fn from_raft_entry(e: &Entry) -> LogEntry {
