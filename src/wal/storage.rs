@@ -224,9 +224,10 @@ struct DirectWriter {
     fd: File,
     /// Scratch for one aligned write; the aligned window is found inside it.
     buf: Vec<u8>,
-    /// The block number and the content of the last partially written block: the next
-    /// append starts inside it.
-    tail: Option<(u64, Vec<u8>)>,
+    /// The number of the last partially written block (the next append starts inside it),
+    /// whose content `image` holds.
+    tail: Option<u64>,
+    image: Vec<u8>,
 }
 
 impl DirectWriter {
@@ -241,6 +242,7 @@ impl DirectWriter {
                 fd,
                 buf: Vec::new(),
                 tail: None,
+                image: vec![0; BLOCK],
             }),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "O_DIRECT refused; writing the log through the page cache");
@@ -267,25 +269,24 @@ impl DirectWriter {
         let head = (off - start) as usize;
         let (first, last) = (start / b, (aend / b) - 1);
         if head > 0 {
-            match &self.tail {
-                Some((blk, img)) if *blk == first => w[..head].copy_from_slice(&img[..head]),
-                _ => file.read_exact_at(&mut w[..head], start)?,
+            if self.tail == Some(first) {
+                w[..head].copy_from_slice(&self.image[..head]);
+            } else {
+                file.read_exact_at(&mut w[..head], start)?;
             }
         }
         w[head..head + data.len()].copy_from_slice(data);
         let cut = (end - start) as usize;
-        if let Some((blk, img)) = &self.tail {
+        if self.tail == Some(last) && cut < n {
             // Keep what we know lies after the data in the last block.
-            if *blk == last && cut < n {
-                let from = cut - (n - BLOCK);
-                w[cut..].copy_from_slice(&img[from..]);
-            }
+            let from = cut - (n - BLOCK);
+            w[cut..].copy_from_slice(&self.image[from..]);
         }
         self.fd.write_all_at(w, start)?;
         if !end.is_multiple_of(b) {
-            let img = w[n - BLOCK..].to_vec();
-            self.tail = Some((last, img));
-        } else if matches!(&self.tail, Some((blk, _)) if (first..=last).contains(blk)) {
+            self.image.copy_from_slice(&w[n - BLOCK..]);
+            self.tail = Some(last);
+        } else if self.tail.is_some_and(|blk| (first..=last).contains(&blk)) {
             self.tail = None;
         }
         Ok(())
