@@ -60,3 +60,26 @@ const _: () = assert!(TTL_WHEEL_SLOTS.is_power_of_two());
 /// of MB and a growing Vec's reallocations on the raft shard. A follower that falls further
 /// behind than this is sent a snapshot (issue "cluster"), as raft does for compacted logs.
 pub const RAFT_MEM_LOG_KEEP: u64 = 4096;
+
+/// Raft messages queued from the raft shard to the peer thread. The raft shard never waits
+/// for room: a message that finds the queue full is dropped and its peer reported
+/// unreachable (raft retransmits).
+pub const PEER_OUTBOX_CAPACITY: usize = 16384;
+
+/// Raft messages queued for one peer's connection. A peer that is slow or unreachable loses
+/// what does not fit (raft-rs then probes it instead of streaming).
+pub const PEER_QUEUE_MESSAGES_MAX: usize = 4096;
+
+/// Raft messages from peers queued for the raft shard. A full inbox stops the peers' readers
+/// (TCP backpressure); nothing accepted is dropped.
+pub const PEER_INBOX_CAPACITY: usize = 8192;
+
+/// Largest raft message accepted on the peer wire. A snapshot travels as one message today,
+/// so this bounds the largest store a new or lagging member can be sent (docs/peer-wire.md).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 512 << 20;
+
+/// Client requests waiting for their entry or quorum read on the raft shard. Beyond it a new
+/// request is refused at once with etcd's timeout error instead of queueing without bound.
+pub const PENDING_REQUESTS_MAX: usize = 200_000;
+
+const _: () = assert!(PROPOSAL_BATCH_MAX <= PEER_QUEUE_MESSAGES_MAX);

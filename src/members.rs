@@ -2,13 +2,54 @@
 //! the same flags: member id = first 8 bytes of SHA-1(sorted peer URLs joined + cluster
 //! token); cluster id = first 8 bytes of SHA-1(sorted member ids, big endian).
 
-/// One cluster member as /v2/members shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One cluster member as /v2/members shows it. A member added at runtime has no name and no
+/// client URLs until it starts and publishes them through raft (etcd shows it `[unstarted]`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     pub id: u64,
     pub name: String,
+    #[serde(rename = "peerURLs")]
     pub peer_urls: Vec<String>,
+    #[serde(rename = "clientURLs")]
     pub client_urls: Vec<String>,
+}
+
+/// The cluster's membership as the applied log defines it: the members, the ids removed for
+/// good (a removed id answers 410 and is never re-added), and the raft index it reflects.
+/// Pure data: changed only by applying committed entries, so every replica holds the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Membership {
+    pub cluster_id: u64,
+    pub members: std::collections::BTreeMap<u64, Member>,
+    pub removed: std::collections::BTreeSet<u64>,
+    /// The raft index of the last entry applied to this membership (0: the initial one).
+    pub applied_index: u64,
+}
+
+impl Membership {
+    /// The initial membership of a new cluster (`--initial-cluster`).
+    pub fn initial(members: Vec<Member>) -> Membership {
+        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        Membership {
+            cluster_id: cluster_id(&ids),
+            members: members.into_iter().map(|m| (m.id, m)).collect(),
+            removed: Default::default(),
+            applied_index: 0,
+        }
+    }
+
+    pub fn voters(&self) -> Vec<u64> {
+        self.members.keys().copied().collect()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain maps of strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Membership, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("membership: {e}"))
+    }
 }
 
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {

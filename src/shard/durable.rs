@@ -16,7 +16,7 @@
 use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ReplyTo, ShardMsg, Shared};
 use crate::http::route::stamp_expiration;
 use crate::limits::{EVENT_HISTORY_CAPACITY, PROPOSAL_BATCH_MAX};
-use crate::raft::{Bootstrap, HardState, LogEntry, Replica};
+use crate::raft::{Bootstrap, HardState, LogEntry, Payload, Replica};
 use crate::ttl::TtlWheel;
 use crate::wal::{FsStorage, Wal, WAL_SEGMENT_BYTES};
 use ringd_store::{Command, Error, ErrorCode, Event, Store};
@@ -24,11 +24,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Who is waiting for a proposal.
+/// Who is waiting for a proposal or a quorum read.
 pub enum Token {
     Client(ReplyTo),
-    /// An expiry pass the raft shard proposed itself.
-    Expiry,
+    /// A `quorum=true` GET, answered from the store once its read index is applied.
+    Read {
+        key: String,
+        recursive: bool,
+        sorted: bool,
+        reply: ReplyTo,
+    },
+}
+
+impl Token {
+    fn reply_to(&self) -> ReplyTo {
+        match self {
+            Token::Client(r) | Token::Read { reply: r, .. } => *r,
+        }
+    }
 }
 
 /// Where the durable state lives: `<data-dir>/member/{wal,snap}` as in etcd.
@@ -61,9 +74,10 @@ pub struct Recovered {
 pub fn recover(
     data_dir: &Path,
     id: u64,
-    voters: Vec<u64>,
+    membership: crate::members::Membership,
     election_tick: usize,
     heartbeat_tick: usize,
+    request_timeout_ticks: u64,
 ) -> Result<Recovered, String> {
     let paths = Paths::new(data_dir);
     std::fs::create_dir_all(&paths.snap)
@@ -116,7 +130,7 @@ pub fn recover(
     let replayed = rec.entries.len();
     let replica = Replica::new(Bootstrap {
         id,
-        voters,
+        membership,
         store,
         snapshot_index: snap_index,
         snapshot_term: snap_term,
@@ -124,6 +138,10 @@ pub fn recover(
         hard_state: rec.hard_state,
         election_tick,
         heartbeat_tick,
+        request_timeout_ticks,
+        // Above every sequence number an earlier run of this member used.
+        seq_start: unix_now_ns(),
+        decode_snapshot: |_| Err("snapshot transfer is not built yet".to_string()),
     })?;
     tracing::info!(
         snapshot_index = snap_index,
@@ -149,22 +167,43 @@ fn segment_bytes() -> u64 {
         .unwrap_or(WAL_SEGMENT_BYTES)
 }
 
-fn persist(
-    wal: &mut Wal,
-    entries: &[LogEntry],
-    hs: Option<HardState>,
-    must_sync: bool,
-) -> Result<(), crate::wal::WalError> {
-    if !entries.is_empty() {
-        wal.append(entries)?;
+/// The raft shard's side of the replica: the log, and the peer thread's queue.
+struct ShardIo<'a> {
+    wal: &'a mut Wal,
+}
+
+impl crate::raft::Io for ShardIo<'_> {
+    type Error = crate::wal::WalError;
+
+    fn send(&mut self, _messages: Vec<raft::eraftpb::Message>) {}
+
+    fn persist(
+        &mut self,
+        entries: &[LogEntry],
+        hs: Option<HardState>,
+        must_sync: bool,
+    ) -> Result<(), crate::wal::WalError> {
+        if !entries.is_empty() {
+            self.wal.append(entries)?;
+        }
+        if let Some(hs) = hs {
+            self.wal.set_hard_state(hs)?;
+        }
+        if must_sync {
+            self.wal.sync()?;
+        }
+        Ok(())
     }
-    if let Some(hs) = hs {
-        wal.set_hard_state(hs)?;
+
+    fn persist_snapshot(
+        &mut self,
+        index: u64,
+        _: u64,
+        _: &[u8],
+    ) -> Result<(), crate::wal::WalError> {
+        self.wal.restart(index)?;
+        self.wal.sync()
     }
-    if must_sync {
-        wal.sync()?;
-    }
-    Ok(())
 }
 
 fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
@@ -177,12 +216,16 @@ fn drive(
     replica: &mut Replica<Token>,
     wal: &mut Wal,
     stats: &mut BatchStats,
-) -> (Vec<crate::raft::Applied<Token>>, Vec<Arc<Event>>) {
+) -> (
+    Vec<crate::raft::Applied<Token>>,
+    Vec<Token>,
+    Vec<Arc<Event>>,
+) {
     let mut applied = Vec::new();
+    let mut reads = Vec::new();
     let mut events = Vec::new();
     loop {
-        let out = match replica.step(|entries, hs, must_sync| persist(wal, entries, hs, must_sync))
-        {
+        let out = match replica.step(&mut ShardIo { wal: &mut *wal }) {
             Ok(out) => out,
             Err(e) => fatal("log write or fsync failed", e),
         };
@@ -190,11 +233,15 @@ fn drive(
             stats.syncs += 1;
             stats.entries += out.persisted_entries as u64;
         }
-        let done = out.applied.is_empty() && out.events.is_empty() && out.persisted_entries == 0;
+        let done = out.applied.is_empty()
+            && out.events.is_empty()
+            && out.persisted_entries == 0
+            && out.reads.is_empty();
         applied.extend(out.applied);
+        reads.extend(out.reads);
         events.extend(out.events);
         if done {
-            return (applied, events);
+            return (applied, reads, events);
         }
     }
 }
@@ -203,7 +250,7 @@ fn drive(
 /// the replayed events for the ring. Runs before any shard serves.
 pub fn replay(rec: &mut Recovered) -> Vec<Arc<Event>> {
     let mut stats = BatchStats::default();
-    let (_, events) = drive(&mut rec.replica, &mut rec.wal, &mut stats);
+    let (_, _, events) = drive(&mut rec.replica, &mut rec.wal, &mut stats);
     if let Err(e) = rec.replica.shrink_mem_log() {
         // Only memory is at stake: the log as it is stays correct.
         tracing::warn!("cannot shrink raft's in-memory log after replay: {e}");
@@ -265,7 +312,6 @@ pub fn raft_main(
         }
         let now = unix_now_ns();
         let mut replies = Outbox::new(shards.len());
-        let mut quorum_gets = Vec::new();
         for p in batch.drain(..) {
             match p {
                 Proposal::Write {
@@ -276,35 +322,45 @@ pub fn raft_main(
                     let expire =
                         ttl_secs.map(|t| now.saturating_add(t.saturating_mul(1_000_000_000)));
                     stamp_expiration(&mut cmd, expire);
-                    if let Err((Token::Client(tx), e)) = replica.propose(&cmd, Token::Client(reply))
-                    {
-                        replies.push(
-                            tx,
-                            Reply {
-                                result: Err(e),
-                                raft_index: replica.applied_index(),
-                                raft_term: replica.term(),
-                            },
-                        );
-                    }
+                    replica.propose(cmd, Token::Client(reply));
                 }
                 Proposal::QuorumGet {
                     key,
                     recursive,
                     sorted,
                     reply,
-                } => quorum_gets.push((key, recursive, sorted, reply)),
+                } => replica.read(Token::Read {
+                    key,
+                    recursive,
+                    sorted,
+                    reply,
+                }),
             }
         }
         if Instant::now() >= next_tick {
-            replica.tick();
+            for token in replica.tick() {
+                // etcd's answer when a request is not applied in time (no leader, no quorum).
+                let e = Error::new(
+                    ErrorCode::RaftInternal,
+                    "etcdserver: request timed out",
+                    replica.store().index().0,
+                );
+                replies.push(
+                    token.reply_to(),
+                    Reply {
+                        result: Err(e),
+                        raft_index: replica.applied_index(),
+                        raft_term: replica.term(),
+                    },
+                );
+            }
             next_tick = Instant::now() + cfg.tick;
         }
         let expiry_due = wheel.advance(now);
         if expiry_due && replica.is_leader() {
-            let _ = replica.propose(&Command::Expire { cutoff: now }, Token::Expiry);
+            replica.propose_payload(Payload::Command(Command::Expire { cutoff: now }), None);
         }
-        let (applied, events) = drive(&mut replica, &mut wal, &mut stats);
+        let (applied, reads, events) = drive(&mut replica, &mut wal, &mut stats);
         shared
             .wal_syncs
             .store(stats.syncs, std::sync::atomic::Ordering::Relaxed);
@@ -320,35 +376,31 @@ pub fn raft_main(
             }
         }
         for a in applied {
-            if let Token::Client(tx) = a.token {
-                let result = a.result;
-                replies.push(
-                    tx,
-                    Reply {
-                        result,
-                        raft_index: a.raft_index,
-                        raft_term: a.raft_term,
-                    },
-                );
-            }
+            replies.push(
+                a.token.reply_to(),
+                Reply {
+                    result: a.result,
+                    raft_index: a.raft_index,
+                    raft_term: a.raft_term,
+                },
+            );
         }
-        // A single voter that leads has applied everything acknowledged before this batch, so
-        // answering from its store now is linearizable (issue "cluster" moves this to
-        // ReadIndex).
-        for (key, recursive, sorted, reply) in quorum_gets {
-            let result = if replica.is_leader() {
-                replica
-                    .store()
-                    .view()
-                    .get(&key, recursive, sorted)
-                    .map(Arc::new)
-            } else {
-                Err(Error::new(
-                    ErrorCode::LeaderElect,
-                    "",
-                    replica.store().index().0,
-                ))
+        // ReadIndex: every write committed before the read was made is applied now.
+        for token in reads {
+            let Token::Read {
+                key,
+                recursive,
+                sorted,
+                reply,
+            } = token
+            else {
+                continue;
             };
+            let result = replica
+                .store()
+                .view()
+                .get(&key, recursive, sorted)
+                .map(Arc::new);
             replies.push(
                 reply,
                 Reply {

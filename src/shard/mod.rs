@@ -180,12 +180,16 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
     // Recover before serving anything: the shards must never answer from a store that is not
     // yet the recovered one.
     let election_tick = (cfg.election_timeout_ms / cfg.heartbeat_interval_ms).max(2) as usize;
+    // etcd's request timeout: 5 s plus two election timeouts.
+    let request_timeout_ticks =
+        (5000 + 2 * cfg.election_timeout_ms) / cfg.heartbeat_interval_ms.max(1);
     let mut rec = durable::recover(
         std::path::Path::new(&cfg.data_dir),
         self_id,
-        members.iter().map(|m| m.id).collect(),
+        crate::members::Membership::initial(members.clone()),
         election_tick,
         1,
+        request_timeout_ticks,
     )?;
     let replayed = durable::replay(&mut rec);
     let ring = EventRing::new();
