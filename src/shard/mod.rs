@@ -8,7 +8,7 @@
 //! - The raft shard (`raft.rs`): the single writer. It drains the mailbox in batches, applies
 //!   them to the store, publishes the new view and the events, then answers and wakes shards.
 
-pub mod conn;
+pub mod client;
 pub mod durable;
 
 use crate::config::Resolved;
@@ -223,7 +223,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         let mailbox = mailbox_tx.clone();
         let h = std::thread::Builder::new()
             .name(format!("shard-{i}"))
-            .spawn(move || conn::shard_main(i, shared, shard_listeners, mailbox, erx))
+            .spawn(move || client::shard_main(i, shared, shard_listeners, mailbox, erx))
             .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
         handles.push(h);
     }
