@@ -4,12 +4,16 @@
 //! - N client shards (one monoio executor per core, FusionDriver: io_uring with an explicit
 //!   fallback to epoll), each with its own SO_REUSEPORT listener per listen URL. A shard
 //!   parses, routes, answers reads from the published view and watches from the event ring
-//!   and its own registry, and sends writes to the raft shard's bounded mailbox.
-//! - The raft shard (`raft.rs`): the single writer. It drains the mailbox in batches, applies
-//!   them to the store, publishes the new view and the events, then answers and wakes shards.
+//!   and its own registry, and sends writes to the raft shard's bounded mailbox (`client/`).
+//! - The raft shard (`raft_shard.rs`): the single writer. It drains the mailbox in batches,
+//!   applies them to the store, publishes the new view and the events, then answers and wakes
+//!   shards. It starts from what `recovery.rs` rebuilt from disk, and hands snapshots to the
+//!   snapshot thread (`snapshotter.rs`).
 
 pub mod client;
-pub mod durable;
+pub mod raft_shard;
+pub mod recovery;
+pub mod snapshotter;
 
 use crate::config::Resolved;
 use crate::limits::{MAILBOX_CAPACITY, SHARD_EVENT_QUEUE_CAPACITY};
@@ -180,14 +184,14 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
     // Recover before serving anything: the shards must never answer from a store that is not
     // yet the recovered one.
     let election_tick = (cfg.election_timeout_ms / cfg.heartbeat_interval_ms).max(2) as usize;
-    let mut rec = durable::recover(
+    let mut rec = recovery::recover(
         std::path::Path::new(&cfg.data_dir),
         self_id,
         members.iter().map(|m| m.id).collect(),
         election_tick,
         1,
     )?;
-    let replayed = durable::replay(&mut rec);
+    let replayed = recovery::replay(&mut rec);
     let ring = EventRing::new();
     for ev in rec.history.drain(..).chain(replayed) {
         ring.publish(ev);
@@ -229,13 +233,13 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
     }
     drop(mailbox_tx);
     let raft_shared = shared.clone();
-    let raft_cfg = durable::RaftShardConfig {
+    let raft_cfg = raft_shard::RaftShardConfig {
         snapshot_count: cfg.snapshot_count.max(1),
         tick: std::time::Duration::from_millis(cfg.heartbeat_interval_ms),
     };
     let raft = std::thread::Builder::new()
         .name("raft".to_string())
-        .spawn(move || durable::raft_main(raft_shared, rec, raft_cfg, mailbox_rx, event_txs))
+        .spawn(move || raft_shard::raft_main(raft_shared, rec, raft_cfg, mailbox_rx, event_txs))
         .map_err(|e| format!("cannot spawn raft thread: {e}"))?;
     let urls: Vec<String> = cfg
         .listen_client
