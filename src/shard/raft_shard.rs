@@ -19,7 +19,6 @@
 use super::recovery::Recovered;
 use super::snapshotter::Snapshotter;
 use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ReplyTo, ShardMsg, Shared};
-use crate::http::route::stamp_expiration;
 use crate::limits::PROPOSAL_BATCH_MAX;
 use crate::raft::{HardState, LogEntry, Replica};
 use crate::ttl::TtlWheel;
@@ -149,7 +148,7 @@ pub fn raft_main(
                 } => {
                     let expire =
                         ttl_secs.map(|t| now.saturating_add(t.saturating_mul(1_000_000_000)));
-                    stamp_expiration(&mut cmd, expire);
+                    cmd.stamp_expiration(expire);
                     if let Err((Token::Client(tx), e)) = replica.propose(&cmd, Token::Client(reply))
                     {
                         replies.push(
