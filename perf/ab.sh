@@ -9,9 +9,13 @@ BIN=$1; LABEL=$2; WORKLOAD=${3:-put}; CONNS=${4:-64}; SECS=${5:-5}
 LOADGEN=${LOADGEN:-$(dirname "$0")/../target/release/loadgen}
 DIR=$(mktemp -d /var/tmp/ringd-ab.XXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 URL=http://127.0.0.1:$PORT
+PEER=http://127.0.0.1:$PPORT
 # shellcheck disable=SC2086
-"$BIN" --data-dir "$DIR/d" --listen-client-urls "$URL" --advertise-client-urls "$URL" ${RINGD_ARGS:-} >"$DIR/log" 2>&1 &
+"$BIN" --data-dir "$DIR/d" --listen-client-urls "$URL" --advertise-client-urls "$URL" \
+  --listen-peer-urls "$PEER" --initial-advertise-peer-urls "$PEER" --initial-cluster "default=$PEER" \
+  ${RINGD_ARGS:-} >"$DIR/log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 for _ in $(seq 200); do curl -sf "$URL/version" >/dev/null && break; sleep 0.05; done

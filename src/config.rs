@@ -87,6 +87,17 @@ pub struct Config {
     #[arg(long, env = "ETCD_ENABLE_V2", default_value = "true", value_parser = parse_go_bool)]
     pub enable_v2: bool,
 
+    /// Force to create a new one-member cluster from this member's data directory (disaster
+    /// recovery: the rest of the old cluster is forgotten).
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value = "false", value_parser = parse_go_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub force_new_cluster: bool,
+
+    /// Reject reconfiguration requests that would cause quorum loss.
+    #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value = "true", value_parser = parse_go_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub strict_reconfig_check: bool,
+
     /// Number of client shards (executor threads); default: one per core, less the core the
     /// raft shard (the single writer) runs on.
     #[arg(long, env = "RINGD_SHARDS")]
@@ -182,6 +193,11 @@ pub struct Resolved {
     pub listen_client: Vec<ListenUrl>,
     pub advertise_client_urls: Vec<String>,
     pub advertise_peer_urls: Vec<String>,
+    pub listen_peer: Vec<ListenUrl>,
+    /// `--initial-cluster-state existing`: join a running cluster (learn it from its peers).
+    pub join_existing: bool,
+    pub force_new_cluster: bool,
+    pub strict_reconfig_check: bool,
     /// (name, peer URLs) of every initial member, sorted by name.
     pub initial_cluster: Vec<(String, Vec<String>)>,
     pub initial_cluster_token: String,
@@ -221,7 +237,19 @@ impl Config {
         }
         let advertise_client_urls = parse_urls(&self.advertise_client_urls)?;
         let advertise_peer_urls = parse_urls(&self.initial_advertise_peer_urls)?;
-        parse_urls(&self.listen_peer_urls)?;
+        let listen_peer = parse_urls(&self.listen_peer_urls)?
+            .iter()
+            .map(|u| ListenUrl::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        for url in &listen_peer {
+            if url.scheme == "https" {
+                return Err(format!(
+                    "https peer URL {}:{} given but TLS is not supported yet",
+                    url.host, url.port
+                ));
+            }
+            url.socket_addr()?;
+        }
         let initial_cluster = match &self.initial_cluster {
             None => vec![(self.name.clone(), advertise_peer_urls.clone())],
             Some(spec) => parse_initial_cluster(spec)?,
@@ -232,8 +260,22 @@ impl Config {
                 self.name
             ));
         }
-        if initial_cluster.len() > 1 {
-            return Err("clusters of more than one member are not supported yet".to_string());
+        let own = initial_cluster
+            .iter()
+            .find(|(n, _)| n == &self.name)
+            .map(|(_, urls)| urls);
+        if let Some(own) = own {
+            let (mut a, mut b) = (own.clone(), advertise_peer_urls.clone());
+            a.sort();
+            b.sort();
+            if a != b {
+                return Err(format!(
+                    "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
+                    self.name,
+                    own.join(","),
+                    advertise_peer_urls.join(",")
+                ));
+            }
         }
         if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
             return Err(format!(
@@ -265,6 +307,10 @@ impl Config {
             listen_client,
             advertise_client_urls,
             advertise_peer_urls,
+            listen_peer,
+            join_existing: self.initial_cluster_state == "existing",
+            force_new_cluster: self.force_new_cluster,
+            strict_reconfig_check: self.strict_reconfig_check,
             initial_cluster,
             initial_cluster_token: self.initial_cluster_token.clone(),
             max_request_bytes: self.max_request_bytes as usize,

@@ -24,18 +24,30 @@ pub struct Membership {
     pub removed: std::collections::BTreeSet<u64>,
     /// The raft index of the last entry applied to this membership (0: the initial one).
     pub applied_index: u64,
+    /// `--initial-cluster-token`: part of the id of every member added at runtime, as in
+    /// etcd.
+    #[serde(default)]
+    pub token: String,
 }
 
 impl Membership {
     /// The initial membership of a new cluster (`--initial-cluster`).
-    pub fn initial(members: Vec<Member>) -> Membership {
+    pub fn initial(members: Vec<Member>, token: &str) -> Membership {
         let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         Membership {
             cluster_id: cluster_id(&ids),
             members: members.into_iter().map(|m| (m.id, m)).collect(),
             removed: Default::default(),
             applied_index: 0,
+            token: token.to_string(),
         }
+    }
+
+    /// Whether any member other than `except` has one of `urls` as a peer URL.
+    pub fn peer_url_taken(&self, urls: &[String], except: Option<u64>) -> bool {
+        self.members
+            .values()
+            .any(|m| Some(m.id) != except && m.peer_urls.iter().any(|u| urls.contains(u)))
     }
 
     pub fn voters(&self) -> Vec<u64> {
@@ -53,10 +65,19 @@ impl Membership {
 }
 
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    member_id_at(peer_urls, token, None)
+}
+
+/// etcd's NewMember: a member added at runtime also hashes the time of the add (unix
+/// seconds), so re-adding the same URLs later gives a new id.
+pub fn member_id_at(peer_urls: &[String], token: &str, unix_secs: Option<u64>) -> u64 {
     let mut urls = peer_urls.to_vec();
     urls.sort();
     let mut data = urls.concat().into_bytes();
     data.extend_from_slice(token.as_bytes());
+    if let Some(t) = unix_secs {
+        data.extend_from_slice(t.to_string().as_bytes());
+    }
     first_u64(&sha1_smol::Sha1::from(data).digest().bytes())
 }
 

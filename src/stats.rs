@@ -137,9 +137,82 @@ pub fn go_duration(ns: u64) -> String {
     }
 }
 
+/// The leader's view of one follower, as etcd's `/v2/stats/leader` shows it: round-trip
+/// latency of raft messages (an append or heartbeat sent to its response) in milliseconds,
+/// and how many round trips succeeded or failed (unreachable, rejected).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FollowerStats {
+    pub current_ms: f64,
+    pub average_ms: f64,
+    pub minimum_ms: f64,
+    pub maximum_ms: f64,
+    /// Sum of squares, for the standard deviation.
+    square_sum: f64,
+    pub success: u64,
+    pub fail: u64,
+}
+
+impl FollowerStats {
+    pub fn succeed(&mut self, latency_ms: f64) {
+        self.success += 1;
+        let n = self.success as f64;
+        self.current_ms = latency_ms;
+        self.average_ms += (latency_ms - self.average_ms) / n;
+        self.square_sum += latency_ms * latency_ms;
+        if self.success == 1 || latency_ms < self.minimum_ms {
+            self.minimum_ms = latency_ms;
+        }
+        self.maximum_ms = self.maximum_ms.max(latency_ms);
+    }
+
+    pub fn failed(&mut self) {
+        self.fail += 1;
+    }
+
+    pub fn standard_deviation_ms(&self) -> f64 {
+        if self.success == 0 {
+            return 0.0;
+        }
+        let n = self.success as f64;
+        (self.square_sum / n - self.average_ms * self.average_ms)
+            .max(0.0)
+            .sqrt()
+    }
+
+    /// etcd's JSON for one follower.
+    pub fn render(&self) -> String {
+        format!(
+            "{{\"latency\":{{\"current\":{},\"average\":{},\"standardDeviation\":{},\"minimum\":{},\"maximum\":{}}},\"counts\":{{\"fail\":{},\"success\":{}}}}}",
+            self.current_ms,
+            self.average_ms,
+            self.standard_deviation_ms(),
+            self.minimum_ms,
+            self.maximum_ms,
+            self.fail,
+            self.success
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn follower_latency_figures() {
+        let mut f = FollowerStats::default();
+        for ms in [1.0, 3.0, 2.0] {
+            f.succeed(ms);
+        }
+        f.failed();
+        assert_eq!((f.current_ms, f.minimum_ms, f.maximum_ms), (2.0, 1.0, 3.0));
+        assert!((f.average_ms - 2.0).abs() < 1e-9);
+        assert!((f.standard_deviation_ms() - (2.0f64 / 3.0).sqrt()).abs() < 1e-9);
+        assert_eq!(
+            f.render(),
+            format!("{{\"latency\":{{\"current\":2,\"average\":2,\"standardDeviation\":{},\"minimum\":1,\"maximum\":3}},\"counts\":{{\"fail\":1,\"success\":3}}}}", f.standard_deviation_ms())
+        );
+    }
 
     #[test]
     fn durations_like_go() {

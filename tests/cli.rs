@@ -100,11 +100,23 @@ fn await_version(addr: &str) -> support::Response {
 
 #[test]
 fn go_style_single_dash_flags_and_several_listen_urls() {
-    let (p1, p2) = (support::free_port(), support::free_port());
+    let (p1, p2, p3) = (
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+    );
     let dir = support::TempDir::new("ringd-cli");
+    let peer = format!("http://127.0.0.1:{p3}");
     let _child = Child(
         ringd()
             .args(["-data-dir", &dir.path().display().to_string()])
+            .args([
+                "-listen-peer-urls",
+                &peer,
+                "-initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["-initial-cluster", &format!("default={peer}")])
             .args([
                 "-listen-client-urls",
                 &format!("http://127.0.0.1:{p1},http://127.0.0.2:{p2}"),
@@ -116,4 +128,44 @@ fn go_style_single_dash_flags_and_several_listen_urls() {
     for addr in [format!("127.0.0.1:{p1}"), format!("127.0.0.2:{p2}")] {
         assert_eq!(await_version(&addr).status, 200, "{addr}");
     }
+}
+
+/// A second process on a busy client or peer port exits 1 as etcd does, instead of sharing
+/// the port through SO_REUSEPORT and serving half the connections from other data.
+#[test]
+fn a_second_server_on_a_busy_port_exits_with_address_in_use() {
+    let first = support::Server::ringd(&[]);
+    let dir = support::TempDir::new("ringd-cli-busy");
+    let free = format!("http://127.0.0.1:{}", support::free_port());
+    for (client, peer) in [
+        (first.url(), free.clone()),
+        (free.clone(), first.peer_url()),
+    ] {
+        let out = ringd()
+            .args(["--data-dir", &dir.path().join("d").display().to_string()])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{client} {peer}");
+        let err = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(err.contains("bind: address already in use"), "{err}");
+    }
+    // The first server still serves its own data.
+    assert_eq!(first.get("/version").status, 200);
 }

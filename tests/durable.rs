@@ -32,6 +32,18 @@ fn start_env(
     env: &[(&str, &str)],
 ) -> Result<Node, String> {
     let url = format!("http://127.0.0.1:{port}");
+    // A peer port of its own, the same for every restart on this data dir (the default,
+    // 2380, would collide between tests running at once).
+    let peer_file = dir.join("peer_port");
+    let peer_port = match std::fs::read_to_string(&peer_file) {
+        Ok(p) => p.trim().parse::<u16>().map_err(|e| e.to_string())?,
+        Err(_) => {
+            let p = support::free_port();
+            std::fs::write(&peer_file, p.to_string()).map_err(|e| e.to_string())?;
+            p
+        }
+    };
+    let peer = format!("http://127.0.0.1:{peer_port}");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -44,6 +56,12 @@ fn start_env(
             &url,
             "--advertise-client-urls",
             &url,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("default={peer}"),
         ])
         .args(extra)
         .envs(env.iter().copied())

@@ -396,18 +396,6 @@ fn keys_request(req: &Request, rest: &str, query: &str) -> Result<KeyRequest, Er
     })
 }
 
-/// Sets the absolute expiration of a write command (the raft shard's job: the only place
-/// where wall-clock time enters a command).
-pub fn stamp_expiration(cmd: &mut Command, at: Option<u64>) {
-    match cmd {
-        Command::Set { expire, .. }
-        | Command::Create { expire, .. }
-        | Command::Update { expire, .. }
-        | Command::CompareAndSwap { expire, .. } => *expire = at,
-        Command::Delete { .. } | Command::CompareAndDelete { .. } | Command::Expire { .. } => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

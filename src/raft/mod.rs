@@ -165,6 +165,8 @@ pub struct StepOutput<T> {
     pub events: Vec<Arc<Event>>,
     /// Entries persisted this step (for the batch-size metric).
     pub persisted_entries: usize,
+    /// This member's membership requests (conf changes, peer URL updates) now applied.
+    pub members: Vec<T>,
     /// The membership changed (a conf change, a publish, a peer URL update).
     pub membership_changed: bool,
     /// A snapshot from the leader replaced the store: the caller rebuilds what it derived from
@@ -179,6 +181,7 @@ impl<T> Default for StepOutput<T> {
             reads: Vec::new(),
             events: Vec::new(),
             persisted_entries: 0,
+            members: Vec::new(),
             membership_changed: false,
             snapshot_installed: false,
         }
@@ -215,6 +218,15 @@ pub struct SnapshotData {
 /// Encoding and decoding of snapshot payloads, injected so the replica stays free of the
 /// snapshot file format.
 pub type SnapshotDecoder = fn(&[u8]) -> Result<SnapshotData, String>;
+
+/// What a conf change entry carries besides the raft node id: the member record (peer URLs)
+/// and who asked, so the member that took the request answers it once applied.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ConfContext {
+    member: Member,
+    request_member: u64,
+    request_seq: u64,
+}
 
 /// A quorum read group: the tokens waiting for one ReadIndex request.
 struct ReadGroup<T> {
@@ -584,15 +596,36 @@ impl<T> Replica<T> {
         }
     }
 
-    /// Proposes a membership change (voters) with the member record as its context.
-    pub fn propose_conf_change(&mut self, change: ConfChangeType, member: &Member) {
+    /// Proposes a membership change (voters) with the member record and the request id as
+    /// its context. The token comes back in `StepOutput::members` once applied here, or from
+    /// `tick` at its deadline (raft-rs drops a conf change proposed while another is pending).
+    pub fn propose_conf_change(&mut self, change: ConfChangeType, member: &Member, token: T) {
+        let id = self.next_request_id();
         let mut cc = ConfChange::default();
         cc.set_change_type(change);
         cc.node_id = member.id;
-        cc.context = serde_json::to_vec(member).unwrap_or_default().into();
+        let context = ConfContext {
+            member: member.clone(),
+            request_member: id.member,
+            request_seq: id.seq,
+        };
+        cc.context = serde_json::to_vec(&context).unwrap_or_default().into();
         if let Err(e) = self.node.propose_conf_change(Vec::new(), cc) {
             tracing::warn!("conf change not proposed: {e}");
         }
+        let deadline = self.ticks + self.request_timeout_ticks;
+        self.pending.insert(id.seq, (deadline, token));
+    }
+
+    /// Proposes new peer URLs for a member; the token comes back in `StepOutput::members`.
+    pub fn propose_peer_update(&mut self, member: u64, peer_urls: Vec<String>, token: T) {
+        self.propose_payload(
+            Payload::UpdatePeers {
+                id: member,
+                peer_urls,
+            },
+            Some(token),
+        );
     }
 
     /// A linearizable read (`quorum=true`): the token comes back in `StepOutput::reads` once
@@ -793,6 +826,9 @@ impl<T> Replica<T> {
             store.first_index().map_err(|e| e.to_string())?,
             store.last_index().map_err(|e| e.to_string())?,
         );
+        if last < first {
+            return Ok(());
+        }
         let kept = store
             .entries(first, last + 1, None, GetEntriesContext::empty(false))
             .map_err(|e| e.to_string())?;
@@ -853,6 +889,7 @@ impl<T> Replica<T> {
             // on the wire: an undecodable one is a bug. Refuse to diverge silently.
             Err(err) => panic!("undecodable log entry at raft index {}: {err}", e.index),
         };
+        let is_membership = !matches!(payload, Payload::Command(_));
         let result = match payload {
             Payload::Command(Command::Expire { cutoff }) => {
                 let before = out.events.len();
@@ -900,6 +937,12 @@ impl<T> Replica<T> {
         let Some(id) = id.filter(|id| id.member == self.id()) else {
             return;
         };
+        if is_membership {
+            if let Some((_, token)) = self.pending.remove(&id.seq) {
+                out.members.push(token);
+            }
+            return;
+        }
         if let Some((_, token)) = self.pending.remove(&id.seq) {
             out.applied.push(Applied {
                 token,
@@ -925,14 +968,18 @@ impl<T> Replica<T> {
             Err(err) => panic!("conf change at raft index {} refused: {err}", e.index),
         };
         self.node.mut_store().mem.wl().set_conf_state(cs);
+        let context = serde_json::from_slice::<ConfContext>(&cc.context).ok();
         match cc.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                let member = serde_json::from_slice::<Member>(&cc.context).unwrap_or(Member {
-                    id: cc.node_id,
-                    name: String::new(),
-                    peer_urls: Vec::new(),
-                    client_urls: Vec::new(),
-                });
+                let member = context
+                    .as_ref()
+                    .map(|c| c.member.clone())
+                    .unwrap_or(Member {
+                        id: cc.node_id,
+                        name: String::new(),
+                        peer_urls: Vec::new(),
+                        client_urls: Vec::new(),
+                    });
                 self.membership.members.insert(cc.node_id, member);
             }
             ConfChangeType::RemoveNode => {
@@ -945,6 +992,11 @@ impl<T> Replica<T> {
         }
         self.membership.applied_index = e.index;
         out.membership_changed = true;
+        if let Some(c) = context.filter(|c| c.request_member == self.id()) {
+            if let Some((_, token)) = self.pending.remove(&c.request_seq) {
+                out.members.push(token);
+            }
+        }
     }
 }
 

@@ -18,12 +18,15 @@ fn no_snapshots(_: &[u8]) -> Result<SnapshotData, String> {
 }
 
 fn one_member(id: u64) -> Membership {
-    Membership::initial(vec![Member {
-        id,
-        name: "default".to_string(),
-        peer_urls: vec!["http://127.0.0.1:2380".to_string()],
-        client_urls: vec![],
-    }])
+    Membership::initial(
+        vec![Member {
+            id,
+            name: "default".to_string(),
+            peer_urls: vec!["http://127.0.0.1:2380".to_string()],
+            client_urls: vec![],
+        }],
+        "etcd-cluster",
+    )
 }
 
 fn bootstrap(entries: Vec<LogEntry>, hard_state: HardState) -> Replica<u64> {

@@ -4,16 +4,26 @@
 //! - N client shards (one monoio executor per core, FusionDriver: io_uring with an explicit
 //!   fallback to epoll), each with its own SO_REUSEPORT listener per listen URL. A shard
 //!   parses, routes, answers reads from the published view and watches from the event ring
-//!   and its own registry, and sends writes to the raft shard's bounded mailbox.
-//! - The raft shard (`raft.rs`): the single writer. It drains the mailbox in batches, applies
-//!   them to the store, publishes the new view and the events, then answers and wakes shards.
+//!   and its own registry, and sends writes to the raft shard's bounded mailbox (`client/`).
+//! - The raft shard (`raft_shard.rs`): the single writer. It drains the mailbox in batches,
+//!   applies them to the store, publishes the new view and the events, then answers and wakes
+//!   shards. It starts from what `recovery.rs` rebuilt from disk, and hands snapshots to the
+//!   snapshot thread (`snapshotter.rs`).
+//! - The peer thread (`peer.rs`): one monoio executor that carries raft messages to and from
+//!   the other members (docs/peer-wire.md) and answers etcd's peer endpoints.
 
-pub mod conn;
-pub mod durable;
+pub mod client;
+pub mod peer;
+pub mod raft_shard;
+pub mod recovery;
+pub mod runtime;
+pub mod snapshotter;
 
 use crate::config::Resolved;
-use crate::limits::{MAILBOX_CAPACITY, SHARD_EVENT_QUEUE_CAPACITY};
-use crate::members::{cluster_id, member_id, Member};
+use crate::limits::{
+    MAILBOX_CAPACITY, PEER_INBOX_CAPACITY, PEER_OUTBOX_CAPACITY, SHARD_EVENT_QUEUE_CAPACITY,
+};
+use crate::members::{member_id, Member, Membership};
 use crate::stats::ShardCounters;
 use crate::watch::ring::EventRing;
 use arc_swap::ArcSwap;
@@ -27,6 +37,32 @@ pub struct Published {
     pub raft_index: crate::raft::RaftIndex,
     pub raft_term: u64,
     pub write_stats: WriteStats,
+    /// The leader this member knows of (0: none), and this member's raft role as etcd's
+    /// stats name it (`StateLeader`, `StateFollower`, `StateCandidate`, `StatePreCandidate`).
+    pub leader: u64,
+    pub state: &'static str,
+    /// The leader's view of its followers: (id, matched raft index, recently active).
+    pub followers: Vec<(u64, u64, bool)>,
+}
+
+impl Published {
+    pub fn of<T>(replica: &crate::raft::Replica<T>) -> Published {
+        let store = replica.store();
+        Published {
+            view: store.view(),
+            raft_index: replica.applied_index(),
+            raft_term: replica.term(),
+            write_stats: store.write_stats().clone(),
+            leader: replica.leader_id(),
+            state: match replica.role() {
+                raft::StateRole::Leader => "StateLeader",
+                raft::StateRole::Follower => "StateFollower",
+                raft::StateRole::Candidate => "StateCandidate",
+                raft::StateRole::PreCandidate => "StatePreCandidate",
+            },
+            followers: replica.progress(),
+        }
+    }
 }
 
 /// State shared by every thread.
@@ -34,7 +70,8 @@ pub struct Shared {
     pub published: ArcSwap<Published>,
     pub ring: EventRing,
     pub counters: Box<[ShardCounters]>,
-    pub members: Vec<Member>,
+    /// The applied membership, republished by the raft shard when it changes.
+    pub membership: ArcSwap<Membership>,
     pub self_id: u64,
     pub cluster_id: u64,
     pub name: String,
@@ -46,6 +83,20 @@ pub struct Shared {
     /// the average batch per fsync).
     pub wal_syncs: std::sync::atomic::AtomicU64,
     pub wal_entries: std::sync::atomic::AtomicU64,
+    /// Leader changes seen and requests that failed (timed out), for /metrics.
+    pub leader_changes: std::sync::atomic::AtomicU64,
+    pub proposals_failed: std::sync::atomic::AtomicU64,
+    /// Set by the raft shard when a shard's queue was full and a batch was dropped for it: the
+    /// shard ends its watchers and fails its waiting requests (they may never be answered).
+    pub shard_overflow: Box<[std::sync::atomic::AtomicBool]>,
+    /// When this member last saw a new leader (unix ns), for /v2/stats/self's leaderInfo.
+    pub leader_since_ns: std::sync::atomic::AtomicU64,
+    /// Raft append messages this member received and sent (/v2/stats/self).
+    pub appends_received: std::sync::atomic::AtomicU64,
+    pub appends_sent: std::sync::atomic::AtomicU64,
+    /// On the leader: each follower's round-trip figures (/v2/stats/leader). Written by the
+    /// raft shard, read by the client shards: a small map, locked briefly on both sides.
+    pub followers: std::sync::Mutex<std::collections::BTreeMap<u64, crate::stats::FollowerStats>>,
 }
 
 /// The reply to a proposal: the outcome and the raft position it was applied at.
@@ -111,7 +162,12 @@ impl Outbox {
     /// Sends every shard its replies plus the events. Bounded channels: a shard that fell
     /// SHARD_EVENT_QUEUE_CAPACITY batches behind makes the writer wait, which backpressures
     /// every writer instead of growing memory.
-    pub fn send(&mut self, shards: &[flume::Sender<ShardMsg>], events: Option<Arc<[Arc<Event>]>>) {
+    pub fn send(
+        &mut self,
+        shards: &[flume::Sender<ShardMsg>],
+        events: Option<Arc<[Arc<Event>]>>,
+        overflow: &[std::sync::atomic::AtomicBool],
+    ) {
         for (i, tx) in shards.iter().enumerate() {
             let replies = self
                 .per_shard
@@ -121,10 +177,20 @@ impl Outbox {
             if replies.is_empty() && events.is_none() {
                 continue;
             }
-            let _ = tx.send(ShardMsg {
+            // Never wait for a shard (the raft shard's heartbeats must not depend on client
+            // load): a shard SHARD_EVENT_QUEUE_CAPACITY batches behind loses this one and is
+            // told to end its watchers and fail its waiting requests.
+            let msg = ShardMsg {
                 events: events.clone(),
                 replies,
-            });
+            };
+            if let Err(flume::TrySendError::Full(_)) = tx.try_send(msg) {
+                if let Some(flag) = overflow.get(i) {
+                    if !flag.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        tracing::warn!(shard = i, "shard queue full: its watchers are closed");
+                    }
+                }
+            }
         }
     }
 }
@@ -146,6 +212,13 @@ pub fn run(cfg: Resolved) -> Result<(), String> {
 /// before it blocks joining them: the binary uses it to hand the memory that recovery freed on
 /// this thread back to its allocator's shared pool.
 pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
+    // SO_REUSEPORT lets our shards share a port, but it would also let a second process
+    // (same user) bind it and take half the connections. Probe each address exclusively
+    // first: a busy port fails start-up as etcd's does.
+    for url in cfg.listen_client.iter().chain(&cfg.listen_peer) {
+        let addr = url.socket_addr()?;
+        probe_exclusive(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
+    }
     let mut listeners = Vec::new();
     for shard in 0..cfg.shards {
         let mut per_shard = Vec::new();
@@ -157,56 +230,66 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         }
         listeners.push(per_shard);
     }
-    let members: Vec<Member> = cfg
-        .initial_cluster
-        .iter()
-        .map(|(name, peers)| Member {
-            id: member_id(peers, &cfg.initial_cluster_token),
-            name: name.clone(),
-            peer_urls: peers.clone(),
-            client_urls: if name == &cfg.name {
-                cfg.advertise_client_urls.clone()
-            } else {
-                vec![]
-            },
-        })
-        .collect();
-    let self_id = members
-        .iter()
-        .find(|m| m.name == cfg.name)
-        .map(|m| m.id)
-        .unwrap_or(0);
-    let cid = cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
+    let mut peer_listeners = Vec::new();
+    for url in &cfg.listen_peer {
+        let addr = url.socket_addr()?;
+        peer_listeners
+            .push(bind_reuseport(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+    }
+    let data_dir = std::path::Path::new(&cfg.data_dir);
+    let record_path = recovery::membership_path(data_dir);
+    let recorded = recovery::read_membership(&record_path)?;
+    let is_new = recorded.is_none();
+    let (self_id, membership) =
+        match recorded {
+            Some((id, m)) => {
+                tracing::info!("existing data dir: --initial-cluster* flags are ignored");
+                (id, m)
+            }
+            None if cfg.join_existing => return Err(
+                "--initial-cluster-state existing (joining a running cluster) is not supported yet"
+                    .to_string(),
+            ),
+            None => initial_membership(&cfg),
+        };
+    if !membership.members.contains_key(&self_id) {
+        return Err(format!(
+            "member {self_id:x} is not in the cluster membership recorded in {}",
+            record_path.display()
+        ));
+    }
+    let cid = membership.cluster_id;
     // Recover before serving anything: the shards must never answer from a store that is not
     // yet the recovered one.
     let election_tick = (cfg.election_timeout_ms / cfg.heartbeat_interval_ms).max(2) as usize;
     // etcd's request timeout: 5 s plus two election timeouts.
     let request_timeout_ticks =
         (5000 + 2 * cfg.election_timeout_ms) / cfg.heartbeat_interval_ms.max(1);
-    let mut rec = durable::recover(
-        std::path::Path::new(&cfg.data_dir),
-        self_id,
-        crate::members::Membership::initial(members.clone()),
-        election_tick,
-        1,
-        request_timeout_ticks,
+    let mut rec = recovery::recover(
+        data_dir,
+        recovery::Start {
+            id: self_id,
+            membership,
+            force_new_cluster: cfg.force_new_cluster,
+            election_tick,
+            heartbeat_tick: 1,
+            request_timeout_ticks,
+        },
     )?;
-    let replayed = durable::replay(&mut rec);
+    if is_new || cfg.force_new_cluster {
+        recovery::write_membership(&record_path, self_id, rec.replica.membership())
+            .map_err(|e| format!("cannot write {}: {e}", record_path.display()))?;
+    }
+    let replayed = recovery::replay(&mut rec);
     let ring = EventRing::new();
     for ev in rec.history.drain(..).chain(replayed) {
         ring.publish(ev);
     }
-    let store = rec.replica.store();
     let shared = Arc::new(Shared {
-        published: ArcSwap::from_pointee(Published {
-            view: store.view(),
-            raft_index: rec.replica.applied_index(),
-            raft_term: rec.replica.term(),
-            write_stats: store.write_stats().clone(),
-        }),
+        published: ArcSwap::from_pointee(Published::of(&rec.replica)),
         ring,
         counters: (0..cfg.shards).map(|_| ShardCounters::default()).collect(),
-        members,
+        membership: ArcSwap::from_pointee(rec.replica.membership().clone()),
         self_id,
         cluster_id: cid,
         name: cfg.name.clone(),
@@ -216,6 +299,13 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         driver: std::sync::Mutex::new(Vec::new()),
         wal_syncs: Default::default(),
         wal_entries: Default::default(),
+        leader_changes: Default::default(),
+        proposals_failed: Default::default(),
+        shard_overflow: (0..cfg.shards).map(|_| Default::default()).collect(),
+        leader_since_ns: unix_now_ns().into(),
+        appends_received: Default::default(),
+        appends_sent: Default::default(),
+        followers: Default::default(),
     });
     let (mailbox_tx, mailbox_rx) = flume::bounded::<Proposal>(MAILBOX_CAPACITY);
     let mut event_txs = Vec::new();
@@ -227,19 +317,36 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         let mailbox = mailbox_tx.clone();
         let h = std::thread::Builder::new()
             .name(format!("shard-{i}"))
-            .spawn(move || conn::shard_main(i, shared, shard_listeners, mailbox, erx))
+            .spawn(move || client::shard_main(i, shared, shard_listeners, mailbox, erx))
             .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
         handles.push(h);
     }
     drop(mailbox_tx);
+    let (peer_out_tx, peer_out_rx) = flume::bounded(PEER_OUTBOX_CAPACITY);
+    let (peer_in_tx, peer_in_rx) = flume::bounded(PEER_INBOX_CAPACITY);
+    let peer_shared = shared.clone();
+    let peer = std::thread::Builder::new()
+        .name("peer".to_string())
+        .spawn(move || peer::peer_main(peer_shared, peer_listeners, peer_out_rx, peer_in_tx))
+        .map_err(|e| format!("cannot spawn peer thread: {e}"))?;
+    handles.push(peer);
     let raft_shared = shared.clone();
-    let raft_cfg = durable::RaftShardConfig {
+    let raft_cfg = raft_shard::RaftShardConfig {
         snapshot_count: cfg.snapshot_count.max(1),
         tick: std::time::Duration::from_millis(cfg.heartbeat_interval_ms),
+        name: cfg.name.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
+        membership_path: record_path,
+    };
+    let channels = raft_shard::RaftChannels {
+        mailbox: mailbox_rx,
+        peer_in: peer_in_rx,
+        peer_out: peer_out_tx,
+        shards: event_txs,
     };
     let raft = std::thread::Builder::new()
         .name("raft".to_string())
-        .spawn(move || durable::raft_main(raft_shared, rec, raft_cfg, mailbox_rx, event_txs))
+        .spawn(move || raft_shard::raft_main(raft_shared, rec, raft_cfg, channels))
         .map_err(|e| format!("cannot spawn raft thread: {e}"))?;
     let urls: Vec<String> = cfg
         .listen_client
@@ -256,6 +363,62 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         let _ = h.join();
     }
     Err("server threads exited".to_string())
+}
+
+/// The membership of a new cluster from `--initial-cluster`, and this member's id in it.
+fn initial_membership(cfg: &Resolved) -> (u64, Membership) {
+    let members: Vec<Member> = cfg
+        .initial_cluster
+        .iter()
+        .map(|(name, peers)| Member {
+            id: member_id(peers, &cfg.initial_cluster_token),
+            // etcd shows members by name only once they published it; a new cluster's
+            // members are named in --initial-cluster, which every member agrees on.
+            name: name.clone(),
+            peer_urls: peers.clone(),
+            client_urls: vec![],
+        })
+        .collect();
+    let self_id = members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .map(|m| m.id)
+        .unwrap_or(0);
+    (
+        self_id,
+        Membership::initial(members, &cfg.initial_cluster_token),
+    )
+}
+
+/// Binds `addr` without SO_REUSEPORT and lets it go: fails when any other socket listens
+/// there. A process that just exited may still hold its listener for a few milliseconds
+/// (io_uring tears a dead process's ring down asynchronously), so a busy port is retried
+/// for up to a second before start-up gives up.
+fn probe_exclusive(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match probe_once(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn probe_once(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR only so that our own connections in TIME_WAIT from a previous run do not
+    // block a restart; a listening socket still makes the bind fail.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(e.kind(), "address already in use")
+        } else {
+            e
+        }
+    })
 }
 
 fn bind_reuseport(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {

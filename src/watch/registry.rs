@@ -40,6 +40,13 @@ impl Registry {
         self.count == 0
     }
 
+    /// Ends every watcher (their connections see the channel close and finish the
+    /// response); used when this shard fell so far behind that events were dropped for it.
+    pub fn clear(&mut self) {
+        self.by_key.clear();
+        self.count = 0;
+    }
+
     /// Registers a watcher; `None` when the shard is at `WATCHERS_PER_SHARD_MAX`.
     pub fn register(
         &mut self,

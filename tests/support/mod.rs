@@ -749,3 +749,4 @@ macro_rules! eqnice {
         $crate::support::assert_eq_text(&expected, &actual);
     }};
 }
+pub mod cluster;

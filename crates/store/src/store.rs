@@ -78,6 +78,20 @@ pub enum Command {
     Expire { cutoff: u64 },
 }
 
+impl Command {
+    /// Sets the absolute expiration of a write command (the raft shard's job: the only place
+    /// where wall-clock time enters a command).
+    pub fn stamp_expiration(&mut self, at: Option<u64>) {
+        match self {
+            Command::Set { expire, .. }
+            | Command::Create { expire, .. }
+            | Command::Update { expire, .. }
+            | Command::CompareAndSwap { expire, .. } => *expire = at,
+            Command::Delete { .. } | Command::CompareAndDelete { .. } | Command::Expire { .. } => {}
+        }
+    }
+}
+
 /// Counters for /v2/stats/store that only the writer can know (reads are counted by the
 /// shards that serve them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

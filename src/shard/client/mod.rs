@@ -1,0 +1,184 @@
+//! A client shard: its executor, its listeners, its connections and its watcher registry.
+//!
+//! Each connection is one task: read into a bounded buffer, frame requests (pipelining
+//! allowed), answer each in order into one output buffer, flush when the input runs dry.
+//! Reads are answered here from the published view; writes go to the raft shard's mailbox
+//! and wait for its reply; watches register in this shard's registry.
+//!
+//! This file holds what the whole shard shares: `ShardCtx`, the executor's set-up
+//! (`shard_main`), the dispatch task that delivers the raft shard's batch messages (replies
+//! and events), and the accept loop. The rest is split by concern: `conn` (a connection's
+//! loop and its framing), `keys` (the keys API and proposals), `watch` (long polls and
+//! streams), `admin` (members, stats, metrics, version, health and every other route).
+
+mod admin;
+mod conn;
+mod keys;
+mod watch;
+
+use conn::serve_conn;
+
+use crate::limits::CONNECTIONS_PER_SHARD_MAX;
+use crate::shard::{Proposal, Reply, ShardMsg, Shared};
+use crate::watch::registry::Registry;
+use monoio::net::TcpListener;
+use ringd_store::{Error, ErrorCode};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+struct ShardCtx {
+    id: usize,
+    shared: Arc<Shared>,
+    mailbox: flume::Sender<Proposal>,
+    registry: RefCell<Registry>,
+    connections: std::cell::Cell<usize>,
+    /// Proposals of this shard waiting for the raft shard's reply, by id.
+    pending: RefCell<std::collections::HashMap<u64, Rc<ReplySlot>>>,
+    next_id: std::cell::Cell<u64>,
+    /// X-Etcd-Cluster-Id, rendered once (it is on every keys response).
+    cid: String,
+}
+
+/// A shard-local one-shot: filled by the dispatch task when the raft shard's batch message
+/// arrives, awaited by the connection task. No cross-thread wake per reply.
+#[derive(Default)]
+struct ReplySlot {
+    value: RefCell<Option<Reply>>,
+    waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl ReplySlot {
+    fn fill(&self, reply: Reply) {
+        *self.value.borrow_mut() = Some(reply);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) -> Reply {
+        std::future::poll_fn(|cx| match self.value.borrow_mut().take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Builds the shard's executor and serves until the process exits.
+pub fn shard_main(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    mailbox: flume::Sender<Proposal>,
+    events: flume::Receiver<ShardMsg>,
+) {
+    let mut rt = super::runtime::build(&format!("shard-{id}"));
+    rt.block_on(async move {
+        let driver = if monoio::utils::is_legacy() {
+            "epoll"
+        } else {
+            "io_uring"
+        };
+        if let Ok(mut d) = shared.driver.lock() {
+            d.push(driver);
+        }
+        tracing::info!(shard = id, driver, "shard started");
+        let cid = format!("{:x}", shared.cluster_id);
+        let ctx = Rc::new(ShardCtx {
+            cid,
+            id,
+            shared,
+            mailbox,
+            registry: RefCell::new(Registry::default()),
+            connections: std::cell::Cell::new(0),
+            pending: RefCell::new(std::collections::HashMap::new()),
+            next_id: std::cell::Cell::new(0),
+        });
+        monoio::spawn(dispatch_loop(ctx.clone(), events));
+        let mut tasks = Vec::new();
+        for l in listeners {
+            match TcpListener::from_std(l) {
+                Ok(l) => tasks.push(monoio::spawn(accept_loop(ctx.clone(), l))),
+                Err(e) => tracing::error!(shard = id, error = %e, "cannot adopt listener"),
+            }
+        }
+        for t in tasks {
+            t.await;
+        }
+    });
+}
+
+async fn dispatch_loop(ctx: Rc<ShardCtx>, inbox: flume::Receiver<ShardMsg>) {
+    while let Ok(msg) = inbox.recv_async().await {
+        if let Some(events) = &msg.events {
+            let mut reg = ctx.registry.borrow_mut();
+            reg.dispatch(events);
+            ctx.shared.counters[ctx.id]
+                .watchers
+                .store(reg.len() as u64, Ordering::Relaxed);
+        }
+        let mut pending = ctx.pending.borrow_mut();
+        for (id, reply) in msg.replies {
+            if let Some(slot) = pending.remove(&id) {
+                slot.fill(reply);
+            }
+        }
+        if ctx.shared.shard_overflow[ctx.id].swap(false, Ordering::AcqRel) {
+            // The raft shard dropped a batch for us (our queue was full): some events and
+            // replies are lost. End every watcher (clients re-watch from their waitIndex and
+            // find the events in the history) and fail every waiting request rather than
+            // leave it hanging.
+            ctx.registry.borrow_mut().clear();
+            let index = ctx.shared.published.load().view.index().0;
+            for (_, slot) in pending.drain() {
+                slot.fill(Reply {
+                    result: Err(Error::new(
+                        ErrorCode::RaftInternal,
+                        "etcdserver: request timed out",
+                        index,
+                    )),
+                    raft_index: crate::raft::RaftIndex(0),
+                    raft_term: 0,
+                });
+            }
+        }
+    }
+}
+
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                if ctx.connections.get() >= CONNECTIONS_PER_SHARD_MAX {
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                ctx.connections.set(ctx.connections.get() + 1);
+                ctx.shared.counters[ctx.id]
+                    .connections
+                    .fetch_add(1, Ordering::Relaxed);
+                let ctx2 = ctx.clone();
+                monoio::spawn(async move {
+                    let _ = serve_conn(&ctx2, stream).await;
+                    ctx2.connections.set(ctx2.connections.get() - 1);
+                    ctx2.shared.counters[ctx2.id]
+                        .connections
+                        .fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! The raft shard: the single writer. It owns the `Replica` (raft-rs + the store + the
+//! membership), the log and the snapshots, and it is the only thread that mutates the store,
+//! the event ring, the membership and the published view.
+//!
+//! Loop: wait for a client proposal, a peer message, the next raft tick or the TTL wheel's
+//! next deadline; drain up to `PROPOSAL_BATCH_MAX` proposals and the peer messages that
+//! arrived; stamp TTLs with the wall clock (the only place time enters a command) and propose
+//! them (a follower's raft-rs forwards them to the leader); quorum reads become one ReadIndex
+//! request per batch; tick raft when due, answering requests whose deadline passed with
+//! etcd's timeout error; on the leader, propose an expiry pass when the wheel says one is due;
+//! run Ready rounds: messages go to the peer thread (never waited on), every new entry and the
+//! hard state are made durable with ONE fdatasync (group commit), committed entries are
+//! applied; then, once per batch and in this order: events into the ring, the new view
+//! published, replies sent, one wake per shard. Publishing before replying lets a client read
+//! its own write on any shard; ring-before-view lets a watcher that saw index V find every
+//! event <= V in the ring. A failed fsync is fatal: the process exits and recovers from disk
+//! (never retry: the page cache may have dropped the dirty pages).
+//!
+//! Recovery (`recovery.rs`) builds what this loop starts from; snapshots are written on
+//! their own thread (`snapshotter.rs`); peers are served by the peer thread (`peer.rs`).
+
+use super::peer::PeerIn;
+use super::recovery::{write_membership, Recovered};
+use super::snapshotter::Snapshotter;
+use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ReplyTo, ShardMsg, Shared};
+use crate::limits::{PEER_INBOX_CAPACITY, PENDING_REQUESTS_MAX, PROPOSAL_BATCH_MAX};
+use crate::raft::{HardState, LogEntry, Payload, Replica};
+use crate::ttl::TtlWheel;
+use crate::wal::Wal;
+use raft::eraftpb::Message;
+use ringd_store::{Command, Error, ErrorCode, Event};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Who is waiting for a proposal or a quorum read.
+pub enum Token {
+    Client(ReplyTo),
+    /// A `quorum=true` GET, answered from the store once its read index is applied.
+    Read {
+        key: String,
+        recursive: bool,
+        sorted: bool,
+        reply: ReplyTo,
+    },
+}
+
+impl Token {
+    fn reply_to(&self) -> ReplyTo {
+        match self {
+            Token::Client(r) | Token::Read { reply: r, .. } => *r,
+        }
+    }
+}
+
+/// etcd's answer to a request that was not applied in time (no leader, no quorum).
+fn timeout_error(replica: &Replica<Token>) -> Error {
+    Error::new(
+        ErrorCode::RaftInternal,
+        "etcdserver: request timed out",
+        replica.store().index().0,
+    )
+}
+
+/// The raft shard's side of the replica: the log, and the peer thread's queue.
+pub(super) struct ShardIo<'a> {
+    pub wal: &'a mut Wal,
+    pub peers: Option<&'a flume::Sender<Message>>,
+    /// Peers whose messages could not be queued (reported to raft after the step).
+    pub unreachable: Vec<u64>,
+    pub rtt: &'a mut RoundTrips,
+}
+
+/// The leader's round-trip clock per follower: when the oldest unanswered append or
+/// heartbeat was sent. Its response gives /v2/stats/leader's latency.
+#[derive(Default)]
+pub(super) struct RoundTrips {
+    sent_at: std::collections::BTreeMap<u64, Instant>,
+    appends_sent: u64,
+}
+
+impl RoundTrips {
+    fn sent(&mut self, m: &Message) {
+        use raft::eraftpb::MessageType::{MsgAppend, MsgHeartbeat};
+        let t = m.get_msg_type();
+        if t == MsgAppend {
+            self.appends_sent += 1;
+        }
+        if t == MsgAppend || t == MsgHeartbeat {
+            self.sent_at.entry(m.to).or_insert_with(Instant::now);
+        }
+    }
+
+    /// A message from a peer: a response closes that follower's round trip.
+    fn received(&mut self, shared: &Shared, m: &Message) {
+        use raft::eraftpb::MessageType::{MsgAppend, MsgAppendResponse, MsgHeartbeatResponse};
+        let t = m.get_msg_type();
+        if t == MsgAppend {
+            shared.appends_received.fetch_add(1, Ordering::Relaxed);
+        }
+        if t != MsgAppendResponse && t != MsgHeartbeatResponse {
+            return;
+        }
+        let Some(at) = self.sent_at.remove(&m.from) else {
+            return;
+        };
+        let mut followers = shared.followers.lock().unwrap_or_else(|e| e.into_inner());
+        let f = followers.entry(m.from).or_default();
+        if m.reject {
+            f.failed();
+        } else {
+            f.succeed(at.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+
+    fn unreachable(&mut self, shared: &Shared, id: u64) {
+        self.sent_at.remove(&id);
+        let mut followers = shared.followers.lock().unwrap_or_else(|e| e.into_inner());
+        followers.entry(id).or_default().failed();
+    }
+}
+
+impl crate::raft::Io for ShardIo<'_> {
+    type Error = crate::wal::WalError;
+
+    fn send(&mut self, messages: Vec<Message>) {
+        let Some(peers) = self.peers else {
+            return;
+        };
+        for m in messages {
+            let to = m.to;
+            self.rtt.sent(&m);
+            // Never wait for the peer thread: raft retransmits what is dropped.
+            if peers.try_send(m).is_err() && !self.unreachable.contains(&to) {
+                self.unreachable.push(to);
+            }
+        }
+    }
+
+    fn persist(
+        &mut self,
+        entries: &[LogEntry],
+        hs: Option<HardState>,
+        must_sync: bool,
+    ) -> Result<(), crate::wal::WalError> {
+        if !entries.is_empty() {
+            self.wal.append(entries)?;
+        }
+        if let Some(hs) = hs {
+            self.wal.set_hard_state(hs)?;
+        }
+        if must_sync {
+            self.wal.sync()?;
+        }
+        Ok(())
+    }
+
+    fn persist_snapshot(
+        &mut self,
+        index: u64,
+        _term: u64,
+        _data: &[u8],
+    ) -> Result<(), crate::wal::WalError> {
+        self.wal.restart(index)?;
+        self.wal.sync()
+    }
+}
+
+pub(super) fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
+    tracing::error!("{what}: {e}; exiting (the data directory is consistent up to the last fsync)");
+    std::process::exit(1);
+}
+
+/// What Ready rounds produced until raft had nothing more to do.
+#[derive(Default)]
+pub(super) struct Drained {
+    pub applied: Vec<crate::raft::Applied<Token>>,
+    pub reads: Vec<Token>,
+    pub events: Vec<Arc<Event>>,
+    pub membership_changed: bool,
+}
+
+/// Runs Ready rounds until raft has nothing more to do.
+pub(super) fn drive(
+    replica: &mut Replica<Token>,
+    wal: &mut Wal,
+    peers: Option<&flume::Sender<Message>>,
+    stats: &mut BatchStats,
+    rtt: &mut RoundTrips,
+) -> Drained {
+    let mut d = Drained::default();
+    loop {
+        let mut io = ShardIo {
+            wal: &mut *wal,
+            peers,
+            unreachable: Vec::new(),
+            rtt: &mut *rtt,
+        };
+        let out = match replica.step(&mut io) {
+            Ok(out) => out,
+            Err(e) => fatal("log write or fsync failed", e),
+        };
+        for id in std::mem::take(&mut io.unreachable) {
+            replica.report_unreachable(id);
+        }
+        if out.persisted_entries > 0 {
+            stats.syncs += 1;
+            stats.entries += out.persisted_entries as u64;
+        }
+        let done = out.applied.is_empty()
+            && out.events.is_empty()
+            && out.persisted_entries == 0
+            && out.reads.is_empty()
+            && !out.membership_changed;
+        d.applied.extend(out.applied);
+        d.reads.extend(out.reads);
+        d.events.extend(out.events);
+        d.membership_changed |= out.membership_changed;
+        if done {
+            return d;
+        }
+    }
+}
+
+/// Group-commit figures, logged at info every so often and exported as metrics.
+#[derive(Default)]
+pub struct BatchStats {
+    pub syncs: u64,
+    pub entries: u64,
+}
+
+pub struct RaftShardConfig {
+    pub snapshot_count: u64,
+    pub tick: Duration,
+    /// This member's name and client URLs, published through raft after start.
+    pub name: String,
+    pub client_urls: Vec<String>,
+    /// Where the membership is recorded (rewritten when it changes).
+    pub membership_path: PathBuf,
+}
+
+/// The raft shard's channels.
+pub struct RaftChannels {
+    pub mailbox: flume::Receiver<Proposal>,
+    pub peer_in: flume::Receiver<PeerIn>,
+    pub peer_out: flume::Sender<Message>,
+    pub shards: Vec<flume::Sender<ShardMsg>>,
+}
+
+/// What woke the raft shard.
+enum Woke {
+    Proposal(Proposal),
+    Peer(PeerIn),
+    Nothing,
+    Closed,
+}
+
+/// Publishing a member's attributes is retried this often (in ticks) until it is applied
+/// (etcd retries every 7 s; a tick is a heartbeat interval).
+const PUBLISH_RETRY_TICKS: u64 = 10;
+
+pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: RaftChannels) {
+    let Recovered {
+        mut replica,
+        mut wal,
+        history: _,
+        snapshot_index,
+        paths,
+    } = rec;
+    let mut stats = BatchStats::default();
+    let mut rtt = RoundTrips::default();
+    let mut wheel = TtlWheel::new(unix_now_ns());
+    if replica.is_leader() {
+        if let Some(next) = replica.store().next_expiration() {
+            // Keys whose TTL ran out while we were down expire at once, through the log.
+            wheel.schedule(next);
+        }
+    }
+    let mut snapshotter = Snapshotter::start(paths.snap.clone(), paths.wal.clone(), snapshot_index);
+    let mut batch: Vec<Proposal> = Vec::with_capacity(PROPOSAL_BATCH_MAX);
+    let mut next_tick = Instant::now() + cfg.tick;
+    let mut ticks: u64 = 0;
+    let mut last_publish_tick: Option<u64> = None;
+    let mut leader_seen = (replica.leader_id(), replica.term());
+    let peers = Some(&ch.peer_out);
+    loop {
+        let mut wake = next_tick;
+        if let Some(at) = wheel.next_wake() {
+            let wait_ns = at.saturating_sub(unix_now_ns());
+            wake = wake.min(Instant::now() + Duration::from_nanos(wait_ns));
+        }
+        let woke = flume::Selector::new()
+            .recv(&ch.mailbox, |r| r.map_or(Woke::Closed, Woke::Proposal))
+            .recv(&ch.peer_in, |r| r.map_or(Woke::Nothing, Woke::Peer))
+            .wait_deadline(wake)
+            .unwrap_or(Woke::Nothing);
+        match woke {
+            Woke::Proposal(p) => batch.push(p),
+            Woke::Peer(m) => peer_in(&shared, &mut replica, &mut rtt, m),
+            Woke::Nothing => {}
+            Woke::Closed => return,
+        }
+        while batch.len() < PROPOSAL_BATCH_MAX {
+            match ch.mailbox.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..PEER_INBOX_CAPACITY {
+            match ch.peer_in.try_recv() {
+                Ok(m) => peer_in(&shared, &mut replica, &mut rtt, m),
+                Err(_) => break,
+            }
+        }
+        let now = unix_now_ns();
+        let mut replies = Outbox::new(ch.shards.len());
+        for p in batch.drain(..) {
+            propose(&mut replica, p, now, &mut replies);
+        }
+        if Instant::now() >= next_tick {
+            for token in replica.tick() {
+                shared.proposals_failed.fetch_add(1, Ordering::Relaxed);
+                replies.push(
+                    token.reply_to(),
+                    Reply {
+                        result: Err(timeout_error(&replica)),
+                        raft_index: replica.applied_index(),
+                        raft_term: replica.term(),
+                    },
+                );
+            }
+            ticks += 1;
+            next_tick = Instant::now() + cfg.tick;
+            if needs_publish(&replica, &cfg)
+                && replica.leader_id() != 0
+                && last_publish_tick.is_none_or(|t| ticks >= t + PUBLISH_RETRY_TICKS)
+            {
+                last_publish_tick = Some(ticks);
+                replica.propose_payload(
+                    Payload::Publish {
+                        name: cfg.name.clone(),
+                        client_urls: cfg.client_urls.clone(),
+                    },
+                    None,
+                );
+            }
+        }
+        let expiry_due = wheel.advance(now);
+        if expiry_due && replica.is_leader() {
+            // Only the leader decides when keys expire; followers apply its passes.
+            replica.propose_payload(Payload::Command(Command::Expire { cutoff: now }), None);
+        }
+        let drained = drive(&mut replica, &mut wal, peers, &mut stats, &mut rtt);
+        shared.wal_syncs.store(stats.syncs, Ordering::Relaxed);
+        shared
+            .appends_sent
+            .store(rtt.appends_sent, Ordering::Relaxed);
+        shared.wal_entries.store(stats.entries, Ordering::Relaxed);
+        let leader_now = (replica.leader_id(), replica.term());
+        let leader_changed = leader_now != leader_seen;
+        if leader_changed {
+            // A publish proposed under the old leader may have been dropped: retry at once.
+            last_publish_tick = None;
+            note_leader_change(&shared, &replica, leader_seen.0);
+            leader_seen = leader_now;
+            if replica.is_leader() {
+                // A new leader takes over the expiry schedule from the store itself.
+                if let Some(next) = replica.store().next_expiration() {
+                    wheel.schedule(next);
+                }
+            }
+        }
+        if (expiry_due || leader_changed) && replica.is_leader() {
+            // The wheel only knows deadlines written while this member led; TTLs recovered
+            // from the snapshot and the log, or applied as a follower, are chained here: after
+            // each pass, the store's earliest remaining expiration is scheduled.
+            if let Some(next) = replica.store().next_expiration() {
+                wheel.schedule(next);
+            }
+        }
+        answer(&replica, drained.applied, drained.reads, &mut replies);
+        if drained.membership_changed {
+            membership_changed(&shared, &replica, &cfg);
+        }
+        if !drained.events.is_empty() || !replies.is_empty() || leader_changed {
+            publish(
+                &shared,
+                &replica,
+                &ch.shards,
+                drained.events,
+                &mut wheel,
+                &mut replies,
+            );
+        }
+        snapshotter.collect(&mut replica, &mut wal);
+        snapshotter.maybe_start(&shared, &replica, cfg.snapshot_count);
+    }
+}
+
+fn peer_in(shared: &Shared, replica: &mut Replica<Token>, rtt: &mut RoundTrips, m: PeerIn) {
+    match m {
+        PeerIn::Message(m) => {
+            rtt.received(shared, &m);
+            replica.step_message(*m);
+        }
+        PeerIn::Unreachable(id) => {
+            rtt.unreachable(shared, id);
+            replica.report_unreachable(id);
+        }
+    }
+}
+
+fn propose(replica: &mut Replica<Token>, p: Proposal, now: u64, replies: &mut Outbox) {
+    if replica.pending_count() >= PENDING_REQUESTS_MAX {
+        // Bounded: a member that cannot commit (no quorum) must not queue without end.
+        let reply = match &p {
+            Proposal::Write { reply, .. } | Proposal::QuorumGet { reply, .. } => *reply,
+        };
+        replies.push(
+            reply,
+            Reply {
+                result: Err(timeout_error(replica)),
+                raft_index: replica.applied_index(),
+                raft_term: replica.term(),
+            },
+        );
+        return;
+    }
+    match p {
+        Proposal::Write {
+            mut cmd,
+            ttl_secs,
+            reply,
+        } => {
+            let expire = ttl_secs.map(|t| now.saturating_add(t.saturating_mul(1_000_000_000)));
+            cmd.stamp_expiration(expire);
+            replica.propose(cmd, Token::Client(reply));
+        }
+        Proposal::QuorumGet {
+            key,
+            recursive,
+            sorted,
+            reply,
+        } => replica.read(Token::Read {
+            key,
+            recursive,
+            sorted,
+            reply,
+        }),
+    }
+}
+
+/// Replies to this member's applied writes and to the quorum reads now answerable.
+fn answer(
+    replica: &Replica<Token>,
+    applied: Vec<crate::raft::Applied<Token>>,
+    reads: Vec<Token>,
+    replies: &mut Outbox,
+) {
+    for a in applied {
+        replies.push(
+            a.token.reply_to(),
+            Reply {
+                result: a.result,
+                raft_index: a.raft_index,
+                raft_term: a.raft_term,
+            },
+        );
+    }
+    // ReadIndex: every write committed before the read was made is applied now.
+    for token in reads {
+        let Token::Read {
+            key,
+            recursive,
+            sorted,
+            reply,
+        } = token
+        else {
+            continue;
+        };
+        let result = replica
+            .store()
+            .view()
+            .get(&key, recursive, sorted)
+            .map(Arc::new);
+        replies.push(
+            reply,
+            Reply {
+                result,
+                raft_index: replica.applied_index(),
+                raft_term: replica.term(),
+            },
+        );
+    }
+}
+
+fn needs_publish(replica: &Replica<Token>, cfg: &RaftShardConfig) -> bool {
+    replica
+        .membership()
+        .members
+        .get(&replica.id())
+        .is_some_and(|m| m.name != cfg.name || m.client_urls != cfg.client_urls)
+}
+
+fn note_leader_change(shared: &Shared, replica: &Replica<Token>, old: u64) {
+    let new = replica.leader_id();
+    if new == old {
+        return; // a new term with the same (or still no) leader
+    }
+    if new == 0 {
+        tracing::info!(member = %format!("{:x}", replica.id()), term = replica.term(),
+            lost = %format!("{old:x}"), "raft lost the leader");
+        return;
+    }
+    shared.leader_changes.fetch_add(1, Ordering::Relaxed);
+    shared
+        .leader_since_ns
+        .store(unix_now_ns(), Ordering::Relaxed);
+    if new != replica.id() {
+        // Only the leader keeps follower figures; a new leader starts afresh.
+        shared
+            .followers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+    tracing::info!(member = %format!("{:x}", replica.id()), term = replica.term(),
+        leader = %format!("{new:x}"), "raft elected leader");
+}
+
+/// Records and publishes a new membership; a member that applied its own removal exits as
+/// etcd does (status 0).
+fn membership_changed(shared: &Shared, replica: &Replica<Token>, cfg: &RaftShardConfig) {
+    let m = replica.membership();
+    if let Err(e) = write_membership(&cfg.membership_path, replica.id(), m) {
+        fatal("cannot record the cluster membership", e);
+    }
+    shared.membership.store(Arc::new(m.clone()));
+    if replica.is_removed() {
+        tracing::warn!("the member has been permanently removed from the cluster");
+        tracing::warn!("the data-dir used by this member must be removed");
+        std::process::exit(0);
+    }
+}
+
+fn publish(
+    shared: &Shared,
+    replica: &Replica<Token>,
+    shards: &[flume::Sender<ShardMsg>],
+    events: Vec<Arc<Event>>,
+    wheel: &mut TtlWheel,
+    replies: &mut Outbox,
+) {
+    for ev in &events {
+        if let Some(at) = ev.node.expiration {
+            wheel.schedule(at);
+        }
+        shared.ring.publish(ev.clone());
+    }
+    shared.published.store(Arc::new(Published::of(replica)));
+    let events: Option<Arc<[Arc<Event>]>> = (!events.is_empty()).then(|| events.into());
+    replies.send(shards, events, &shared.shard_overflow);
+}

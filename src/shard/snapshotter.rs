@@ -1,0 +1,186 @@
+//! The snapshot thread: encodes and writes snapshots from an O(1) frozen copy of the store,
+//! then removes the log segments the raft shard detached and the old snapshots, at a lowered
+//! priority so that it only uses the time the shards and the raft shard leave.
+//!
+//! The raft shard drives it through `Snapshotter` (start a snapshot, collect a finished one)
+//! and never waits for it.
+
+use super::raft_shard::{fatal, Token};
+use super::Shared;
+use crate::limits::EVENT_HISTORY_CAPACITY;
+use crate::raft::Replica;
+use crate::wal::{FsStorage, Wal};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Nice +10 for the calling thread (Linux nice values are per thread). The snapshot thread
+/// encodes the whole store (~280 ms of CPU for 900k keys) every `--snapshot-count` writes;
+/// at normal priority it takes its share of the cores from the shards and the raft shard,
+/// and write latency suffers while it runs. Lowered, it uses the time they leave; writes
+/// never wait for it (the log keeps everything until it finishes).
+fn lower_this_threads_priority() {
+    // SAFETY: plain syscalls; gettid cannot fail, setpriority on our own tid only.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    let Ok(tid) = libc::id_t::try_from(tid) else {
+        return;
+    };
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) } != 0 {
+        tracing::debug!(
+            "cannot lower the snapshot thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Work for the snapshot thread.
+enum SnapJob {
+    /// Write a snapshot.
+    Write {
+        index: u64,
+        term: u64,
+        source: ringd_store::SnapshotSource,
+        events: Vec<Vec<u8>>,
+    },
+    /// After a snapshot: remove the log segments the raft shard detached (in order) and the
+    /// snapshots older than `keep_from`. File removal takes milliseconds (~5 ms for a 64 MiB
+    /// segment here), so the raft shard does not do it.
+    Remove {
+        segments: Vec<PathBuf>,
+        keep_from: u64,
+    },
+}
+
+/// Snapshots are encoded and written on their own thread from an O(1) frozen copy of the
+/// store, so writes keep flowing meanwhile (no stop-the-world). The raft shard only collects
+/// the last 1000 events (cheap) and, when the file is durable, detaches the old log segments,
+/// which the snapshot thread then removes.
+pub struct Snapshotter {
+    jobs: flume::Sender<SnapJob>,
+    done: flume::Receiver<Result<u64, String>>,
+    in_flight: bool,
+    /// Raft index of the newest durable snapshot; the log keeps the entries after the one
+    /// before it, so a damaged newest snapshot can fall back to the previous one.
+    last: u64,
+}
+
+impl Snapshotter {
+    pub fn start(dir: PathBuf, wal_dir: PathBuf, last: u64) -> Snapshotter {
+        // At most one write and one removal are ever queued (`in_flight`).
+        let (jobs, rx) = flume::bounded::<SnapJob>(2);
+        let (done_tx, done) = flume::bounded(1);
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".to_string())
+            .spawn(move || {
+                lower_this_threads_priority();
+                while let Ok(job) = rx.recv() {
+                    let (index, term, source, events) = match job {
+                        SnapJob::Write {
+                            index,
+                            term,
+                            source,
+                            events,
+                        } => (index, term, source, events),
+                        SnapJob::Remove {
+                            segments,
+                            keep_from,
+                        } => {
+                            // A failure leaves old files behind, nothing more: they are
+                            // removed at the next compaction after a restart.
+                            if let Err(e) = crate::wal::remove_detached(
+                                &FsStorage::default(),
+                                &wal_dir,
+                                &segments,
+                            ) {
+                                tracing::warn!("cannot remove old log segments: {e}");
+                            }
+                            if let Err(e) = crate::snapshot::prune(&dir, keep_from) {
+                                tracing::warn!("cannot prune old snapshots: {e}");
+                            }
+                            continue;
+                        }
+                    };
+                    let started = Instant::now();
+                    let mut store = Vec::new();
+                    source.snapshot(&mut store);
+                    let res = crate::snapshot::write(&dir, index, term, &store, &events)
+                        .map(|_| {
+                            tracing::info!(
+                                raft_index = index,
+                                bytes = store.len(),
+                                ms = started.elapsed().as_millis() as u64,
+                                "snapshot written"
+                            );
+                            index
+                        })
+                        .map_err(|e| format!("snapshot at raft index {} failed: {e}", index));
+                    if done_tx.send(res).is_err() {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            fatal("cannot spawn the snapshot thread", e);
+        }
+        Snapshotter {
+            jobs,
+            done,
+            in_flight: false,
+            last,
+        }
+    }
+
+    /// Starts a snapshot when `count` entries were applied since the last one.
+    pub(super) fn maybe_start(&mut self, shared: &Shared, replica: &Replica<Token>, count: u64) {
+        if self.in_flight || replica.applied_index().0 < self.last.saturating_add(count) {
+            return;
+        }
+        let current = replica.store().index().0;
+        let start = shared
+            .ring
+            .start_index(current)
+            .max(current.saturating_sub(EVENT_HISTORY_CAPACITY as u64 - 1))
+            .max(1);
+        let mut events = Vec::new();
+        for i in start..=current {
+            if let Some(ev) = shared.ring.get(i) {
+                let mut b = Vec::new();
+                ev.encode(&mut b);
+                events.push(b);
+            }
+        }
+        let job = SnapJob::Write {
+            index: replica.applied_index().0,
+            term: replica.term(),
+            source: replica.store().snapshot_source(),
+            events,
+        };
+        self.in_flight = self.jobs.try_send(job).is_ok();
+    }
+
+    /// Compacts the log once a snapshot is durable.
+    pub(super) fn collect(&mut self, replica: &mut Replica<Token>, wal: &mut Wal) {
+        let Ok(res) = self.done.try_recv() else {
+            return;
+        };
+        self.in_flight = false;
+        match res {
+            Ok(index) => {
+                let segments = match wal.detach(self.last) {
+                    Ok(s) => s,
+                    Err(e) => fatal("log compaction failed", e),
+                };
+                replica.compact(self.last);
+                let job = SnapJob::Remove {
+                    segments,
+                    keep_from: self.last,
+                };
+                if self.jobs.try_send(job).is_err() {
+                    tracing::warn!("snapshot thread busy: the old log segments stay on disk until after a restart");
+                }
+                self.last = index;
+            }
+            // Nothing is lost: the log still holds every entry. Try again later.
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Clusters of 3 and 5 real ringd processes on 127.0.0.x, with the fault layer of
+//! `support/cluster.rs` (a proxy on every peer link that cuts, black-holes or delays it;
+//! kill -9; SIGSTOP/SIGCONT). Every wait is bounded and awaits a state; no test sleeps and
+//! hopes.
+
+mod support;
+
+use std::time::Duration;
+use support::cluster::{Cluster, Link, ELECTION_MS};
+
+fn value(r: &support::Response) -> String {
+    r.json()["node"]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn others(n: usize, leader: usize) -> Vec<usize> {
+    (0..n).filter(|i| *i != leader).collect()
+}
+
+#[test]
+fn a_write_on_a_follower_is_read_with_quorum_on_another_and_wakes_a_follower_watch() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(&[0, 1, 2]);
+    let f = others(3, leader);
+    // A watch on one follower, then a write through the other follower.
+    let mut watch = support::Stream::open(
+        &c.members[f[0]].addr(),
+        "GET",
+        "/v2/keys/w?wait=true",
+        &[],
+        b"",
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("watch: {e}"));
+    let r = c.members[f[1]].put("/v2/keys/w", "value=from-follower");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let index = r.json()["node"]["modifiedIndex"].as_u64().unwrap_or(0);
+    // The member that took the write answers after applying it: it reads its own write.
+    assert_eq!(value(&c.members[f[1]].get("/v2/keys/w")), "from-follower");
+    let q = c.members[f[0]].get("/v2/keys/w?quorum=true");
+    assert_eq!(q.status, 200, "{}", q.text());
+    assert_eq!(value(&q), "from-follower");
+    watch.read_all().unwrap_or_else(|e| panic!("watch: {e}"));
+    let w = watch.into_response().json();
+    assert_eq!(w["action"], "set");
+    assert_eq!(w["node"]["modifiedIndex"].as_u64(), Some(index));
+    // A watch on a follower also wakes on a write through the leader.
+    let mut watch = support::Stream::open(
+        &c.members[f[1]].addr(),
+        "GET",
+        "/v2/keys/w?wait=true",
+        &[],
+        b"",
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("watch: {e}"));
+    assert_eq!(
+        c.members[leader]
+            .put("/v2/keys/w", "value=from-leader")
+            .status,
+        200
+    );
+    watch.read_all().unwrap_or_else(|e| panic!("watch: {e}"));
+    assert_eq!(value(&watch.into_response()), "from-leader");
+    // Every member lists every member with its published client URLs, and agrees on stats.
+    for m in &c.members {
+        let v = m.get("/v2/members").json();
+        let list = v["members"].as_array().cloned().unwrap_or_default();
+        assert_eq!(list.len(), 3, "{v}");
+        for x in &list {
+            assert_eq!(x["clientURLs"].as_array().map(Vec::len), Some(1), "{v}");
+        }
+        let me = m.get("/v2/stats/self").json();
+        let expect = if m.index == leader {
+            "StateLeader"
+        } else {
+            "StateFollower"
+        };
+        assert_eq!(me["state"], expect, "{me}");
+        let st = m.get("/v2/stats/leader");
+        if m.index == leader {
+            assert_eq!(st.status, 200);
+            assert_eq!(st.json()["followers"].as_object().map(|o| o.len()), Some(2));
+        } else {
+            assert_eq!(st.status, 403, "{}", st.text());
+            assert_eq!(st.json()["message"], "not current leader");
+        }
+    }
+    let machines = c.members[0].get("/v2/machines").text();
+    assert_eq!(machines.split(", ").count(), 3, "{machines}");
+}
+
+#[test]
+fn kill_9_of_the_leader_elects_another_and_writes_go_on_and_it_catches_up() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(&[0, 1, 2]);
+    for i in 0..20 {
+        let r = c.members[i % 3].put(&format!("/v2/keys/k{i}"), &format!("value={i}"));
+        assert!(r.status == 201 || r.status == 200, "{}", r.text());
+    }
+    c.kill(leader);
+    let rest = others(3, leader);
+    let new_leader = c.wait_for_leader(&rest);
+    assert_ne!(new_leader, leader);
+    for i in 20..40 {
+        let r = c.members[rest[i % 2]].put(&format!("/v2/keys/k{i}"), &format!("value={i}"));
+        assert!(r.status == 201 || r.status == 200, "{}", r.text());
+    }
+    // The killed leader comes back on its data dir (its flags ignored but for the data dir),
+    // follows, and catches up with everything written while it was down.
+    c.spawn(leader, &[]);
+    c.wait_for_leader(&[0, 1, 2]);
+    let want = c.members[new_leader].get("/v2/keys/k39?quorum=true");
+    let index = want.header("x-etcd-index").unwrap_or_default().to_string();
+    c.wait(
+        "the restarted member to catch up",
+        Duration::from_secs(20),
+        || {
+            let r = c.members[leader].get("/v2/keys/k39");
+            (r.status == 200 && r.header("x-etcd-index") == Some(index.as_str())).then_some(())
+        },
+    );
+    for i in 0..40 {
+        assert_eq!(
+            value(&c.members[leader].get(&format!("/v2/keys/k{i}"))),
+            i.to_string()
+        );
+    }
+}
+
+#[test]
+fn an_isolated_minority_times_out_while_the_majority_writes_and_all_converge_after_healing() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(&[0, 1, 2]);
+    assert_eq!(c.members[0].put("/v2/keys/a", "value=before").status, 201);
+    // Isolate the leader: the other two elect a new one, and the old one's requests time out.
+    c.isolate(&[leader], Link::Cut);
+    let rest = others(3, leader);
+    let new_leader = c.wait_for_leader(&rest);
+    let r = c.members[new_leader].put("/v2/keys/a", "value=majority");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The minority answers a plain GET from its stale store at once...
+    assert_eq!(value(&c.members[leader].get("/v2/keys/a")), "before");
+    // ...and writes and quorum reads with etcd's timeout error (5 s + 2 election timeouts).
+    let budget = Duration::from_millis(5000 + 2 * ELECTION_MS + 10_000);
+    for (method, path, form) in [
+        ("PUT", "/v2/keys/a", "value=minority"),
+        ("GET", "/v2/keys/a?quorum=true", ""),
+    ] {
+        let r = c.members[leader]
+            .try_request(method, path, form, budget)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert_eq!(r.status, 500, "{method} {path}: {}", r.text());
+        let v = r.json();
+        assert_eq!(v["errorCode"], 300);
+        assert_eq!(v["message"], "Raft Internal Error");
+        assert_eq!(v["cause"], "etcdserver: request timed out");
+    }
+    // CheckQuorum: the isolated leader stepped down; pre-vote: healing does not depose the
+    // majority's leader.
+    c.wait(
+        "the isolated leader to step down",
+        Duration::from_secs(10),
+        || {
+            let me = c.members[leader].get("/v2/stats/self").json();
+            (me["state"] != "StateLeader").then_some(())
+        },
+    );
+    c.heal();
+    let after = c.wait_for_leader(&[0, 1, 2]);
+    assert_eq!(after, new_leader, "a healed member deposed the leader");
+    assert_eq!(
+        c.members[new_leader]
+            .put("/v2/keys/b", "value=healed")
+            .status,
+        201
+    );
+    let index = c.members[new_leader]
+        .get("/v2/keys/b?quorum=true")
+        .header("x-etcd-index")
+        .unwrap_or_default()
+        .to_string();
+    let tree = |i: usize| {
+        c.members[i]
+            .get("/v2/keys/?recursive=true&sorted=true")
+            .text()
+    };
+    c.wait("every member to converge", Duration::from_secs(20), || {
+        let same_index = (0..3)
+            .all(|i| c.members[i].get("/v2/keys/").header("x-etcd-index") == Some(index.as_str()));
+        (same_index && tree(0) == tree(1) && tree(1) == tree(2)).then_some(())
+    });
+    // The minority's timed-out write never took effect.
+    assert_eq!(value(&c.members[leader].get("/v2/keys/a")), "majority");
+}
+
+#[test]
+fn a_paused_leader_is_replaced_and_rejoins_as_a_follower() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(&[0, 1, 2]);
+    c.signal(leader, "-STOP");
+    let rest = others(3, leader);
+    let new_leader = c.wait_for_leader(&rest);
+    assert_eq!(
+        c.members[new_leader].put("/v2/keys/p", "value=1").status,
+        201
+    );
+    c.signal(leader, "-CONT");
+    let now = c.wait_for_leader(&[0, 1, 2]);
+    assert_eq!(now, new_leader);
+    c.wait(
+        "the resumed member to catch up",
+        Duration::from_secs(20),
+        || (value(&c.members[leader].get("/v2/keys/p")) == "1").then_some(()),
+    );
+}
+
+#[test]
+fn five_members_survive_two_failures() {
+    let mut c = Cluster::start(5, &[]);
+    let leader = c.wait_for_leader(&[0, 1, 2, 3, 4]);
+    let victim = (leader + 1) % 5;
+    c.kill(leader);
+    c.kill(victim);
+    let rest: Vec<usize> = (0..5).filter(|i| *i != leader && *i != victim).collect();
+    let new_leader = c.wait_for_leader(&rest);
+    for (n, i) in rest.iter().enumerate() {
+        let r = c.members[*i].put(&format!("/v2/keys/five{n}"), "value=x");
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let q = c.members[rest[0]].get("/v2/keys/five2?quorum=true");
+    assert_eq!(value(&q), "x");
+    assert!(rest.contains(&new_leader));
+}
+
+#[test]
+fn a_member_of_another_cluster_is_refused_and_the_cluster_is_unaffected() {
+    let c = Cluster::start(3, &[]);
+    c.wait_for_leader(&[0, 1, 2]);
+    // A stray member of another cluster (other token) whose initial cluster names m2: it
+    // dials m2 with its own cluster id, and m2 refuses it and says why in its log.
+    let dir = support::TempDir::new("ringd-stray");
+    let port = |ip: &str| {
+        std::net::TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("port: {e}"))
+    };
+    let (client, peer) = (port("127.0.0.9"), port("127.0.0.9"));
+    let log = std::fs::File::create(dir.path().join("stray.log")).unwrap_or_else(|e| panic!("{e}"));
+    let mut stray = std::process::Command::new(support::ringd_binary())
+        .args(["--name", "stray", "--initial-cluster-token", "other-token"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.9:{client}"),
+        ])
+        .args([
+            "--advertise-client-urls",
+            &format!("http://127.0.0.9:{client}"),
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.9:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.9:{peer}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!(
+                "stray=http://127.0.0.9:{peer},m2={}",
+                c.members[1].advertised_peer_url()
+            ),
+        ])
+        .env("RINGD_FORCE_EPOLL", "1")
+        .stdout(log)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn: {e}"));
+    c.wait("m2 to log the mismatch", Duration::from_secs(20), || {
+        c.members[1]
+            .log_tail()
+            .contains("request cluster ID mismatch")
+            .then_some(())
+    });
+    let _ = stray.kill();
+    let _ = stray.wait();
+    assert_eq!(c.members[0].put("/v2/keys/ok", "value=1").status, 201);
+    // The peer port answers etcd's /members and /version.
+    let peer = format!("{}:{}", c.members[0].ip, c.members[0].peer_port);
+    let m = support::get(&peer, "/members").json();
+    assert_eq!(m.as_array().map(Vec::len), Some(3), "{m}");
+    assert_eq!(
+        support::get(&peer, "/version").json()["etcdcluster"],
+        "3.4.0"
+    );
+}

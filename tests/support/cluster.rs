@@ -1,0 +1,475 @@
+//! A ringd cluster of real processes on loopback addresses (member i on 127.0.0.i), with a
+//! fault layer the tests own:
+//! - every member listens for peers on its own port but advertises the port of a TCP proxy in
+//!   front of it (so `--listen-peer-urls` differs from `--initial-advertise-peer-urls`, as
+//!   behind a real proxy). The proxy reads each stream's handshake (`X-Ringd-From`, see
+//!   docs/peer-wire.md) to learn which member dialled, so it controls each directed link
+//!   from -> to: pass, cut (connections closed, new ones refused), black-hole (bytes read
+//!   and dropped), or delay;
+//! - kill -9, SIGSTOP/SIGCONT and restart of any member on its data dir.
+//!
+//! Every wait is bounded and polls for the awaited state; nothing sleeps and hopes.
+#![allow(dead_code)]
+
+use super::{request_timeout, ringd_binary, Response, TempDir};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a directed link does to the bytes of its streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    Pass,
+    Cut,
+    BlackHole,
+    Delay(Duration),
+}
+
+/// Directed link states by (from member index, to member index); absent means `Pass`.
+type Links = Arc<Mutex<HashMap<(usize, usize), Link>>>;
+
+/// Short timings so elections take well under a second; requests time out after
+/// 5 s + 2 x election timeout, as in etcd.
+pub const HEARTBEAT_MS: u64 = 50;
+pub const ELECTION_MS: u64 = 500;
+
+pub struct Member {
+    pub index: usize,
+    pub name: String,
+    pub ip: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub proxy_port: u16,
+    pub id: String,
+    child: Option<Child>,
+    log: std::path::PathBuf,
+    data_dir: std::path::PathBuf,
+}
+
+impl Member {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.client_port)
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    pub fn advertised_peer_url(&self) -> String {
+        format!("http://{}:{}", self.ip, self.proxy_port)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(3000);
+        String::from_utf8_lossy(&text[start..]).into_owned()
+    }
+
+    /// A request with a bounded wait; errors (timeouts, refused) come back as Err.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        form: &str,
+        timeout: Duration,
+    ) -> Result<Response, String> {
+        let headers: &[(&str, &str)] = if form.is_empty() { &[] } else { &[super::FORM] };
+        request_timeout(
+            &self.addr(),
+            method,
+            path,
+            headers,
+            form.as_bytes(),
+            timeout,
+        )
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.try_request("GET", path, "", Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.name))
+    }
+
+    pub fn put(&self, path: &str, form: &str) -> Response {
+        self.try_request("PUT", path, form, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("PUT {path} on {}: {e}", self.name))
+    }
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    links: Links,
+    token: String,
+    dir: TempDir,
+}
+
+fn free_port_on(ip: &str) -> u16 {
+    let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
+    l.local_addr().map(|a| a.port()).unwrap_or(0)
+}
+
+impl Cluster {
+    /// Starts `n` members with `extra` flags and waits until they agree on a leader.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_token(n, "etcd-cluster", extra)
+    }
+
+    pub fn start_with_token(n: usize, token: &str, extra: &[&str]) -> Cluster {
+        let dir = TempDir::new("ringd-cluster");
+        let links: Links = Arc::default();
+        let mut members = Vec::new();
+        for i in 0..n {
+            let ip = format!("127.0.0.{}", i + 1);
+            let member = Member {
+                index: i,
+                name: format!("m{}", i + 1),
+                client_port: free_port_on(&ip),
+                peer_port: free_port_on(&ip),
+                proxy_port: 0,
+                ip,
+                id: String::new(),
+                child: None,
+                log: dir.path().join(format!("m{}.log", i + 1)),
+                data_dir: dir.path().join(format!("m{}", i + 1)),
+            };
+            members.push(member);
+        }
+        for i in 0..n {
+            let proxy = start_proxy(&members, i, links.clone());
+            members[i].proxy_port = proxy;
+        }
+        let mut c = Cluster {
+            members,
+            links,
+            token: token.to_string(),
+            dir,
+        };
+        for i in 0..n {
+            c.spawn(i, extra);
+        }
+        c.wait_for_leader(&(0..n).collect::<Vec<_>>());
+        // As with etcd, a member is started once it has published its client URLs through
+        // raft: wait until every member lists every other's.
+        c.wait("every member to publish", Duration::from_secs(30), || {
+            c.members
+                .iter()
+                .all(|m| {
+                    m.try_request("GET", "/v2/members", "", Duration::from_secs(2))
+                        .ok()
+                        .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+                        .and_then(|v| v["members"].as_array().cloned())
+                        .is_some_and(|l| {
+                            l.len() == n
+                                && l.iter().all(|x| {
+                                    x["clientURLs"].as_array().is_some_and(|u| !u.is_empty())
+                                })
+                        })
+                })
+                .then_some(())
+        });
+        for i in 0..n {
+            let id = c.members[i].get("/v2/stats/self").json()["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            c.members[i].id = id;
+        }
+        c
+    }
+
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.advertised_peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts (or restarts, on its data dir) member `i`.
+    pub fn spawn(&mut self, i: usize, extra: &[&str]) {
+        let ic = self.initial_cluster();
+        let token = self.token.clone();
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .unwrap_or_else(|e| panic!("log: {e}"));
+        let log2 = log.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
+        let hb = HEARTBEAT_MS.to_string();
+        let el = ELECTION_MS.to_string();
+        let child = Command::new(ringd_binary())
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &m.client_url()])
+            .args(["--advertise-client-urls", &m.client_url()])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://{}:{}", m.ip, m.peer_port),
+            ])
+            .args(["--initial-advertise-peer-urls", &m.advertised_peer_url()])
+            .args(["--initial-cluster", &ic])
+            .args(["--initial-cluster-token", &token])
+            .args(["--heartbeat-interval", &hb, "--election-timeout", &el])
+            .args(extra)
+            .env("RINGD_FORCE_EPOLL", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ringd: {e}"));
+        m.child = Some(child);
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, i: usize, sig: &str) {
+        if let Some(c) = &self.members[i].child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    pub fn set_link(&self, from: usize, to: usize, link: Link) {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((from, to), link);
+    }
+
+    /// Cuts every link between `group` and the other members, both directions.
+    pub fn isolate(&self, group: &[usize], link: Link) {
+        for a in group {
+            for b in 0..self.members.len() {
+                if !group.contains(&b) {
+                    self.set_link(*a, b, link);
+                    self.set_link(b, *a, link);
+                }
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The leader id as `/v2/stats/self` of member `i` reports it ("" when none).
+    pub fn leader_seen_by(&self, i: usize) -> Option<String> {
+        let r = self.members[i]
+            .try_request("GET", "/v2/stats/self", "", Duration::from_secs(2))
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+        Some(v["leaderInfo"]["leader"].as_str()?.to_string())
+    }
+
+    /// Waits until every member of `group` reports the same leader, itself in `group`;
+    /// returns its index.
+    pub fn wait_for_leader(&self, group: &[usize]) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen: Vec<Option<String>> = group.iter().map(|i| self.leader_seen_by(*i)).collect();
+            if let Some(Some(first)) = seen.first() {
+                if !first.is_empty() && seen.iter().all(|s| s.as_deref() == Some(first)) {
+                    let ids: Vec<Option<String>> = group
+                        .iter()
+                        .map(|i| {
+                            let r = self.members[*i]
+                                .try_request("GET", "/v2/stats/self", "", Duration::from_secs(2))
+                                .ok()?;
+                            let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+                            Some(v["id"].as_str()?.to_string())
+                        })
+                        .collect();
+                    if let Some(pos) = ids.iter().position(|id| id.as_deref() == Some(first)) {
+                        return group[pos];
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no agreed leader among {group:?}: {seen:?}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `f` until it returns Some, for at most `limit`.
+    pub fn wait<T>(&self, what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("--- {} log tail:\n{}", m.name, m.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.signal(i, "-CONT");
+            self.kill(i);
+        }
+    }
+}
+
+/// Starts the proxy in front of member `to`; returns its port.
+fn start_proxy(members: &[Member], to: usize, links: Links) -> u16 {
+    let ip = members[to].ip.clone();
+    let listener =
+        TcpListener::bind((ip.as_str(), 0)).unwrap_or_else(|e| panic!("proxy bind: {e}"));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let upstream = format!("{}:{}", ip, members[to].peer_port);
+    // Member ids are not known until the members start; the proxy maps the handshake's
+    // X-Ringd-From (an id) to a member index through the advertised URL each member's id
+    // derives from, learned lazily from /v2/members of the member behind it.
+    let client = members[to].addr();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (links, upstream, client) = (links.clone(), upstream.clone(), client.clone());
+            std::thread::spawn(move || proxy_conn(conn, &upstream, to, &client, links));
+        }
+    });
+    port
+}
+
+/// Which member index has member id `id` (hex), from the /v2/members of `client`.
+fn index_of(client: &str, id: &str) -> Option<usize> {
+    let r = request_timeout(
+        client,
+        "GET",
+        "/v2/members",
+        &[],
+        b"",
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+    let m = v["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"].as_str() == Some(id))?;
+    let url = m["peerURLs"][0].as_str()?;
+    // Member i's advertised peer URL is on 127.0.0.(i+1).
+    let host = url.split("://").nth(1)?.split(':').next()?;
+    let last: usize = host.rsplit('.').next()?.parse().ok()?;
+    last.checked_sub(1)
+}
+
+fn link_state(links: &Links, from: usize, to: usize) -> Link {
+    links
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(from, to))
+        .copied()
+        .unwrap_or(Link::Pass)
+}
+
+fn proxy_conn(mut down: TcpStream, upstream: &str, to: usize, client: &str, links: Links) {
+    // Read the first request head to learn who dialled.
+    let _ = down.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match down.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let from = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-ringd-from:"))
+        .map(|v| v.trim().to_string())
+        .and_then(|id| index_of(client, &id));
+    if let Some(from) = from {
+        if link_state(&links, from, to) == Link::Cut {
+            return;
+        }
+    }
+    let Ok(mut up) = TcpStream::connect(upstream) else {
+        return;
+    };
+    if up.write_all(&head).is_err() {
+        return;
+    }
+    let (Ok(down2), Ok(up2)) = (down.try_clone(), up.try_clone()) else {
+        return;
+    };
+    let links2 = links.clone();
+    // Responses (upstream -> dialler) travel the reverse link.
+    std::thread::spawn(move || pump(up2, down2, from.map(|f| (to, f)), links2));
+    pump(down, up, from.map(|f| (f, to)), links);
+}
+
+/// Copies `src` to `dst` under the link's state, checked every 20 ms and on every chunk.
+fn pump(mut src: TcpStream, mut dst: TcpStream, link: Option<(usize, usize)>, links: Links) {
+    let _ = src.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let state = link.map_or(Link::Pass, |(a, b)| link_state(&links, a, b));
+        if state == Link::Cut {
+            break;
+        }
+        match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => match state {
+                Link::BlackHole => {}
+                Link::Delay(d) => {
+                    std::thread::sleep(d);
+                    if dst.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                _ => {
+                    if dst.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            },
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    let _ = src.shutdown(Shutdown::Both);
+    let _ = dst.shutdown(Shutdown::Both);
+}
