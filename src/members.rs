@@ -14,6 +14,39 @@ pub struct Member {
     pub client_urls: Vec<String>,
 }
 
+/// A membership change asked through `/v2/members`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    Add { peer_urls: Vec<String> },
+    Remove { id: u64 },
+    Update { id: u64, peer_urls: Vec<String> },
+}
+
+/// A members API failure in etcd's `{"message": ...}` shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl MemberError {
+    pub fn new(status: u16, message: impl Into<String>) -> MemberError {
+        MemberError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// The outcome of a membership change: the member added (for POST's 201 body), nothing (204),
+/// or the error.
+pub type MemberOutcome = Result<Option<Member>, MemberError>;
+
+/// Majority of `n` voters.
+pub fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
 /// The cluster's membership as the applied log defines it: the members, the ids removed for
 /// good (a removed id answers 410 and is never re-added), and the raft index it reflects.
 /// Pure data: changed only by applying committed entries, so every replica holds the same.
@@ -41,6 +74,24 @@ impl Membership {
             applied_index: 0,
             token: token.to_string(),
         }
+    }
+
+    /// Members that have published their client URLs (etcd's "started" members).
+    pub fn started(&self) -> impl Iterator<Item = &Member> {
+        self.members.values().filter(|m| !m.client_urls.is_empty())
+    }
+
+    /// etcd's strict reconfiguration check for an add (`IsReadyToAddVotingMember`): the
+    /// started members must still be a quorum of the grown cluster.
+    pub fn ready_to_add(&self) -> bool {
+        self.started().count() >= quorum(self.members.len() + 1)
+    }
+
+    /// ... and for a removal (`IsReadyToRemoveVotingMember`): the started members left must be
+    /// a quorum of the shrunk cluster.
+    pub fn ready_to_remove(&self, id: u64) -> bool {
+        let started = self.started().filter(|m| m.id != id).count();
+        started >= quorum(self.members.len().saturating_sub(1))
     }
 
     /// Whether any member other than `except` has one of `urls` as a peer URL.

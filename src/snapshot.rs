@@ -6,8 +6,12 @@
 //! magic "RINGSNAP" | version u32 | raft_index u64 | raft_term u64
 //! store_len u64 | store bytes (ringd-store's snapshot encoding)
 //! events u32 | { len u32 | event bytes (ringd-store's event encoding) } * events
+//! membership_len u32 | membership JSON (`members::Membership`)    -- version 2 and later
 //! crc32c u32 over every preceding byte
 //! ```
+//! The same bytes are what a leader sends a follower that needs a snapshot (the
+//! `snapshot.data` of raft's MsgSnapshot): the follower checks them with `decode` and writes
+//! them as its own snapshot file with `write_encoded`.
 //! Loading takes the newest file that is complete and checks out; a damaged newest file falls
 //! back to the previous one (the log keeps the entries after it, see `keep_index`), and the
 //! caller refuses to start if the log cannot bridge the gap.
@@ -16,7 +20,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"RINGSNAP";
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// A decoded snapshot file, before its parts are turned into a store and events.
 #[derive(Debug)]
@@ -26,23 +30,25 @@ pub struct SnapshotFile {
     pub raft_term: u64,
     pub store: Vec<u8>,
     pub events: Vec<Vec<u8>>,
+    /// The membership at `raft_index` (None in version 1 files, from before clusters).
+    pub membership: Option<Vec<u8>>,
 }
 
 fn name(index: u64) -> String {
     format!("{index:016x}.snap")
 }
 
-/// Writes a snapshot durably. Returns the file path.
-pub fn write(
-    dir: &Path,
+/// Encodes a snapshot (file body and CRC trailer).
+pub fn encode(
     raft_index: u64,
     raft_term: u64,
     store: &[u8],
     events: &[Vec<u8>],
-) -> std::io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
-    let mut buf =
-        Vec::with_capacity(store.len() + 64 + events.iter().map(|e| e.len() + 4).sum::<usize>());
+    membership: &[u8],
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(
+        store.len() + membership.len() + 64 + events.iter().map(|e| e.len() + 4).sum::<usize>(),
+    );
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     buf.extend_from_slice(&raft_index.to_le_bytes());
@@ -54,12 +60,34 @@ pub fn write(
         buf.extend_from_slice(&(e.len() as u32).to_le_bytes());
         buf.extend_from_slice(e);
     }
+    buf.extend_from_slice(&(membership.len() as u32).to_le_bytes());
+    buf.extend_from_slice(membership);
     let crc = crc32c::crc32c(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+/// Writes a snapshot durably. Returns the file path.
+pub fn write(
+    dir: &Path,
+    raft_index: u64,
+    raft_term: u64,
+    store: &[u8],
+    events: &[Vec<u8>],
+    membership: &[u8],
+) -> std::io::Result<PathBuf> {
+    let buf = encode(raft_index, raft_term, store, events, membership);
+    write_encoded(dir, raft_index, &buf)
+}
+
+/// Writes already encoded snapshot bytes durably as the snapshot at `raft_index`: temp file,
+/// fsync, rename, directory fsync.
+pub fn write_encoded(dir: &Path, raft_index: u64, buf: &[u8]) -> std::io::Result<PathBuf> {
+    fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{}.tmp", name(raft_index)));
     {
         let f = fs::File::create(&tmp)?;
-        write_behind(&f, &buf)?;
+        write_behind(&f, buf)?;
         f.sync_all()?;
     }
     let path = dir.join(name(raft_index));
@@ -106,6 +134,12 @@ fn write_behind(f: &fs::File, data: &[u8]) -> std::io::Result<()> {
 pub fn read(path: &Path) -> Result<SnapshotFile, String> {
     let bytes =
         fs::read(path).map_err(|e| format!("cannot read snapshot {}: {e}", path.display()))?;
+    decode(&bytes, path)
+}
+
+/// Parses snapshot bytes (a file's, or a leader's MsgSnapshot data), checking framing and
+/// CRC; `path` names them in errors.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<SnapshotFile, String> {
     let bad = |why: &str| format!("snapshot {} is damaged: {why}", path.display());
     if bytes.len() < 8 + 4 + 8 + 8 + 8 + 4 + 4 {
         return Err(bad("too short"));
@@ -148,6 +182,12 @@ pub fn read(path: &Path) -> Result<SnapshotFile, String> {
         let len = u32_of(take(4)?) as usize;
         events.push(take(len)?.to_vec());
     }
+    let membership = if version >= 2 {
+        let len = u32_of(take(4)?) as usize;
+        Some(take(len)?.to_vec())
+    } else {
+        None
+    };
     if pos != body.len() {
         return Err(bad("trailing bytes"));
     }
@@ -157,6 +197,7 @@ pub fn read(path: &Path) -> Result<SnapshotFile, String> {
         raft_term,
         store,
         events,
+        membership,
     })
 }
 
@@ -208,8 +249,17 @@ mod tests {
     #[test]
     fn round_trip_and_damage_detection() {
         let d = tmpdir("rt");
-        let p = write(&d, 42, 3, b"store-bytes", &[b"e1".to_vec(), b"e2".to_vec()]).unwrap();
+        let p = write(
+            &d,
+            42,
+            3,
+            b"store-bytes",
+            &[b"e1".to_vec(), b"e2".to_vec()],
+            b"{}",
+        )
+        .unwrap();
         let s = read(&p).unwrap();
+        assert_eq!(s.membership.as_deref(), Some(&b"{}"[..]));
         assert_eq!(
             (s.raft_index, s.raft_term, s.store.as_slice()),
             (42, 3, &b"store-bytes"[..])
@@ -249,7 +299,7 @@ mod tests {
     fn list_is_newest_first_and_prunes() {
         let d = tmpdir("list");
         for i in [1u64, 300, 20] {
-            write(&d, i, 1, b"s", &[]).unwrap();
+            write(&d, i, 1, b"s", &[], b"").unwrap();
         }
         fs::write(d.join("0000000000000400.snap.tmp"), b"partial").unwrap();
         let l: Vec<u64> = list(&d).unwrap().iter().map(|x| x.0).collect();

@@ -715,7 +715,7 @@ impl<T> Replica<T> {
             io.send(ready.take_messages());
         }
         if *ready.snapshot() != Snapshot::default() {
-            self.install_snapshot(ready.snapshot().clone(), io)?;
+            self.install_snapshot(ready.snapshot().clone(), io, &mut out)?;
             out.snapshot_installed = true;
             out.membership_changed = true;
         }
@@ -762,7 +762,12 @@ impl<T> Replica<T> {
         Ok(out)
     }
 
-    fn install_snapshot<I: Io>(&mut self, snap: Snapshot, io: &mut I) -> Result<(), I::Error> {
+    fn install_snapshot<I: Io>(
+        &mut self,
+        snap: Snapshot,
+        io: &mut I,
+        out: &mut StepOutput<T>,
+    ) -> Result<(), I::Error> {
         let meta = snap.get_metadata();
         let (index, term) = (meta.index, meta.term);
         let data = match (self.decode_snapshot)(&snap.data) {
@@ -780,6 +785,11 @@ impl<T> Replica<T> {
             keys = data.store.node_count(),
             "installed a snapshot from the leader"
         );
+        // The snapshot's history events this member had not applied go out like applied
+        // ones: into the ring and to the watchers, in order.
+        let before = self.store.index().0;
+        out.events
+            .extend(data.events.into_iter().filter(|e| e.index() > before));
         self.store = data.store;
         self.membership = data.membership;
         self.applied_index = index;

@@ -104,6 +104,8 @@ pub struct Reply {
     pub result: Result<Arc<Event>, Error>,
     pub raft_index: crate::raft::RaftIndex,
     pub raft_term: u64,
+    /// The answer to a `Proposal::Member` (None for keys requests).
+    pub member: Option<crate::members::MemberOutcome>,
 }
 
 /// A request to the raft shard.
@@ -111,6 +113,11 @@ pub enum Proposal {
     Write {
         cmd: Command,
         ttl_secs: Option<u64>,
+        reply: ReplyTo,
+    },
+    /// A members API change (add, remove, update peer URLs).
+    Member {
+        change: crate::members::MemberChange,
         reply: ReplyTo,
     },
     /// quorum=true: answered by the raft shard after every earlier write is applied.
@@ -240,18 +247,14 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
     let record_path = recovery::membership_path(data_dir);
     let recorded = recovery::read_membership(&record_path)?;
     let is_new = recorded.is_none();
-    let (self_id, membership) =
-        match recorded {
-            Some((id, m)) => {
-                tracing::info!("existing data dir: --initial-cluster* flags are ignored");
-                (id, m)
-            }
-            None if cfg.join_existing => return Err(
-                "--initial-cluster-state existing (joining a running cluster) is not supported yet"
-                    .to_string(),
-            ),
-            None => initial_membership(&cfg),
-        };
+    let (self_id, membership) = match recorded {
+        Some((id, m)) => {
+            tracing::info!("existing data dir: --initial-cluster* flags are ignored");
+            (id, m)
+        }
+        None if cfg.join_existing => join_existing(&cfg)?,
+        None => initial_membership(&cfg),
+    };
     if !membership.members.contains_key(&self_id) {
         return Err(format!(
             "member {self_id:x} is not in the cluster membership recorded in {}",
@@ -280,7 +283,25 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         recovery::write_membership(&record_path, self_id, rec.replica.membership())
             .map_err(|e| format!("cannot write {}: {e}", record_path.display()))?;
     }
-    let replayed = recovery::replay(&mut rec);
+    let mut replayed = recovery::replay(&mut rec);
+    // A member that leads alone (a one-member cluster) publishes its name and client URLs
+    // before it serves anyone, as etcd does; members of a larger cluster publish once they
+    // know a leader (the raft shard retries until it is applied).
+    if rec.replica.is_leader() {
+        let me = rec.replica.membership().members.get(&self_id);
+        if me.is_some_and(|m| m.name != cfg.name || m.client_urls != cfg.advertise_client_urls) {
+            rec.replica.propose_payload(
+                crate::raft::Payload::Publish {
+                    name: cfg.name.clone(),
+                    client_urls: cfg.advertise_client_urls.clone(),
+                },
+                None,
+            );
+            replayed.extend(recovery::replay(&mut rec));
+            recovery::write_membership(&record_path, self_id, rec.replica.membership())
+                .map_err(|e| format!("cannot write {}: {e}", record_path.display()))?;
+        }
+    }
     let ring = EventRing::new();
     for ev in rec.history.drain(..).chain(replayed) {
         ring.publish(ev);
@@ -337,6 +358,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         name: cfg.name.clone(),
         client_urls: cfg.advertise_client_urls.clone(),
         membership_path: record_path,
+        strict_reconfig_check: cfg.strict_reconfig_check,
     };
     let channels = raft_shard::RaftChannels {
         mailbox: mailbox_rx,
@@ -363,6 +385,117 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         let _ = h.join();
     }
     Err("server threads exited".to_string())
+}
+
+/// `--initial-cluster-state existing`: learns the cluster from the peers named in
+/// `--initial-cluster` (etcd's GET /members on their peer URLs), and finds this member in it
+/// by its advertised peer URLs (it was added with `etcdctl member add`).
+fn join_existing(cfg: &Resolved) -> Result<(u64, Membership), String> {
+    let mut errors = Vec::new();
+    for (name, urls) in &cfg.initial_cluster {
+        if name == &cfg.name {
+            continue;
+        }
+        for url in urls {
+            match fetch_members(url) {
+                Ok((cluster_id, members)) => {
+                    let mut mine = cfg.advertise_peer_urls.clone();
+                    mine.sort();
+                    let me = members.iter().find(|m| {
+                        let mut p = m.peer_urls.clone();
+                        p.sort();
+                        p == mine
+                    });
+                    let Some(me) = me else {
+                        return Err(format!(
+                            "error validating peerURLs: member with peer URLs {} is not in the cluster {cluster_id:x} (add it with `etcdctl member add` first)",
+                            cfg.advertise_peer_urls.join(",")
+                        ));
+                    };
+                    let id = me.id;
+                    let mut m = Membership {
+                        cluster_id,
+                        members: members.into_iter().map(|m| (m.id, m)).collect(),
+                        removed: Default::default(),
+                        applied_index: 0,
+                        token: cfg.initial_cluster_token.clone(),
+                    };
+                    if let Some(me) = m.members.get_mut(&id) {
+                        me.name = cfg.name.clone();
+                    }
+                    tracing::info!(member = %format!("{id:x}"), cluster = %format!("{cluster_id:x}"), from = %url, "joining an existing cluster");
+                    return Ok((id, m));
+                }
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+    }
+    Err(format!(
+        "cannot fetch cluster info from peer urls: {}",
+        errors.join("; ")
+    ))
+}
+
+/// GET /members on a peer URL: the cluster id (X-Etcd-Cluster-Id) and the members.
+fn fetch_members(url: &str) -> Result<(u64, Vec<Member>), String> {
+    use std::io::{Read, Write};
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, r)| r)
+        .trim_end_matches('/');
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let timeout = std::time::Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET /members HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.take(16 << 20)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("bad response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or("").to_string());
+    }
+    let cluster_id = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("x-etcd-cluster-id")
+                .then(|| u64::from_str_radix(v.trim(), 16).ok())
+                .flatten()
+        })
+        .ok_or("no X-Etcd-Cluster-Id")?;
+    #[derive(serde::Deserialize)]
+    struct Wire {
+        id: String,
+        name: String,
+        #[serde(rename = "peerURLs")]
+        peer_urls: Vec<String>,
+        #[serde(rename = "clientURLs")]
+        client_urls: Vec<String>,
+    }
+    let list: Vec<Wire> = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let members = list
+        .into_iter()
+        .map(|w| {
+            Ok(Member {
+                id: u64::from_str_radix(&w.id, 16).map_err(|e| e.to_string())?,
+                name: w.name,
+                peer_urls: w.peer_urls,
+                client_urls: w.client_urls,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((cluster_id, members))
 }
 
 /// The membership of a new cluster from `--initial-cluster`, and this member's id in it.

@@ -220,6 +220,13 @@ async fn dial(ctx: &PeerCtx, url: &str, to: u64) -> Result<TcpStream, String> {
         Ok(r) => r?,
         Err(_) => return Err("handshake timed out".to_string()),
     };
+    if status == 410 {
+        // Peers answer a removed member this way: it learns of its removal even if it missed
+        // the conf change (partitioned, or down, when it was applied).
+        tracing::warn!("the member has been permanently removed from the cluster");
+        tracing::warn!("the data-dir used by this member must be removed");
+        std::process::exit(0);
+    }
     if status != 200 {
         return Err(format!("peer refused the stream: {status} {body}"));
     }
@@ -372,7 +379,13 @@ async fn serve_peer(
                 crate::members::render_member(&mut body, m);
             }
             body.push(b']');
-            (response(200, "OK", "application/json", &body), None)
+            let mut r = response(200, "OK", "application/json", &body);
+            // etcd's peer handler names the cluster in this header; joining members read it.
+            let header = format!("X-Etcd-Cluster-Id: {:x}\r\n", membership.cluster_id);
+            if let Some(at) = r.windows(2).position(|w| w == b"\r\n") {
+                r.splice(at + 2..at + 2, header.into_bytes());
+            }
+            (r, None)
         }
         ("GET", "/version") => (
             response(

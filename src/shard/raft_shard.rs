@@ -24,9 +24,11 @@ use super::recovery::{write_membership, Recovered};
 use super::snapshotter::Snapshotter;
 use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ReplyTo, ShardMsg, Shared};
 use crate::limits::{PEER_INBOX_CAPACITY, PENDING_REQUESTS_MAX, PROPOSAL_BATCH_MAX};
+use crate::members::{member_id_at, Member, MemberChange, MemberError, MemberOutcome};
 use crate::raft::{HardState, LogEntry, Payload, Replica};
 use crate::ttl::TtlWheel;
 use crate::wal::Wal;
+use raft::eraftpb::ConfChangeType;
 use raft::eraftpb::Message;
 use ringd_store::{Command, Error, ErrorCode, Event};
 use std::path::PathBuf;
@@ -37,6 +39,8 @@ use std::time::{Duration, Instant};
 /// Who is waiting for a proposal or a quorum read.
 pub enum Token {
     Client(ReplyTo),
+    /// A members API change; an add answers with the member it added.
+    Member(ReplyTo, Option<crate::members::Member>),
     /// A `quorum=true` GET, answered from the store once its read index is applied.
     Read {
         key: String,
@@ -49,7 +53,7 @@ pub enum Token {
 impl Token {
     fn reply_to(&self) -> ReplyTo {
         match self {
-            Token::Client(r) | Token::Read { reply: r, .. } => *r,
+            Token::Client(r) | Token::Member(r, _) | Token::Read { reply: r, .. } => *r,
         }
     }
 }
@@ -70,6 +74,8 @@ pub(super) struct ShardIo<'a> {
     /// Peers whose messages could not be queued (reported to raft after the step).
     pub unreachable: Vec<u64>,
     pub rtt: &'a mut RoundTrips,
+    /// Where snapshots from the leader are written (None during recovery).
+    pub snap_dir: Option<&'a std::path::Path>,
 }
 
 /// The leader's round-trip clock per follower: when the oldest unanswered append or
@@ -160,8 +166,16 @@ impl crate::raft::Io for ShardIo<'_> {
         &mut self,
         index: u64,
         _term: u64,
-        _data: &[u8],
+        data: &[u8],
     ) -> Result<(), crate::wal::WalError> {
+        // The snapshot file first: once the log restarts after `index`, the file is the only
+        // record of everything before it.
+        let Some(dir) = self.snap_dir else {
+            return Err(crate::wal::WalError::Io(std::io::Error::other(
+                "a snapshot arrived during recovery",
+            )));
+        };
+        crate::snapshot::write_encoded(dir, index, data)?;
         self.wal.restart(index)?;
         self.wal.sync()
     }
@@ -178,7 +192,10 @@ pub(super) struct Drained {
     pub applied: Vec<crate::raft::Applied<Token>>,
     pub reads: Vec<Token>,
     pub events: Vec<Arc<Event>>,
+    pub members: Vec<Token>,
     pub membership_changed: bool,
+    /// Raft index of a snapshot installed from the leader (0: none).
+    pub snapshot_installed: u64,
 }
 
 /// Runs Ready rounds until raft has nothing more to do.
@@ -188,6 +205,7 @@ pub(super) fn drive(
     peers: Option<&flume::Sender<Message>>,
     stats: &mut BatchStats,
     rtt: &mut RoundTrips,
+    snap_dir: Option<&std::path::Path>,
 ) -> Drained {
     let mut d = Drained::default();
     loop {
@@ -196,6 +214,7 @@ pub(super) fn drive(
             peers,
             unreachable: Vec::new(),
             rtt: &mut *rtt,
+            snap_dir,
         };
         let out = match replica.step(&mut io) {
             Ok(out) => out,
@@ -212,11 +231,17 @@ pub(super) fn drive(
             && out.events.is_empty()
             && out.persisted_entries == 0
             && out.reads.is_empty()
-            && !out.membership_changed;
+            && out.members.is_empty()
+            && !out.membership_changed
+            && !out.snapshot_installed;
         d.applied.extend(out.applied);
         d.reads.extend(out.reads);
+        d.members.extend(out.members);
         d.events.extend(out.events);
         d.membership_changed |= out.membership_changed;
+        if out.snapshot_installed {
+            d.snapshot_installed = replica.applied_index().0;
+        }
         if done {
             return d;
         }
@@ -238,6 +263,8 @@ pub struct RaftShardConfig {
     pub client_urls: Vec<String>,
     /// Where the membership is recorded (rewritten when it changes).
     pub membership_path: PathBuf,
+    /// `--strict-reconfig-check`: refuse membership changes that would risk the quorum.
+    pub strict_reconfig_check: bool,
 }
 
 /// The raft shard's channels.
@@ -316,17 +343,27 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
         let now = unix_now_ns();
         let mut replies = Outbox::new(ch.shards.len());
         for p in batch.drain(..) {
-            propose(&mut replica, p, now, &mut replies);
+            match p {
+                Proposal::Member { change, reply } => {
+                    if let Err(e) = member_change(&mut replica, &cfg, change, reply) {
+                        replies.push(reply, member_reply(&replica, Err(e)));
+                    }
+                }
+                p => propose(&mut replica, p, now, &mut replies),
+            }
         }
         if Instant::now() >= next_tick {
             for token in replica.tick() {
                 shared.proposals_failed.fetch_add(1, Ordering::Relaxed);
+                let member = matches!(token, Token::Member(..))
+                    .then(|| Err(MemberError::new(500, "etcdserver: request timed out")));
                 replies.push(
                     token.reply_to(),
                     Reply {
                         result: Err(timeout_error(&replica)),
                         raft_index: replica.applied_index(),
                         raft_term: replica.term(),
+                        member,
                     },
                 );
             }
@@ -351,7 +388,14 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
             // Only the leader decides when keys expire; followers apply its passes.
             replica.propose_payload(Payload::Command(Command::Expire { cutoff: now }), None);
         }
-        let drained = drive(&mut replica, &mut wal, peers, &mut stats, &mut rtt);
+        let drained = drive(
+            &mut replica,
+            &mut wal,
+            peers,
+            &mut stats,
+            &mut rtt,
+            Some(&paths.snap),
+        );
         shared.wal_syncs.store(stats.syncs, Ordering::Relaxed);
         shared
             .appends_sent
@@ -380,10 +424,19 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
             }
         }
         answer(&replica, drained.applied, drained.reads, &mut replies);
+        for token in drained.members {
+            if let Token::Member(reply, added) = token {
+                replies.push(reply, member_reply(&replica, Ok(added)));
+            }
+        }
         if drained.membership_changed {
             membership_changed(&shared, &replica, &cfg);
         }
-        if !drained.events.is_empty() || !replies.is_empty() || leader_changed {
+        if !drained.events.is_empty()
+            || !replies.is_empty()
+            || leader_changed
+            || drained.snapshot_installed > 0
+        {
             publish(
                 &shared,
                 &replica,
@@ -393,8 +446,23 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
                 &mut replies,
             );
         }
-        snapshotter.collect(&mut replica, &mut wal);
-        snapshotter.maybe_start(&shared, &replica, cfg.snapshot_count);
+        if let Some((point, bytes)) = snapshotter.collect(&mut replica, &mut wal) {
+            tracing::info!(
+                raft_index = point.index,
+                bytes = bytes.len(),
+                "snapshot ready for a follower"
+            );
+            replica.offer_snapshot(point, bytes);
+        }
+        if drained.snapshot_installed > 0 {
+            snapshotter.installed(drained.snapshot_installed);
+        }
+        // raft-rs wants a snapshot for a follower whose entries the log no longer holds.
+        if replica.is_removed() {
+            exit_removed();
+        }
+        let transfer = replica.snapshot_wanted();
+        snapshotter.maybe_start(&shared, &replica, cfg.snapshot_count, transfer);
     }
 }
 
@@ -415,7 +483,9 @@ fn propose(replica: &mut Replica<Token>, p: Proposal, now: u64, replies: &mut Ou
     if replica.pending_count() >= PENDING_REQUESTS_MAX {
         // Bounded: a member that cannot commit (no quorum) must not queue without end.
         let reply = match &p {
-            Proposal::Write { reply, .. } | Proposal::QuorumGet { reply, .. } => *reply,
+            Proposal::Write { reply, .. }
+            | Proposal::QuorumGet { reply, .. }
+            | Proposal::Member { reply, .. } => *reply,
         };
         replies.push(
             reply,
@@ -423,6 +493,7 @@ fn propose(replica: &mut Replica<Token>, p: Proposal, now: u64, replies: &mut Ou
                 result: Err(timeout_error(replica)),
                 raft_index: replica.applied_index(),
                 raft_term: replica.term(),
+                member: None,
             },
         );
         return;
@@ -448,7 +519,109 @@ fn propose(replica: &mut Replica<Token>, p: Proposal, now: u64, replies: &mut Ou
             sorted,
             reply,
         }),
+        // Handled by `member_change` before this is called.
+        Proposal::Member { reply, .. } => replies.push(
+            reply,
+            member_reply(replica, Err(MemberError::new(500, "Internal Server Error"))),
+        ),
     }
+}
+
+fn member_reply(replica: &Replica<Token>, outcome: MemberOutcome) -> Reply {
+    Reply {
+        result: Err(timeout_error(replica)),
+        raft_index: replica.applied_index(),
+        raft_term: replica.term(),
+        member: Some(outcome),
+    }
+}
+
+/// The leader's own check that it hears from the members a change needs (etcd's
+/// `isConnectedFullySince`): every voter but `except` recently active. Followers cannot tell
+/// and leave it to the leader's view of the cluster.
+fn connected(replica: &Replica<Token>, except: Option<u64>) -> bool {
+    !replica.is_leader()
+        || replica
+            .progress()
+            .iter()
+            .all(|(id, _, active)| *active || Some(*id) == except)
+}
+
+/// Validates a members API change against the applied membership and proposes it (etcd's
+/// AddMember/RemoveMember/UpdateMember with `--strict-reconfig-check`).
+fn member_change(
+    replica: &mut Replica<Token>,
+    cfg: &RaftShardConfig,
+    change: MemberChange,
+    reply: ReplyTo,
+) -> Result<(), MemberError> {
+    let m = replica.membership().clone();
+    let unhealthy = || {
+        tracing::warn!("etcdserver: unhealthy cluster: the change would risk the quorum (--strict-reconfig-check)");
+        MemberError::new(500, "Internal Server Error")
+    };
+    match change {
+        MemberChange::Add { peer_urls } => {
+            if m.peer_url_taken(&peer_urls, None) {
+                return Err(MemberError::new(409, "membership: peerURL exists"));
+            }
+            if cfg.strict_reconfig_check && (!m.ready_to_add() || !connected(replica, None)) {
+                return Err(unhealthy());
+            }
+            let id = member_id_at(&peer_urls, &m.token, Some(unix_now_ns() / 1_000_000_000));
+            if m.members.contains_key(&id) || m.removed.contains(&id) {
+                return Err(MemberError::new(409, "membership: ID exists"));
+            }
+            let member = Member {
+                id,
+                name: String::new(),
+                peer_urls,
+                client_urls: Vec::new(),
+            };
+            replica.propose_conf_change(
+                ConfChangeType::AddNode,
+                &member,
+                Token::Member(reply, Some(member.clone())),
+            );
+        }
+        MemberChange::Remove { id } => {
+            if m.removed.contains(&id) {
+                return Err(MemberError::new(
+                    410,
+                    format!("Member permanently removed: {id:x}"),
+                ));
+            }
+            let Some(member) = m.members.get(&id).cloned() else {
+                return Err(MemberError::new(404, format!("No such member: {id:x}")));
+            };
+            if cfg.strict_reconfig_check
+                && (!m.ready_to_remove(id) || !connected(replica, Some(id)))
+            {
+                return Err(unhealthy());
+            }
+            replica.propose_conf_change(
+                ConfChangeType::RemoveNode,
+                &member,
+                Token::Member(reply, None),
+            );
+        }
+        MemberChange::Update { id, peer_urls } => {
+            let Some(member) = m.members.get(&id) else {
+                return Err(MemberError::new(404, format!("No such member: {id:x}")));
+            };
+            if m.peer_url_taken(&peer_urls, Some(id)) {
+                return Err(MemberError::new(409, "membership: peerURL exists"));
+            }
+            let (mut a, mut b) = (member.peer_urls.clone(), peer_urls.clone());
+            a.sort();
+            b.sort();
+            if a == b {
+                return Err(MemberError::new(204, ""));
+            }
+            replica.propose_peer_update(id, peer_urls, Token::Member(reply, None));
+        }
+    }
+    Ok(())
 }
 
 /// Replies to this member's applied writes and to the quorum reads now answerable.
@@ -465,6 +638,7 @@ fn answer(
                 result: a.result,
                 raft_index: a.raft_index,
                 raft_term: a.raft_term,
+                member: None,
             },
         );
     }
@@ -490,6 +664,7 @@ fn answer(
                 result,
                 raft_index: replica.applied_index(),
                 raft_term: replica.term(),
+                member: None,
             },
         );
     }
@@ -529,19 +704,22 @@ fn note_leader_change(shared: &Shared, replica: &Replica<Token>, old: u64) {
         leader = %format!("{new:x}"), "raft elected leader");
 }
 
-/// Records and publishes a new membership; a member that applied its own removal exits as
-/// etcd does (status 0).
+/// Records and publishes a new membership.
 fn membership_changed(shared: &Shared, replica: &Replica<Token>, cfg: &RaftShardConfig) {
     let m = replica.membership();
     if let Err(e) = write_membership(&cfg.membership_path, replica.id(), m) {
         fatal("cannot record the cluster membership", e);
     }
     shared.membership.store(Arc::new(m.clone()));
-    if replica.is_removed() {
-        tracing::warn!("the member has been permanently removed from the cluster");
-        tracing::warn!("the data-dir used by this member must be removed");
-        std::process::exit(0);
-    }
+}
+
+/// A member that applied its own removal stops as etcd's does (exit status 0), once the
+/// replies of this batch (the DELETE that removed it, if it took it) had a moment to leave.
+fn exit_removed() -> ! {
+    tracing::warn!("the member has been permanently removed from the cluster");
+    tracing::warn!("the data-dir used by this member must be removed");
+    std::thread::sleep(Duration::from_millis(200));
+    std::process::exit(0);
 }
 
 fn publish(

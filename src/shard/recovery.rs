@@ -177,7 +177,7 @@ pub fn recover(data_dir: &Path, start: Start) -> Result<Recovered, String> {
         request_timeout_ticks,
         // Above every sequence number an earlier run of this member used.
         seq_start: unix_now_ns(),
-        decode_snapshot: |_| Err("snapshot transfer is not built yet".to_string()),
+        decode_snapshot: decode_transfer,
     })?;
     tracing::info!(
         snapshot_index = snap_index,
@@ -190,6 +190,28 @@ pub fn recover(data_dir: &Path, start: Start) -> Result<Recovered, String> {
         history,
         snapshot_index: snap_index,
         paths,
+    })
+}
+
+/// Decodes a snapshot sent by the leader (a snapshot file's bytes, CRC-checked).
+fn decode_transfer(bytes: &[u8]) -> Result<crate::raft::SnapshotData, String> {
+    let file = crate::snapshot::decode(bytes, Path::new("<from the leader>"))?;
+    let store = Store::restore(&file.store).map_err(|e| format!("snapshot store: {e}"))?;
+    let events = file
+        .events
+        .iter()
+        .map(|b| Event::decode(b).map(Arc::new))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("snapshot events: {e}"))?;
+    let membership = Membership::decode(
+        file.membership
+            .as_deref()
+            .ok_or("a snapshot from the leader has no membership")?,
+    )?;
+    Ok(crate::raft::SnapshotData {
+        store,
+        events,
+        membership,
     })
 }
 
@@ -208,7 +230,15 @@ fn segment_bytes() -> u64 {
 pub fn replay(rec: &mut Recovered) -> Vec<Arc<Event>> {
     let mut stats = BatchStats::default();
     let mut rtt = Default::default();
-    let events = drive(&mut rec.replica, &mut rec.wal, None, &mut stats, &mut rtt).events;
+    let events = drive(
+        &mut rec.replica,
+        &mut rec.wal,
+        None,
+        &mut stats,
+        &mut rtt,
+        None,
+    )
+    .events;
     if let Err(e) = rec.replica.shrink_mem_log() {
         // Only memory is at stake: the log as it is stays correct.
         tracing::warn!("cannot shrink raft's in-memory log after replay: {e}");

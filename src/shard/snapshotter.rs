@@ -32,15 +32,22 @@ fn lower_this_threads_priority() {
     }
 }
 
+/// A snapshot to write: a frozen store, the event history and the membership at one index.
+struct WriteJob {
+    index: u64,
+    term: u64,
+    source: ringd_store::SnapshotSource,
+    events: Vec<Vec<u8>>,
+    membership: Vec<u8>,
+    voters: Vec<u64>,
+    /// Hand the encoded bytes back: a follower needs this snapshot (raft-rs asked).
+    transfer: bool,
+}
+
 /// Work for the snapshot thread.
 enum SnapJob {
     /// Write a snapshot.
-    Write {
-        index: u64,
-        term: u64,
-        source: ringd_store::SnapshotSource,
-        events: Vec<Vec<u8>>,
-    },
+    Write(Box<WriteJob>),
     /// After a snapshot: remove the log segments the raft shard detached (in order) and the
     /// snapshots older than `keep_from`. File removal takes milliseconds (~5 ms for a 64 MiB
     /// segment here), so the raft shard does not do it.
@@ -50,13 +57,19 @@ enum SnapJob {
     },
 }
 
+/// A snapshot the thread made durable; with its bytes when they are to be sent to a follower.
+pub(super) struct Written {
+    index: u64,
+    transfer: Option<(crate::raft::SnapshotPoint, Vec<u8>)>,
+}
+
 /// Snapshots are encoded and written on their own thread from an O(1) frozen copy of the
 /// store, so writes keep flowing meanwhile (no stop-the-world). The raft shard only collects
 /// the last 1000 events (cheap) and, when the file is durable, detaches the old log segments,
 /// which the snapshot thread then removes.
 pub struct Snapshotter {
     jobs: flume::Sender<SnapJob>,
-    done: flume::Receiver<Result<u64, String>>,
+    done: flume::Receiver<Result<Written, String>>,
     in_flight: bool,
     /// Raft index of the newest durable snapshot; the log keeps the entries after the one
     /// before it, so a damaged newest snapshot can fall back to the previous one.
@@ -73,13 +86,16 @@ impl Snapshotter {
             .spawn(move || {
                 lower_this_threads_priority();
                 while let Ok(job) = rx.recv() {
-                    let (index, term, source, events) = match job {
-                        SnapJob::Write {
-                            index,
-                            term,
-                            source,
-                            events,
-                        } => (index, term, source, events),
+                    let WriteJob {
+                        index,
+                        term,
+                        source,
+                        events,
+                        membership,
+                        voters,
+                        transfer,
+                    } = match job {
+                        SnapJob::Write(job) => *job,
                         SnapJob::Remove {
                             segments,
                             keep_from,
@@ -102,15 +118,24 @@ impl Snapshotter {
                     let started = Instant::now();
                     let mut store = Vec::new();
                     source.snapshot(&mut store);
-                    let res = crate::snapshot::write(&dir, index, term, &store, &events)
+                    let buf = crate::snapshot::encode(index, term, &store, &events, &membership);
+                    let res = crate::snapshot::write_encoded(&dir, index, &buf)
                         .map(|_| {
                             tracing::info!(
                                 raft_index = index,
-                                bytes = store.len(),
+                                bytes = buf.len(),
                                 ms = started.elapsed().as_millis() as u64,
                                 "snapshot written"
                             );
-                            index
+                            let point = crate::raft::SnapshotPoint {
+                                index,
+                                term,
+                                voters,
+                            };
+                            Written {
+                                index,
+                                transfer: transfer.then_some((point, buf)),
+                            }
                         })
                         .map_err(|e| format!("snapshot at raft index {} failed: {e}", index));
                     if done_tx.send(res).is_err() {
@@ -130,8 +155,18 @@ impl Snapshotter {
     }
 
     /// Starts a snapshot when `count` entries were applied since the last one.
-    pub(super) fn maybe_start(&mut self, shared: &Shared, replica: &Replica<Token>, count: u64) {
-        if self.in_flight || replica.applied_index().0 < self.last.saturating_add(count) {
+    /// Starts a snapshot when `count` entries were applied since the last one, or at once
+    /// when `transfer` (a follower needs one: its bytes come back from `collect`).
+    pub(super) fn maybe_start(
+        &mut self,
+        shared: &Shared,
+        replica: &Replica<Token>,
+        count: u64,
+        transfer: bool,
+    ) {
+        if self.in_flight
+            || (!transfer && replica.applied_index().0 < self.last.saturating_add(count))
+        {
             return;
         }
         let current = replica.store().index().0;
@@ -148,23 +183,39 @@ impl Snapshotter {
                 events.push(b);
             }
         }
-        let job = SnapJob::Write {
-            index: replica.applied_index().0,
-            term: replica.term(),
+        // The term of the applied entry, not the current term: raft checks a follower's log
+        // against it.
+        let point = replica.snapshot_point();
+        let job = SnapJob::Write(Box::new(WriteJob {
+            index: point.index,
+            term: point.term,
             source: replica.store().snapshot_source(),
             events,
-        };
+            membership: replica.membership().encode(),
+            voters: point.voters,
+            transfer,
+        }));
         self.in_flight = self.jobs.try_send(job).is_ok();
     }
 
-    /// Compacts the log once a snapshot is durable.
-    pub(super) fn collect(&mut self, replica: &mut Replica<Token>, wal: &mut Wal) {
+    /// A snapshot from the leader was installed at `index` (the log restarts after it).
+    pub(super) fn installed(&mut self, index: u64) {
+        self.last = self.last.max(index);
+    }
+
+    /// Compacts the log once a snapshot is durable; returns it for a follower when it was
+    /// taken for one.
+    pub(super) fn collect(
+        &mut self,
+        replica: &mut Replica<Token>,
+        wal: &mut Wal,
+    ) -> Option<(crate::raft::SnapshotPoint, Vec<u8>)> {
         let Ok(res) = self.done.try_recv() else {
-            return;
+            return None;
         };
         self.in_flight = false;
         match res {
-            Ok(index) => {
+            Ok(Written { index, transfer }) => {
                 let segments = match wal.detach(self.last) {
                     Ok(s) => s,
                     Err(e) => fatal("log compaction failed", e),
@@ -177,10 +228,14 @@ impl Snapshotter {
                 if self.jobs.try_send(job).is_err() {
                     tracing::warn!("snapshot thread busy: the old log segments stay on disk until after a restart");
                 }
-                self.last = index;
+                self.last = self.last.max(index);
+                transfer
             }
             // Nothing is lost: the log still holds every entry. Try again later.
-            Err(e) => tracing::warn!("{e}"),
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
         }
     }
 }

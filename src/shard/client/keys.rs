@@ -78,6 +78,7 @@ async fn propose(ctx: &Rc<ShardCtx>, make: impl FnOnce(ReplyTo) -> Proposal) -> 
             result: Err(Error::new(ErrorCode::RaftInternal, "raft shard stopped", 0)),
             raft_index: crate::raft::RaftIndex(0),
             raft_term: 0,
+            member: None,
         };
     }
     slot.wait().await
