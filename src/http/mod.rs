@@ -1,5 +1,6 @@
 //! HTTP: framing (`parse`), Go-compatible URL and form decoding (`form`), routing and the
-//! keys-request mapping (`route`), and etcd-compatible rendering (`render`).
+//! keys-request mapping (`route`), etcd-compatible JSON rendering (`render`), and the
+//! responses' heads, bodies and chunks (`response`).
 //!
 //! Architecture invariant: nothing here knows about raft, shards, sockets or threads. The
 //! shard module feeds bytes in and writes bytes out.
@@ -7,4 +8,5 @@
 pub mod form;
 pub mod parse;
 pub mod render;
+pub mod response;
 pub mod route;

@@ -1,11 +1,11 @@
 //! Every route but the keys API: members, stats, metrics, version, health, machines, auth,
 //! redirects, OPTIONS and the 404/405 answers, each as etcd answers it.
 
-use super::conn::{json, message_response, respond};
 use super::keys::error_response;
 use super::ShardCtx;
 use crate::http::parse::Method;
 use crate::http::render;
+use crate::http::response::{json, message_response, redirect, respond};
 use crate::http::route::{Route, StatsKind};
 use std::io::Write;
 use std::rc::Rc;
@@ -20,24 +20,7 @@ pub(super) fn serve_other(ctx: &Rc<ShardCtx>, r: Route, head: bool, out: &mut Ve
         Route::Redirect {
             location,
             html_body,
-        } => {
-            if html_body {
-                let body = format!(
-                    "<a href=\"{}\">Moved Permanently</a>.\n\n",
-                    html_escape(&location)
-                );
-                respond(
-                    out,
-                    head,
-                    301,
-                    Some("text/html; charset=utf-8"),
-                    &[("Location", &location)],
-                    body.as_bytes(),
-                );
-            } else {
-                respond(out, head, 301, None, &[("Location", &location)], b"");
-            }
-        }
+        } => redirect(out, head, &location, html_body),
         Route::Options => respond(out, true, 200, None, &[], b""),
         Route::MethodNotAllowed { allow, cluster_id } => {
             let mut extra: Vec<(&str, &str)> = Vec::new();
@@ -130,15 +113,6 @@ pub(super) fn serve_other(ctx: &Rc<ShardCtx>, r: Route, head: bool, out: &mut Ve
             "ringd: the v2 auth API is not implemented yet",
         ),
     }
-}
-
-/// Go's html.EscapeString as http.Redirect applies it to the href.
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&#34;")
-        .replace('\'', "&#39;")
 }
 
 /// etcd's membersHandler for a one-member cluster: listing, leader, and the validation of

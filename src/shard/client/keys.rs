@@ -2,10 +2,11 @@
 //! writes proposed to the raft shard (`propose` waits on a shard-local reply slot), watches
 //! handed to `watch`, and the event and error responses they answer with.
 
-use super::conn::{json, Conn, Flow};
+use super::conn::{Conn, Flow};
 use super::watch::watch;
 use super::{ReplySlot, ShardCtx};
 use crate::http::render;
+use crate::http::response::json;
 use crate::http::route::{KeyOp, KeyRequest};
 use crate::shard::{Proposal, Reply, ReplyTo};
 use ringd_store::{Action, Error, ErrorCode, Event};
