@@ -1,6 +1,7 @@
 //! JSON and HTTP rendering, byte-compatible with etcd's Go encoder: field order and
 //! `omitempty` as NodeExtern declares them, Go's HTML-safe string escaping, RFC3339Nano times.
 
+use crate::members::Member;
 use ringd_store::{Error, Event, NodeRepr};
 use std::io::Write;
 
@@ -227,6 +228,44 @@ pub fn message(out: &mut Vec<u8>, msg: &str) {
     out.push(b'}');
 }
 
+/// Appends the member JSON object etcd renders.
+pub fn member(out: &mut Vec<u8>, m: &Member) {
+    out.extend_from_slice(format!("{{\"id\":\"{:x}\",\"name\":", m.id).as_bytes());
+    json_str(out, &m.name);
+    for (field, urls) in [("peerURLs", &m.peer_urls), ("clientURLs", &m.client_urls)] {
+        out.extend_from_slice(format!(",\"{field}\":[").as_bytes());
+        for (i, u) in urls.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(out, u);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+}
+
+/// Appends the body of `GET /v2/members`: `{"members":[...]}` and a newline.
+pub fn member_list(out: &mut Vec<u8>, members: &[Member]) {
+    out.extend_from_slice(b"{\"members\":[");
+    for (i, m) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        member(out, m);
+    }
+    out.extend_from_slice(b"]}\n");
+}
+
+/// Appends the body of `GET /v2/members/leader`: the leader's object (nothing when there is
+/// none) and a newline.
+pub fn leader(out: &mut Vec<u8>, leader: Option<&Member>) {
+    if let Some(m) = leader {
+        member(out, m);
+    }
+    out.push(b'\n');
+}
+
 /// HTTP reason phrases for the statuses we send.
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -304,6 +343,21 @@ mod tests {
             "2000-02-29T00:00:00.000000001Z"
         );
         assert_eq!(http_date(1_795_593_883), "Wed, 25 Nov 2026 08:04:43 GMT");
+    }
+
+    #[test]
+    fn members_render_like_etcd() {
+        let m = Member {
+            id: 0xddd6_7b31_2462_fd7b,
+            name: "default".into(),
+            peer_urls: vec!["http://127.0.0.1:12380".into()],
+            client_urls: vec![],
+        };
+        assert_eq!(
+            s(|o| member_list(o, std::slice::from_ref(&m))),
+            "{\"members\":[{\"id\":\"ddd67b312462fd7b\",\"name\":\"default\",\"peerURLs\":[\"http://127.0.0.1:12380\"],\"clientURLs\":[]}]}\n"
+        );
+        assert_eq!(s(|o| leader(o, None)), "\n");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use super::keys::error_response;
 use super::ShardCtx;
+use crate::http::members::parse_member_request;
 use crate::http::parse::Method;
 use crate::http::render;
 use crate::http::response::{json, message_response, redirect, respond};
@@ -142,22 +143,14 @@ fn members(
     match method {
         Method::Get => match rest {
             "" => {
-                let mut b = b"{\"members\":[".to_vec();
-                for (i, m) in shared.members.iter().enumerate() {
-                    if i > 0 {
-                        b.push(b',');
-                    }
-                    crate::members::render_member(&mut b, m);
-                }
-                b.extend_from_slice(b"]}\n");
+                let mut b = Vec::new();
+                render::member_list(&mut b, &shared.members);
                 json(out, head, 200, &[("X-Etcd-Cluster-Id", &cid)], &b);
             }
             "leader" => {
                 let mut b = Vec::new();
-                if let Some(m) = shared.members.iter().find(|m| m.id == shared.self_id) {
-                    crate::members::render_member(&mut b, m);
-                }
-                b.push(b'\n');
+                let leader = shared.members.iter().find(|m| m.id == shared.self_id);
+                render::leader(&mut b, leader);
                 json(out, head, 200, &[("X-Etcd-Cluster-Id", &cid)], &b);
             }
             _ => msg(out, 404, "Not found"),
@@ -182,7 +175,7 @@ fn members(
             ),
         },
         Method::Post | Method::Put => {
-            let urls = match crate::members::parse_member_request(content_type, body) {
+            let urls = match parse_member_request(content_type, body) {
                 Ok(urls) => urls,
                 Err((status, m)) => return msg(out, status, &m),
             };
