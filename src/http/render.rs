@@ -2,7 +2,8 @@
 //! `omitempty` as NodeExtern declares them, Go's HTML-safe string escaping, RFC3339Nano times.
 
 use crate::members::Member;
-use ringd_store::{Error, Event, NodeRepr};
+use crate::stats::Totals;
+use ringd_store::{Error, Event, NodeRepr, WriteStats};
 use std::io::Write;
 
 /// Bytes that may need escaping: `"`, `\\`, controls, `<`, `>`, `&`, and 0xE2 (the lead byte
@@ -266,6 +267,129 @@ pub fn leader(out: &mut Vec<u8>, leader: Option<&Member>) {
     out.push(b'\n');
 }
 
+/// Appends the body of `GET /v2/stats/self` for a single member that leads itself.
+pub fn self_stats(out: &mut Vec<u8>, name: &str, id: u64, start_unix_ns: u64, uptime_ns: u64) {
+    let id = format!("{id:x}");
+    let mut start = Vec::new();
+    rfc3339_nano(&mut start, start_unix_ns);
+    let start = String::from_utf8_lossy(&start).into_owned();
+    out.extend_from_slice(b"{\"name\":");
+    json_str(out, name);
+    let uptime = crate::stats::go_duration(uptime_ns);
+    let _ = write!(
+        out,
+        ",\"id\":\"{id}\",\"state\":\"StateLeader\",\"startTime\":\"{start}\",\"leaderInfo\":{{\"leader\":\"{id}\",\"uptime\":\"{uptime}\",\"startTime\":\"{start}\"}},\"recvAppendRequestCnt\":0,\"sendAppendRequestCnt\":0}}"
+    );
+}
+
+/// Appends the body of `GET /v2/stats/leader` for a leader without followers.
+pub fn leader_stats(out: &mut Vec<u8>, id: u64) {
+    let id = format!("{id:x}");
+    let _ = write!(out, "{{\"leader\":\"{id}\",\"followers\":{{}}}}");
+}
+
+/// Appends the body of `GET /v2/stats/store`: the writer's counters and the shards' totals.
+pub fn store_stats(out: &mut Vec<u8>, w: &WriteStats, t: &Totals) {
+    let _ = write!(
+        out,
+        "{{\"getsSuccess\":{},\"getsFail\":{},\"setsSuccess\":{},\"setsFail\":{},\"deleteSuccess\":{},\"deleteFail\":{},\"updateSuccess\":{},\"updateFail\":{},\"createSuccess\":{},\"createFail\":{},\"compareAndSwapSuccess\":{},\"compareAndSwapFail\":{},\"compareAndDeleteSuccess\":{},\"compareAndDeleteFail\":{},\"expireCount\":{},\"watchers\":{}}}",
+        t.gets_success, t.gets_fail, w.sets_success, w.sets_fail, w.delete_success, w.delete_fail,
+        w.update_success, w.update_fail, w.create_success, w.create_fail, w.compare_and_swap_success,
+        w.compare_and_swap_fail, w.compare_and_delete_success, w.compare_and_delete_fail, w.expire_count, t.watchers
+    );
+}
+
+/// What `/metrics` exports besides the shards' request counters, sampled when it is asked.
+pub struct MetricsSample {
+    /// Nodes (keys and directories) in the store.
+    pub keys: u64,
+    pub etcd_index: u64,
+    /// Last applied raft index.
+    pub raft_index: u64,
+    /// fdatasyncs of the log, and the entries they made durable.
+    pub wal_fsyncs: u64,
+    pub wal_entries: u64,
+}
+
+/// The Prometheus text of `/metrics`.
+pub fn metrics(t: &Totals, sample: &MetricsSample) -> String {
+    use crate::stats::{CODES, LATENCY_BUCKETS_US, METHODS};
+    let mut s = String::new();
+    use std::fmt::Write as _;
+    s.push_str("# HELP ringd_http_requests_total HTTP requests by method and status code.\n# TYPE ringd_http_requests_total counter\n");
+    for (m, c, v) in &t.requests {
+        let code = CODES
+            .get(*c)
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "other".into());
+        let _ = writeln!(
+            s,
+            "ringd_http_requests_total{{method=\"{}\",code=\"{}\"}} {}",
+            METHODS[*m], code, v
+        );
+    }
+    s.push_str("# HELP ringd_http_request_duration_seconds Time from a request's arrival to its response being queued.\n# TYPE ringd_http_request_duration_seconds histogram\n");
+    let mut cum = 0;
+    for (i, le) in LATENCY_BUCKETS_US.iter().enumerate() {
+        cum += t.latency[i];
+        let _ = writeln!(
+            s,
+            "ringd_http_request_duration_seconds_bucket{{le=\"{}\"}} {}",
+            *le as f64 / 1e6,
+            cum
+        );
+    }
+    cum += t.latency[LATENCY_BUCKETS_US.len()];
+    let _ = writeln!(
+        s,
+        "ringd_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {cum}"
+    );
+    let _ = writeln!(
+        s,
+        "ringd_http_request_duration_seconds_sum {}",
+        t.latency_sum_us as f64 / 1e6
+    );
+    let _ = writeln!(s, "ringd_http_request_duration_seconds_count {cum}");
+    let gauges = [
+        ("ringd_watchers", "Registered watchers.", t.watchers),
+        (
+            "ringd_client_connections",
+            "Open client connections.",
+            t.connections,
+        ),
+        (
+            "ringd_keys",
+            "Nodes (keys and directories) in the store.",
+            sample.keys,
+        ),
+        ("ringd_etcd_index", "Current etcd index.", sample.etcd_index),
+        (
+            "ringd_raft_index",
+            "Last applied log position.",
+            sample.raft_index,
+        ),
+        (
+            "ringd_wal_fsyncs_total",
+            "fdatasyncs of the log (one per raft batch).",
+            sample.wal_fsyncs,
+        ),
+        (
+            "ringd_wal_entries_total",
+            "Log entries made durable; divided by fsyncs, the average group-commit batch.",
+            sample.wal_entries,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    s
+}
+
 /// HTTP reason phrases for the statuses we send.
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -358,6 +482,30 @@ mod tests {
             "{\"members\":[{\"id\":\"ddd67b312462fd7b\",\"name\":\"default\",\"peerURLs\":[\"http://127.0.0.1:12380\"],\"clientURLs\":[]}]}\n"
         );
         assert_eq!(s(|o| leader(o, None)), "\n");
+    }
+
+    #[test]
+    fn stats_and_metrics_render_like_etcd_and_prometheus() {
+        assert_eq!(
+            s(|o| self_stats(o, "n", 0xab, 0, 1_500_000_000)),
+            r#"{"name":"n","id":"ab","state":"StateLeader","startTime":"1970-01-01T00:00:00Z","leaderInfo":{"leader":"ab","uptime":"1.5s","startTime":"1970-01-01T00:00:00Z"},"recvAppendRequestCnt":0,"sendAppendRequestCnt":0}"#
+        );
+        assert_eq!(
+            s(|o| leader_stats(o, 0xab)),
+            r#"{"leader":"ab","followers":{}}"#
+        );
+        let t = crate::stats::totals(&[]);
+        let sample = MetricsSample {
+            keys: 3,
+            etcd_index: 7,
+            raft_index: 9,
+            wal_fsyncs: 2,
+            wal_entries: 5,
+        };
+        let text = metrics(&t, &sample);
+        assert!(text.contains("\nringd_http_request_duration_seconds_bucket{le=\"+Inf\"} 0\n"));
+        assert!(text.contains("# TYPE ringd_keys gauge\nringd_keys 3\n"));
+        assert!(text.contains("# TYPE ringd_wal_fsyncs_total counter\nringd_wal_fsyncs_total 2\n"));
     }
 
     #[test]

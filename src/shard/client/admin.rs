@@ -8,7 +8,6 @@ use crate::http::parse::Method;
 use crate::http::render;
 use crate::http::response::{json, message_response, redirect, respond};
 use crate::http::route::{Route, StatsKind};
-use std::io::Write;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
@@ -221,117 +220,35 @@ fn members(
 
 fn stats(ctx: &Rc<ShardCtx>, kind: StatsKind, head: bool, out: &mut Vec<u8>) {
     let shared = &ctx.shared;
-    let id = format!("{:x}", shared.self_id);
     let mut body = Vec::new();
     match kind {
-        StatsKind::SelfStats => {
-            let mut start = Vec::new();
-            render::rfc3339_nano(&mut start, shared.start_unix_ns);
-            let start = String::from_utf8_lossy(&start).into_owned();
-            body.extend_from_slice(b"{\"name\":");
-            render::json_str(&mut body, &shared.name);
-            let uptime = crate::stats::go_duration(shared.start.elapsed().as_nanos() as u64);
-            let _ = write!(
-                body,
-                ",\"id\":\"{id}\",\"state\":\"StateLeader\",\"startTime\":\"{start}\",\"leaderInfo\":{{\"leader\":\"{id}\",\"uptime\":\"{uptime}\",\"startTime\":\"{start}\"}},\"recvAppendRequestCnt\":0,\"sendAppendRequestCnt\":0}}"
-            );
-        }
-        StatsKind::Leader => {
-            let _ = write!(body, "{{\"leader\":\"{id}\",\"followers\":{{}}}}");
-        }
+        StatsKind::SelfStats => render::self_stats(
+            &mut body,
+            &shared.name,
+            shared.self_id,
+            shared.start_unix_ns,
+            shared.start.elapsed().as_nanos() as u64,
+        ),
+        StatsKind::Leader => render::leader_stats(&mut body, shared.self_id),
         StatsKind::Store => {
             let p = shared.published.load();
-            let w = &p.write_stats;
             let t = crate::stats::totals(&shared.counters);
-            let _ = write!(
-                body,
-                "{{\"getsSuccess\":{},\"getsFail\":{},\"setsSuccess\":{},\"setsFail\":{},\"deleteSuccess\":{},\"deleteFail\":{},\"updateSuccess\":{},\"updateFail\":{},\"createSuccess\":{},\"createFail\":{},\"compareAndSwapSuccess\":{},\"compareAndSwapFail\":{},\"compareAndDeleteSuccess\":{},\"compareAndDeleteFail\":{},\"expireCount\":{},\"watchers\":{}}}",
-                t.gets_success, t.gets_fail, w.sets_success, w.sets_fail, w.delete_success, w.delete_fail,
-                w.update_success, w.update_fail, w.create_success, w.create_fail, w.compare_and_swap_success,
-                w.compare_and_swap_fail, w.compare_and_delete_success, w.compare_and_delete_fail, w.expire_count, t.watchers
-            );
+            render::store_stats(&mut body, &p.write_stats, &t);
         }
     }
     json(out, head, 200, &[], &body);
 }
 
 fn metrics(ctx: &Rc<ShardCtx>) -> String {
-    use crate::stats::{CODES, LATENCY_BUCKETS_US, METHODS};
     let shared = &ctx.shared;
     let t = crate::stats::totals(&shared.counters);
     let p = shared.published.load();
-    let mut s = String::new();
-    use std::fmt::Write as _;
-    s.push_str("# HELP ringd_http_requests_total HTTP requests by method and status code.\n# TYPE ringd_http_requests_total counter\n");
-    for (m, c, v) in &t.requests {
-        let code = CODES
-            .get(*c)
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "other".into());
-        let _ = writeln!(
-            s,
-            "ringd_http_requests_total{{method=\"{}\",code=\"{}\"}} {}",
-            METHODS[*m], code, v
-        );
-    }
-    s.push_str("# HELP ringd_http_request_duration_seconds Time from a request's arrival to its response being queued.\n# TYPE ringd_http_request_duration_seconds histogram\n");
-    let mut cum = 0;
-    for (i, le) in LATENCY_BUCKETS_US.iter().enumerate() {
-        cum += t.latency[i];
-        let _ = writeln!(
-            s,
-            "ringd_http_request_duration_seconds_bucket{{le=\"{}\"}} {}",
-            *le as f64 / 1e6,
-            cum
-        );
-    }
-    cum += t.latency[LATENCY_BUCKETS_US.len()];
-    let _ = writeln!(
-        s,
-        "ringd_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {cum}"
-    );
-    let _ = writeln!(
-        s,
-        "ringd_http_request_duration_seconds_sum {}",
-        t.latency_sum_us as f64 / 1e6
-    );
-    let _ = writeln!(s, "ringd_http_request_duration_seconds_count {cum}");
-    let gauges = [
-        ("ringd_watchers", "Registered watchers.", t.watchers),
-        (
-            "ringd_client_connections",
-            "Open client connections.",
-            t.connections,
-        ),
-        (
-            "ringd_keys",
-            "Nodes (keys and directories) in the store.",
-            p.view.node_count(),
-        ),
-        ("ringd_etcd_index", "Current etcd index.", p.view.index().0),
-        (
-            "ringd_raft_index",
-            "Last applied log position.",
-            p.raft_index.0,
-        ),
-        (
-            "ringd_wal_fsyncs_total",
-            "fdatasyncs of the log (one per raft batch).",
-            shared.wal_syncs.load(Ordering::Relaxed),
-        ),
-        (
-            "ringd_wal_entries_total",
-            "Log entries made durable; divided by fsyncs, the average group-commit batch.",
-            shared.wal_entries.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, v) in gauges {
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-    }
-    s
+    let sample = render::MetricsSample {
+        keys: p.view.node_count(),
+        etcd_index: p.view.index().0,
+        raft_index: p.raft_index.0,
+        wal_fsyncs: shared.wal_syncs.load(Ordering::Relaxed),
+        wal_entries: shared.wal_entries.load(Ordering::Relaxed),
+    };
+    render::metrics(&t, &sample)
 }
