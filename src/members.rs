@@ -1,6 +1,9 @@
 //! Member and cluster identity, computed as etcd computes it so that ids match etcd's for
 //! the same flags: member id = first 8 bytes of SHA-1(sorted peer URLs joined + cluster
 //! token); cluster id = first 8 bytes of SHA-1(sorted member ids, big endian).
+//!
+//! Identity only: members are rendered by `http::render` and member requests decoded by
+//! `http::members`.
 
 /// One cluster member as /v2/members shows it. A member added at runtime has no name and no
 /// client URLs until it starts and publishes them through raft (etcd shows it `[unstarted]`).
@@ -143,101 +146,6 @@ fn first_u64(hash: &[u8; 20]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&hash[..8]);
     u64::from_be_bytes(b)
-}
-
-/// Appends the member JSON object etcd renders.
-pub fn render_member(out: &mut Vec<u8>, m: &Member) {
-    use crate::http::render::json_str;
-    out.extend_from_slice(format!("{{\"id\":\"{:x}\",\"name\":", m.id).as_bytes());
-    json_str(out, &m.name);
-    for (field, urls) in [("peerURLs", &m.peer_urls), ("clientURLs", &m.client_urls)] {
-        out.extend_from_slice(format!(",\"{field}\":[").as_bytes());
-        for (i, u) in urls.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            json_str(out, u);
-        }
-        out.push(b']');
-    }
-    out.push(b'}');
-}
-
-/// etcd's unmarshalRequest + MemberCreateRequest.UnmarshalJSON + types.NewURLs: the peer
-/// URLs of a member add or update, or the (status, message) etcd answers with.
-pub fn parse_member_request(
-    content_type: Option<&str>,
-    body: &[u8],
-) -> Result<Vec<String>, (u16, String)> {
-    let ct = content_type.unwrap_or("");
-    let ct = match ct.find(';') {
-        Some(i) => ct[..i].trim().to_ascii_lowercase(),
-        None => ct.to_string(),
-    };
-    if ct != "application/json" {
-        return Err((
-            415,
-            format!("Bad Content-Type {ct}, accept application/json"),
-        ));
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| (400, go_json_error(&e)))?;
-    let urls: Vec<String> = match v.get("peerURLs") {
-        None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .map(|u| u.as_str().map(String::from))
-            .collect::<Option<Vec<_>>>()
-            .ok_or((
-                400,
-                "json: cannot unmarshal number into Go struct field .peerURLs of type string"
-                    .to_string(),
-            ))?,
-        Some(_) => {
-            return Err((
-                400,
-                "json: cannot unmarshal value into Go struct field .peerURLs of type []string"
-                    .to_string(),
-            ))
-        }
-    };
-    if urls.is_empty() {
-        return Err((400, "no valid URLs given".to_string()));
-    }
-    for u in &urls {
-        let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
-        if !matches!(scheme, "http" | "https" | "unix" | "unixs") {
-            return Err((
-                400,
-                format!("URL scheme must be http, https, unix, or unixs: {u}"),
-            ));
-        }
-        let (host, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if !host
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && !p.is_empty())
-        {
-            return Err((
-                400,
-                format!("URL address does not have the form \"host:port\": {u}"),
-            ));
-        }
-        if !path.is_empty() {
-            return Err((400, format!("URL must not contain a path: {u}")));
-        }
-    }
-    Ok(urls)
-}
-
-/// Go's encoding/json error text for the common cases clients hit.
-fn go_json_error(e: &serde_json::Error) -> String {
-    match e.classify() {
-        serde_json::error::Category::Eof => "unexpected end of JSON input".to_string(),
-        _ => format!("invalid JSON: {e}"),
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! JSON and HTTP rendering, byte-compatible with etcd's Go encoder: field order and
 //! `omitempty` as NodeExtern declares them, Go's HTML-safe string escaping, RFC3339Nano times.
 
-use ringd_store::{Error, Event, NodeRepr};
+use crate::members::Member;
+use crate::stats::Totals;
+use ringd_store::{Error, Event, NodeRepr, WriteStats};
 use std::io::Write;
 
 /// Bytes that may need escaping: `"`, `\\`, controls, `<`, `>`, `&`, and 0xE2 (the lead byte
@@ -227,6 +229,199 @@ pub fn message(out: &mut Vec<u8>, msg: &str) {
     out.push(b'}');
 }
 
+/// Appends the member JSON object etcd renders.
+pub fn member(out: &mut Vec<u8>, m: &Member) {
+    out.extend_from_slice(format!("{{\"id\":\"{:x}\",\"name\":", m.id).as_bytes());
+    json_str(out, &m.name);
+    for (field, urls) in [("peerURLs", &m.peer_urls), ("clientURLs", &m.client_urls)] {
+        out.extend_from_slice(format!(",\"{field}\":[").as_bytes());
+        for (i, u) in urls.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_str(out, u);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+}
+
+/// Appends the body of `GET /v2/members`: `{"members":[...]}` and a newline.
+pub fn member_list<'a>(out: &mut Vec<u8>, members: impl IntoIterator<Item = &'a Member>) {
+    out.extend_from_slice(b"{\"members\":[");
+    for (i, m) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        member(out, m);
+    }
+    out.extend_from_slice(b"]}\n");
+}
+
+/// Appends the body of `GET /v2/members/leader`: the leader's object and a newline.
+pub fn leader(out: &mut Vec<u8>, leader: &Member) {
+    member(out, leader);
+    out.push(b'\n');
+}
+
+/// What `GET /v2/stats/self` shows of a member.
+pub struct SelfStats<'a> {
+    pub name: &'a str,
+    pub id: u64,
+    pub start_unix_ns: u64,
+    /// etcd's raft state name (`StateLeader`, `StateFollower`, ...).
+    pub state: &'a str,
+    /// The leader this member knows (0: none), since when (unix ns), and for how long.
+    pub leader: u64,
+    pub leader_since_unix_ns: u64,
+    pub leader_uptime_ns: u64,
+    pub appends_received: u64,
+    pub appends_sent: u64,
+}
+
+/// Appends the body of `GET /v2/stats/self`.
+pub fn self_stats(out: &mut Vec<u8>, s: &SelfStats<'_>) {
+    let time = |ns: u64| {
+        let mut b = Vec::new();
+        rfc3339_nano(&mut b, ns);
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    out.extend_from_slice(b"{\"name\":");
+    json_str(out, s.name);
+    let leader = if s.leader == 0 {
+        String::new()
+    } else {
+        format!("{:x}", s.leader)
+    };
+    let _ = write!(
+        out,
+        ",\"id\":\"{:x}\",\"state\":\"{}\",\"startTime\":\"{}\",\"leaderInfo\":{{\"leader\":\"{leader}\",\"uptime\":\"{}\",\"startTime\":\"{}\"}},\"recvAppendRequestCnt\":{},\"sendAppendRequestCnt\":{}}}",
+        s.id,
+        s.state,
+        time(s.start_unix_ns),
+        crate::stats::go_duration(s.leader_uptime_ns),
+        time(s.leader_since_unix_ns),
+        s.appends_received,
+        s.appends_sent,
+    );
+}
+
+/// Appends the body of `GET /v2/stats/leader`: each follower's latency and counts.
+pub fn leader_stats<'a>(
+    out: &mut Vec<u8>,
+    id: u64,
+    followers: impl IntoIterator<Item = (u64, &'a crate::stats::FollowerStats)>,
+) {
+    let _ = write!(out, "{{\"leader\":\"{id:x}\",\"followers\":{{");
+    for (i, (fid, f)) in followers.into_iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(out, "{sep}\"{fid:x}\":{}", f.render());
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// Appends the body of `GET /v2/stats/store`: the writer's counters and the shards' totals.
+pub fn store_stats(out: &mut Vec<u8>, w: &WriteStats, t: &Totals) {
+    let _ = write!(
+        out,
+        "{{\"getsSuccess\":{},\"getsFail\":{},\"setsSuccess\":{},\"setsFail\":{},\"deleteSuccess\":{},\"deleteFail\":{},\"updateSuccess\":{},\"updateFail\":{},\"createSuccess\":{},\"createFail\":{},\"compareAndSwapSuccess\":{},\"compareAndSwapFail\":{},\"compareAndDeleteSuccess\":{},\"compareAndDeleteFail\":{},\"expireCount\":{},\"watchers\":{}}}",
+        t.gets_success, t.gets_fail, w.sets_success, w.sets_fail, w.delete_success, w.delete_fail,
+        w.update_success, w.update_fail, w.create_success, w.create_fail, w.compare_and_swap_success,
+        w.compare_and_swap_fail, w.compare_and_delete_success, w.compare_and_delete_fail, w.expire_count, t.watchers
+    );
+}
+
+/// What `/metrics` exports besides the shards' request counters, sampled when it is asked.
+pub struct MetricsSample {
+    /// Nodes (keys and directories) in the store.
+    pub keys: u64,
+    pub etcd_index: u64,
+    /// Last applied raft index.
+    pub raft_index: u64,
+    /// fdatasyncs of the log, and the entries they made durable.
+    pub wal_fsyncs: u64,
+    pub wal_entries: u64,
+}
+
+/// The Prometheus text of `/metrics`.
+pub fn metrics(t: &Totals, sample: &MetricsSample) -> String {
+    use crate::stats::{CODES, LATENCY_BUCKETS_US, METHODS};
+    let mut s = String::new();
+    use std::fmt::Write as _;
+    s.push_str("# HELP ringd_http_requests_total HTTP requests by method and status code.\n# TYPE ringd_http_requests_total counter\n");
+    for (m, c, v) in &t.requests {
+        let code = CODES
+            .get(*c)
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "other".into());
+        let _ = writeln!(
+            s,
+            "ringd_http_requests_total{{method=\"{}\",code=\"{}\"}} {}",
+            METHODS[*m], code, v
+        );
+    }
+    s.push_str("# HELP ringd_http_request_duration_seconds Time from a request's arrival to its response being queued.\n# TYPE ringd_http_request_duration_seconds histogram\n");
+    let mut cum = 0;
+    for (i, le) in LATENCY_BUCKETS_US.iter().enumerate() {
+        cum += t.latency[i];
+        let _ = writeln!(
+            s,
+            "ringd_http_request_duration_seconds_bucket{{le=\"{}\"}} {}",
+            *le as f64 / 1e6,
+            cum
+        );
+    }
+    cum += t.latency[LATENCY_BUCKETS_US.len()];
+    let _ = writeln!(
+        s,
+        "ringd_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {cum}"
+    );
+    let _ = writeln!(
+        s,
+        "ringd_http_request_duration_seconds_sum {}",
+        t.latency_sum_us as f64 / 1e6
+    );
+    let _ = writeln!(s, "ringd_http_request_duration_seconds_count {cum}");
+    let gauges = [
+        ("ringd_watchers", "Registered watchers.", t.watchers),
+        (
+            "ringd_client_connections",
+            "Open client connections.",
+            t.connections,
+        ),
+        (
+            "ringd_keys",
+            "Nodes (keys and directories) in the store.",
+            sample.keys,
+        ),
+        ("ringd_etcd_index", "Current etcd index.", sample.etcd_index),
+        (
+            "ringd_raft_index",
+            "Last applied log position.",
+            sample.raft_index,
+        ),
+        (
+            "ringd_wal_fsyncs_total",
+            "fdatasyncs of the log (one per raft batch).",
+            sample.wal_fsyncs,
+        ),
+        (
+            "ringd_wal_entries_total",
+            "Log entries made durable; divided by fsyncs, the average group-commit batch.",
+            sample.wal_entries,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    s
+}
+
 /// HTTP reason phrases for the statuses we send.
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -304,6 +499,66 @@ mod tests {
             "2000-02-29T00:00:00.000000001Z"
         );
         assert_eq!(http_date(1_795_593_883), "Wed, 25 Nov 2026 08:04:43 GMT");
+    }
+
+    #[test]
+    fn members_render_like_etcd() {
+        let m = Member {
+            id: 0xddd6_7b31_2462_fd7b,
+            name: "default".into(),
+            peer_urls: vec!["http://127.0.0.1:12380".into()],
+            client_urls: vec![],
+        };
+        assert_eq!(
+            s(|o| member_list(o, std::slice::from_ref(&m))),
+            "{\"members\":[{\"id\":\"ddd67b312462fd7b\",\"name\":\"default\",\"peerURLs\":[\"http://127.0.0.1:12380\"],\"clientURLs\":[]}]}\n"
+        );
+        assert_eq!(
+            s(|o| leader(o, &m)),
+            "{\"id\":\"ddd67b312462fd7b\",\"name\":\"default\",\"peerURLs\":[\"http://127.0.0.1:12380\"],\"clientURLs\":[]}\n"
+        );
+    }
+
+    #[test]
+    fn stats_and_metrics_render_like_etcd_and_prometheus() {
+        assert_eq!(
+            s(|o| self_stats(
+                o,
+                &SelfStats {
+                    name: "n",
+                    id: 0xab,
+                    start_unix_ns: 0,
+                    state: "StateFollower",
+                    leader: 0xcd,
+                    leader_since_unix_ns: 0,
+                    leader_uptime_ns: 1_500_000_000,
+                    appends_received: 3,
+                    appends_sent: 0,
+                }
+            )),
+            r#"{"name":"n","id":"ab","state":"StateFollower","startTime":"1970-01-01T00:00:00Z","leaderInfo":{"leader":"cd","uptime":"1.5s","startTime":"1970-01-01T00:00:00Z"},"recvAppendRequestCnt":3,"sendAppendRequestCnt":0}"#
+        );
+        assert_eq!(
+            s(|o| leader_stats(o, 0xab, [])),
+            r#"{"leader":"ab","followers":{}}"#
+        );
+        let f = crate::stats::FollowerStats::default();
+        assert_eq!(
+            s(|o| leader_stats(o, 0xab, [(0xcd, &f)])),
+            r#"{"leader":"ab","followers":{"cd":{"latency":{"current":0,"average":0,"standardDeviation":0,"minimum":0,"maximum":0},"counts":{"fail":0,"success":0}}}}"#
+        );
+        let t = crate::stats::totals(&[]);
+        let sample = MetricsSample {
+            keys: 3,
+            etcd_index: 7,
+            raft_index: 9,
+            wal_fsyncs: 2,
+            wal_entries: 5,
+        };
+        let text = metrics(&t, &sample);
+        assert!(text.contains("\nringd_http_request_duration_seconds_bucket{le=\"+Inf\"} 0\n"));
+        assert!(text.contains("# TYPE ringd_keys gauge\nringd_keys 3\n"));
+        assert!(text.contains("# TYPE ringd_wal_fsyncs_total counter\nringd_wal_fsyncs_total 2\n"));
     }
 
     #[test]

@@ -376,7 +376,7 @@ async fn serve_peer(
                 if i > 0 {
                     body.push(b',');
                 }
-                crate::members::render_member(&mut body, m);
+                crate::http::render::member(&mut body, m);
             }
             body.push(b']');
             let mut r = response(200, "OK", "application/json", &body);

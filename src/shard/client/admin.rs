@@ -1,17 +1,26 @@
 //! Every route but the keys API: members, stats, metrics, version, health, machines, auth,
 //! redirects, OPTIONS and the 404/405 answers, each as etcd answers it.
 
-use super::conn::{json, message_response, respond};
-use super::keys::error_response;
+use super::keys::{error_response, propose};
 use super::ShardCtx;
+use crate::http::members::parse_member_request;
 use crate::http::parse::Method;
 use crate::http::render;
+use crate::http::response::{json, message_response, redirect, respond};
 use crate::http::route::{Route, StatsKind};
-use std::io::Write;
+use crate::members::{MemberChange, MemberError};
+use crate::shard::Proposal;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
-pub(super) fn serve_other(ctx: &Rc<ShardCtx>, r: Route, head: bool, out: &mut Vec<u8>) {
+/// Answers `r` into `out`, or returns the members change it asks for (answered by
+/// `member_change`, which must wait for raft).
+pub(super) fn serve_other(
+    ctx: &Rc<ShardCtx>,
+    r: Route,
+    head: bool,
+    out: &mut Vec<u8>,
+) -> Option<MemberChange> {
     let shared = &ctx.shared;
     let cid = format!("{:x}", shared.cluster_id);
     match r {
@@ -20,24 +29,7 @@ pub(super) fn serve_other(ctx: &Rc<ShardCtx>, r: Route, head: bool, out: &mut Ve
         Route::Redirect {
             location,
             html_body,
-        } => {
-            if html_body {
-                let body = format!(
-                    "<a href=\"{}\">Moved Permanently</a>.\n\n",
-                    html_escape(&location)
-                );
-                respond(
-                    out,
-                    head,
-                    301,
-                    Some("text/html; charset=utf-8"),
-                    &[("Location", &location)],
-                    body.as_bytes(),
-                );
-            } else {
-                respond(out, head, 301, None, &[("Location", &location)], b"");
-            }
-        }
+        } => redirect(out, head, &location, html_body),
         Route::Options => respond(out, true, 200, None, &[], b""),
         Route::MethodNotAllowed { allow, cluster_id } => {
             let mut extra: Vec<(&str, &str)> = Vec::new();
@@ -111,15 +103,17 @@ pub(super) fn serve_other(ctx: &Rc<ShardCtx>, r: Route, head: bool, out: &mut Ve
             rest,
             content_type,
             body,
-        } => members(
-            ctx,
-            &method,
-            &rest,
-            content_type.as_deref(),
-            &body,
-            head,
-            out,
-        ),
+        } => {
+            return members(
+                ctx,
+                &method,
+                &rest,
+                content_type.as_deref(),
+                &body,
+                head,
+                out,
+            )
+        }
         Route::Stats(kind) => stats(ctx, kind, head, out),
         Route::Metrics => {
             let body = metrics(ctx);
@@ -140,20 +134,11 @@ pub(super) fn serve_other(ctx: &Rc<ShardCtx>, r: Route, head: bool, out: &mut Ve
             "ringd: the v2 auth API is not implemented yet",
         ),
     }
+    None
 }
 
-/// Go's html.EscapeString as http.Redirect applies it to the href.
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&#34;")
-        .replace('\'', "&#39;")
-}
-
-/// etcd's membersHandler for a one-member cluster: listing, leader, and the validation of
-/// add/update/remove exactly as etcd answers it; a change that would need reconfiguration is
-/// answered 501 until issue "cluster" implements it.
+/// etcd's membersHandler: listing and leader are answered here; an add, removal or update
+/// that passes the request checks is returned for `member_change`, which waits for raft.
 fn members(
     ctx: &Rc<ShardCtx>,
     method: &Method,
@@ -162,7 +147,7 @@ fn members(
     body: &[u8],
     head: bool,
     out: &mut Vec<u8>,
-) {
+) -> Option<MemberChange> {
     let shared = &ctx.shared;
     let cid = format!("{:x}", shared.cluster_id);
     let msg = |out: &mut Vec<u8>, status: u16, m: &str| {
@@ -179,24 +164,17 @@ fn members(
     match method {
         Method::Get => match rest {
             "" => {
-                let mut b = b"{\"members\":[".to_vec();
-                for (i, m) in membership.members.values().enumerate() {
-                    if i > 0 {
-                        b.push(b',');
-                    }
-                    crate::members::render_member(&mut b, m);
-                }
-                b.extend_from_slice(b"]}\n");
+                let mut b = Vec::new();
+                render::member_list(&mut b, membership.members.values());
                 json(out, head, 200, &[("X-Etcd-Cluster-Id", &cid)], &b);
             }
             "leader" => {
                 let leader = shared.published.load().leader;
                 let Some(m) = membership.members.get(&leader) else {
-                    return msg(out, 503, "During leader election");
+                    return msg_none(msg, out, 503, "During leader election");
                 };
                 let mut b = Vec::new();
-                crate::members::render_member(&mut b, m);
-                b.push(b'\n');
+                render::leader(&mut b, m);
                 json(out, head, 200, &[("X-Etcd-Cluster-Id", &cid)], &b);
             }
             _ => msg(out, 404, "Not found"),
@@ -212,88 +190,94 @@ fn members(
             ],
             b"Method Not Allowed\n",
         ),
-        Method::Delete => match find(rest) {
-            None => msg(out, 404, &format!("No such member: {rest}")),
-            Some(_) => msg(
-                out,
-                501,
-                "ringd: member reconfiguration is not implemented yet",
-            ),
+        Method::Delete => match u64::from_str_radix(rest, 16) {
+            Err(_) => msg(out, 404, &format!("No such member: {rest}")),
+            Ok(id) => return Some(MemberChange::Remove { id }),
         },
         Method::Post | Method::Put => {
-            let urls = match crate::members::parse_member_request(content_type, body) {
+            let urls = match parse_member_request(content_type, body) {
                 Ok(urls) => urls,
-                Err((status, m)) => return msg(out, status, &m),
-            };
-            let taken = |id: Option<u64>| {
-                membership
-                    .members
-                    .values()
-                    .any(|m| Some(m.id) != id && m.peer_urls.iter().any(|u| urls.contains(u)))
+                Err((status, m)) => return msg_none(msg, out, status, &m),
             };
             if *method == Method::Post {
-                if taken(None) {
-                    return msg(out, 409, "membership: peerURL exists");
-                }
-                return msg(
-                    out,
-                    501,
-                    "ringd: member reconfiguration is not implemented yet",
-                );
+                return Some(MemberChange::Add { peer_urls: urls });
             }
             let Some(m) = find(rest) else {
-                return msg(out, 404, &format!("No such member: {rest}"));
+                return msg_none(msg, out, 404, &format!("No such member: {rest}"));
             };
-            if taken(Some(m.id)) {
-                return msg(out, 409, "membership: peerURL exists");
-            }
-            let mut same = m.peer_urls.clone();
-            let mut new = urls.clone();
-            same.sort();
-            new.sort();
-            if same == new {
-                respond(out, head, 204, None, &[("X-Etcd-Cluster-Id", &cid)], b"");
-            } else {
-                msg(
-                    out,
-                    501,
-                    "ringd: member reconfiguration is not implemented yet",
-                );
-            }
+            return Some(MemberChange::Update {
+                id: m.id,
+                peer_urls: urls,
+            });
         }
         _ => msg(out, 404, "Not found"),
+    }
+    None
+}
+
+/// Writes a members error and returns no change.
+fn msg_none(
+    msg: impl Fn(&mut Vec<u8>, u16, &str),
+    out: &mut Vec<u8>,
+    status: u16,
+    m: &str,
+) -> Option<MemberChange> {
+    msg(out, status, m);
+    None
+}
+
+/// Carries out a members change through the raft shard (a conf change, or a peer URL update,
+/// applied on this member before it answers) and writes etcd's answer: 201 and the new
+/// member for an add, 204 for a removal or an update, `{"message"}` errors otherwise.
+pub(super) async fn member_change(
+    ctx: &Rc<ShardCtx>,
+    change: MemberChange,
+    head: bool,
+    out: &mut Vec<u8>,
+) {
+    let cid = format!("{:x}", ctx.shared.cluster_id);
+    let reply = propose(ctx, |reply| Proposal::Member { change, reply }).await;
+    let outcome = reply
+        .member
+        .unwrap_or_else(|| Err(MemberError::new(500, "Internal Server Error")));
+    let extra = [("X-Etcd-Cluster-Id", cid.as_str())];
+    match outcome {
+        Ok(Some(m)) => {
+            let mut b = Vec::new();
+            render::member(&mut b, &m);
+            b.push(b'\n');
+            json(out, head, 201, &extra, &b);
+        }
+        Ok(None) => respond(out, head, 204, None, &extra, b""),
+        Err(e) if e.status == 204 => respond(out, head, 204, None, &extra, b""),
+        Err(e) => {
+            let mut b = Vec::new();
+            render::message(&mut b, &e.message);
+            json(out, head, e.status, &extra, &b);
+        }
     }
 }
 
 fn stats(ctx: &Rc<ShardCtx>, kind: StatsKind, head: bool, out: &mut Vec<u8>) {
     let shared = &ctx.shared;
-    let id = format!("{:x}", shared.self_id);
     let mut body = Vec::new();
     match kind {
         StatsKind::SelfStats => {
-            let mut start = Vec::new();
-            render::rfc3339_nano(&mut start, shared.start_unix_ns);
-            let start = String::from_utf8_lossy(&start).into_owned();
-            body.extend_from_slice(b"{\"name\":");
-            render::json_str(&mut body, &shared.name);
             let p = shared.published.load();
             let since = shared.leader_since_ns.load(Ordering::Relaxed);
-            let mut leader_start = Vec::new();
-            render::rfc3339_nano(&mut leader_start, since);
-            let leader_start = String::from_utf8_lossy(&leader_start).into_owned();
-            let uptime =
-                crate::stats::go_duration(super::super::unix_now_ns().saturating_sub(since));
-            let leader = if p.leader == 0 {
-                String::new()
-            } else {
-                format!("{:x}", p.leader)
-            };
-            let _ = write!(
-                body,
-                ",\"id\":\"{id}\",\"state\":\"{}\",\"startTime\":\"{start}\",\"leaderInfo\":{{\"leader\":\"{leader}\",\"uptime\":\"{uptime}\",\"startTime\":\"{leader_start}\"}},\"recvAppendRequestCnt\":{},\"sendAppendRequestCnt\":{}}}",
-                p.state,
-                shared.appends_received.load(Ordering::Relaxed),
-                shared.appends_sent.load(Ordering::Relaxed),
+            render::self_stats(
+                &mut body,
+                &render::SelfStats {
+                    name: &shared.name,
+                    id: shared.self_id,
+                    start_unix_ns: shared.start_unix_ns,
+                    state: p.state,
+                    leader: p.leader,
+                    leader_since_unix_ns: since,
+                    leader_uptime_ns: crate::shard::unix_now_ns().saturating_sub(since),
+                    appends_received: shared.appends_received.load(Ordering::Relaxed),
+                    appends_sent: shared.appends_sent.load(Ordering::Relaxed),
+                },
             );
         }
         StatsKind::Leader => {
@@ -304,109 +288,36 @@ fn stats(ctx: &Rc<ShardCtx>, kind: StatsKind, head: bool, out: &mut Vec<u8>) {
             }
             let followers = shared.followers.lock().unwrap_or_else(|e| e.into_inner());
             let membership = shared.membership.load();
-            let _ = write!(body, "{{\"leader\":\"{id}\",\"followers\":{{");
-            let mut first = true;
-            for m in membership.members.keys().filter(|m| **m != shared.self_id) {
-                let f = followers.get(m).cloned().unwrap_or_default();
-                let sep = if first { "" } else { "," };
-                first = false;
-                let _ = write!(body, "{sep}\"{m:x}\":{}", f.render());
-            }
-            body.extend_from_slice(b"}}");
+            let none = crate::stats::FollowerStats::default();
+            render::leader_stats(
+                &mut body,
+                shared.self_id,
+                membership
+                    .members
+                    .keys()
+                    .filter(|m| **m != shared.self_id)
+                    .map(|m| (*m, followers.get(m).unwrap_or(&none))),
+            );
         }
         StatsKind::Store => {
             let p = shared.published.load();
-            let w = &p.write_stats;
             let t = crate::stats::totals(&shared.counters);
-            let _ = write!(
-                body,
-                "{{\"getsSuccess\":{},\"getsFail\":{},\"setsSuccess\":{},\"setsFail\":{},\"deleteSuccess\":{},\"deleteFail\":{},\"updateSuccess\":{},\"updateFail\":{},\"createSuccess\":{},\"createFail\":{},\"compareAndSwapSuccess\":{},\"compareAndSwapFail\":{},\"compareAndDeleteSuccess\":{},\"compareAndDeleteFail\":{},\"expireCount\":{},\"watchers\":{}}}",
-                t.gets_success, t.gets_fail, w.sets_success, w.sets_fail, w.delete_success, w.delete_fail,
-                w.update_success, w.update_fail, w.create_success, w.create_fail, w.compare_and_swap_success,
-                w.compare_and_swap_fail, w.compare_and_delete_success, w.compare_and_delete_fail, w.expire_count, t.watchers
-            );
+            render::store_stats(&mut body, &p.write_stats, &t);
         }
     }
     json(out, head, 200, &[], &body);
 }
 
 fn metrics(ctx: &Rc<ShardCtx>) -> String {
-    use crate::stats::{CODES, LATENCY_BUCKETS_US, METHODS};
     let shared = &ctx.shared;
     let t = crate::stats::totals(&shared.counters);
     let p = shared.published.load();
-    let mut s = String::new();
-    use std::fmt::Write as _;
-    s.push_str("# HELP ringd_http_requests_total HTTP requests by method and status code.\n# TYPE ringd_http_requests_total counter\n");
-    for (m, c, v) in &t.requests {
-        let code = CODES
-            .get(*c)
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "other".into());
-        let _ = writeln!(
-            s,
-            "ringd_http_requests_total{{method=\"{}\",code=\"{}\"}} {}",
-            METHODS[*m], code, v
-        );
-    }
-    s.push_str("# HELP ringd_http_request_duration_seconds Time from a request's arrival to its response being queued.\n# TYPE ringd_http_request_duration_seconds histogram\n");
-    let mut cum = 0;
-    for (i, le) in LATENCY_BUCKETS_US.iter().enumerate() {
-        cum += t.latency[i];
-        let _ = writeln!(
-            s,
-            "ringd_http_request_duration_seconds_bucket{{le=\"{}\"}} {}",
-            *le as f64 / 1e6,
-            cum
-        );
-    }
-    cum += t.latency[LATENCY_BUCKETS_US.len()];
-    let _ = writeln!(
-        s,
-        "ringd_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {cum}"
-    );
-    let _ = writeln!(
-        s,
-        "ringd_http_request_duration_seconds_sum {}",
-        t.latency_sum_us as f64 / 1e6
-    );
-    let _ = writeln!(s, "ringd_http_request_duration_seconds_count {cum}");
-    let gauges = [
-        ("ringd_watchers", "Registered watchers.", t.watchers),
-        (
-            "ringd_client_connections",
-            "Open client connections.",
-            t.connections,
-        ),
-        (
-            "ringd_keys",
-            "Nodes (keys and directories) in the store.",
-            p.view.node_count(),
-        ),
-        ("ringd_etcd_index", "Current etcd index.", p.view.index().0),
-        (
-            "ringd_raft_index",
-            "Last applied log position.",
-            p.raft_index.0,
-        ),
-        (
-            "ringd_wal_fsyncs_total",
-            "fdatasyncs of the log (one per raft batch).",
-            shared.wal_syncs.load(Ordering::Relaxed),
-        ),
-        (
-            "ringd_wal_entries_total",
-            "Log entries made durable; divided by fsyncs, the average group-commit batch.",
-            shared.wal_entries.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, v) in gauges {
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-    }
-    s
+    let sample = render::MetricsSample {
+        keys: p.view.node_count(),
+        etcd_index: p.view.index().0,
+        raft_index: p.raft_index.0,
+        wal_fsyncs: shared.wal_syncs.load(Ordering::Relaxed),
+        wal_entries: shared.wal_entries.load(Ordering::Relaxed),
+    };
+    render::metrics(&t, &sample)
 }

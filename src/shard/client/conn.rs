@@ -1,22 +1,20 @@
 //! A connection: its buffers, its loop (read, frame, answer in order, flush) and the
-//! dispatch of one framed request to its handler, plus the HTTP heads and bodies every
-//! handler writes with.
+//! dispatch of one framed request to its handler. The bytes of every answer are written by
+//! `http::response`.
 //!
 //! A connection is one task. Requests may be pipelined: each is answered into the one output
 //! buffer, which is flushed when the input runs dry (or grows past
 //! `RESPONSE_BUFFER_FLUSH_BYTES`). A framing error is answered and closes the connection.
 
-use super::admin::serve_other;
+use super::admin::{member_change, serve_other};
 use super::keys::keys;
 use super::ShardCtx;
-use crate::http::parse::{FramingError, Method, Parsed, Request, RequestParser};
-use crate::http::render;
+use crate::http::parse::{Method, Parsed, Request, RequestParser};
+use crate::http::response;
 use crate::http::route::{route, Route};
 use crate::limits::RESPONSE_BUFFER_FLUSH_BYTES;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use std::cell::RefCell;
-use std::io::Write;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -83,12 +81,12 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io
                 }
                 Parsed::NeedMore { send_continue } => {
                     if send_continue {
-                        conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        response::continue_100(&mut conn.out);
                     }
                     break;
                 }
                 Parsed::Error(e) => {
-                    framing_error(&mut conn.out, e);
+                    response::framing_error(&mut conn.out, e);
                     return conn.flush().await;
                 }
             }
@@ -119,96 +117,6 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io
     }
 }
 
-fn framing_error(out: &mut Vec<u8>, e: FramingError) {
-    let body = format!("{} {}", e.status, e.reason);
-    write_head(
-        out,
-        e.status,
-        Some("text/plain; charset=utf-8"),
-        &[("Connection", "close")],
-        Some(body.len()),
-    );
-    out.extend_from_slice(body.as_bytes());
-}
-
-thread_local! {
-    static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
-}
-
-fn write_date(out: &mut Vec<u8>) {
-    let now = crate::shard::unix_now_ns() / 1_000_000_000;
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != now {
-            *d = (now, render::http_date(now));
-        }
-        out.extend_from_slice(b"Date: ");
-        out.extend_from_slice(d.1.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    });
-}
-
-/// Status line, CORS headers (etcd sends them on every response), content type, extra
-/// headers, Date, and Content-Length (or chunked when `content_length` is None).
-pub(super) fn write_head(
-    out: &mut Vec<u8>,
-    status: u16,
-    content_type: Option<&str>,
-    extra: &[(&str, &str)],
-    content_length: Option<usize>,
-) {
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, render::reason(status));
-    out.extend_from_slice(
-        b"Access-Control-Allow-Headers: accept, content-type, authorization\r\n\
-          Access-Control-Allow-Methods: POST, GET, OPTIONS, PUT, DELETE\r\n\
-          Access-Control-Allow-Origin: *\r\n",
-    );
-    if let Some(ct) = content_type {
-        let _ = write!(out, "Content-Type: {ct}\r\n");
-    }
-    for (k, v) in extra {
-        let _ = write!(out, "{k}: {v}\r\n");
-    }
-    write_date(out);
-    match content_length {
-        Some(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n\r\n");
-        }
-        None => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n"),
-    }
-}
-
-/// A complete response with a body (dropped for HEAD, Content-Length kept).
-pub(super) fn respond(
-    out: &mut Vec<u8>,
-    head: bool,
-    status: u16,
-    content_type: Option<&str>,
-    extra: &[(&str, &str)],
-    body: &[u8],
-) {
-    write_head(out, status, content_type, extra, Some(body.len()));
-    if !head {
-        out.extend_from_slice(body);
-    }
-}
-
-pub(super) fn json(
-    out: &mut Vec<u8>,
-    head: bool,
-    status: u16,
-    extra: &[(&str, &str)],
-    body: &[u8],
-) {
-    respond(out, head, status, Some("application/json"), extra, body);
-}
-
-pub(super) fn message_response(out: &mut Vec<u8>, head: bool, status: u16, msg: &str) {
-    let mut body = Vec::new();
-    render::message(&mut body, msg);
-    json(out, head, status, &[], &body);
-}
-
 async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::Result<Flow> {
     let started = Instant::now();
     let head = req.method == Method::Head;
@@ -228,23 +136,18 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
             }
         }
         Route::Malformed => {
-            conn.out.extend_from_slice(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request",
-            );
+            response::malformed(&mut conn.out);
             Flow::Close
         }
         other => {
-            serve_other(ctx, other, head, &mut conn.out);
+            if let Some(change) = serve_other(ctx, other, head, &mut conn.out) {
+                member_change(ctx, change, head, &mut conn.out).await;
+            }
             keep
         }
     };
-    let status = parse_status(&conn.out[before.min(conn.out.len())..]).unwrap_or(200);
+    let status = response::parse_status(&conn.out[before.min(conn.out.len())..]).unwrap_or(200);
     let method = req.method.as_str();
     ctx.shared.counters[ctx.id].record(method, status, started.elapsed().as_micros() as u64);
     Ok(flow)
-}
-
-fn parse_status(resp: &[u8]) -> Option<u16> {
-    let s = resp.get(9..12)?;
-    std::str::from_utf8(s).ok()?.parse().ok()
 }

@@ -2,10 +2,11 @@
 //! writes proposed to the raft shard (`propose` waits on a shard-local reply slot), watches
 //! handed to `watch`, and the event and error responses they answer with.
 
-use super::conn::{json, Conn, Flow};
+use super::conn::{Conn, Flow};
 use super::watch::watch;
 use super::{ReplySlot, ShardCtx};
 use crate::http::render;
+use crate::http::response::json;
 use crate::http::route::{KeyOp, KeyRequest};
 use crate::shard::{Proposal, Reply, ReplyTo};
 use ringd_store::{Action, Error, ErrorCode, Event};
@@ -62,7 +63,7 @@ fn event_response(
     );
 }
 
-async fn propose(ctx: &Rc<ShardCtx>, make: impl FnOnce(ReplyTo) -> Proposal) -> Reply {
+pub(super) async fn propose(ctx: &Rc<ShardCtx>, make: impl FnOnce(ReplyTo) -> Proposal) -> Reply {
     let id = ctx.next_id.get().wrapping_add(1);
     ctx.next_id.set(id);
     let slot = Rc::new(ReplySlot::default());

@@ -4,28 +4,19 @@
 //! While a watcher waits, its connection keeps reading the socket (`wait_event`), so a client
 //! that goes away frees its watcher at once.
 
-use super::conn::{message_response, write_head, Conn, Flow};
+use super::conn::{Conn, Flow};
 use super::keys::error_response;
 use super::ShardCtx;
-use crate::http::render;
+use crate::http::response::{chunk, last_chunk, message_response, write_head};
 use crate::limits::REQUEST_HEADER_BYTES_MAX;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use ringd_store::Event;
 use std::future::Future;
-use std::io::Write;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
-
-fn chunk(out: &mut Vec<u8>, ev: &Event) {
-    let mut body = Vec::with_capacity(256);
-    render::event(&mut body, ev, crate::shard::unix_now_ns(), false);
-    let _ = write!(out, "{:x}\r\n", body.len());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(b"\r\n");
-}
 
 /// A long poll or stream watch. Everything up to registration is synchronous, so no batch
 /// can be dispatched between reading the current index and registering: the history covers
@@ -96,10 +87,10 @@ pub(super) async fn watch(
         None,
     );
     for ev in &history {
-        chunk(&mut conn.out, ev);
+        chunk(&mut conn.out, ev, crate::shard::unix_now_ns());
     }
     let Some(handle) = handle else {
-        conn.out.extend_from_slice(b"0\r\n\r\n");
+        last_chunk(&mut conn.out);
         return Ok(Flow::KeepAlive);
     };
     let unregister = |ctx: &Rc<ShardCtx>| {
@@ -116,9 +107,9 @@ pub(super) async fn watch(
     loop {
         match wait_event(conn, &handle.rx).await {
             Wake::Event(ev) => {
-                chunk(&mut conn.out, &ev);
+                chunk(&mut conn.out, &ev, crate::shard::unix_now_ns());
                 if !stream {
-                    conn.out.extend_from_slice(b"0\r\n\r\n");
+                    last_chunk(&mut conn.out);
                     return Ok(Flow::KeepAlive);
                 }
                 if let Err(e) = conn.flush().await {
@@ -132,7 +123,7 @@ pub(super) async fn watch(
             }
             Wake::WatcherGone => {
                 // A stream that fell behind was dropped by the registry: end the response.
-                conn.out.extend_from_slice(b"0\r\n\r\n");
+                last_chunk(&mut conn.out);
                 return Ok(Flow::KeepAlive);
             }
         }
