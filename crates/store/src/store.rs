@@ -741,7 +741,9 @@ impl Store {
     }
 
     /// etcd's `CompareAndDelete` (files only). Note: no root check in etcd; the root is a
-    /// dir, so it gets 102.
+    /// dir, so it gets 102, without a cause: etcd's store path of the root is its keys prefix
+    /// `/1`, and v2http trims that prefix off every cause (`trimErrorPrefix`), which leaves
+    /// nothing for the root. Every other cause is a key, so trimming leaves the key.
     fn compare_and_delete(
         &mut self,
         key: &str,
@@ -759,7 +761,8 @@ impl Store {
         let path = tree::join(&comps);
         if n.is_dir() {
             self.stats.compare_and_delete_success += 1; // etcd's quirk (WIRE.md)
-            return Err(self.error(ErrorCode::NotFile, path));
+            let cause = if comps.is_empty() { "" } else { path.as_str() };
+            return Err(self.error(ErrorCode::NotFile, cause));
         }
         if let Err(cause) = compare(&n, prev_value, prev_index) {
             self.stats.compare_and_delete_success += 1; // etcd's quirk (WIRE.md)
@@ -1403,14 +1406,16 @@ mod tests {
         assert_eq!(s.next_expiration(), None);
         ok(&mut s, set("/d/x", "1"));
         fail(&mut s, cad("/d", "", 0), ErrorCode::NotFile, "/d");
-        fail(&mut s, cad("/", "", 0), ErrorCode::NotFile, "/");
+        // The root: 102 without a cause (etcd's trimmed "/1"). See: issue 13.
+        fail(&mut s, cad("/", "", 0), ErrorCode::NotFile, "");
+        fail(&mut s, cad("/", "x", 1), ErrorCode::NotFile, "");
         fail(&mut s, cad("/k", "v", 0), ErrorCode::KeyNotFound, "/k");
         fail(&mut s, cad("/d/x/y", "v", 0), ErrorCode::NotDir, "/d/x");
         let st = s.write_stats();
         // etcd counts compare failures and dirs as successes; only lookups fail.
         assert_eq!(
             (st.compare_and_delete_success, st.compare_and_delete_fail),
-            (5, 2)
+            (6, 2)
         );
     }
 
