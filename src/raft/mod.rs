@@ -7,7 +7,7 @@
 //! driven by a simulator with an in-memory log.
 //!
 //! Architecture invariant: nothing here touches sockets, threads or files; time enters only
-//! as the absolute expirations already stamped into proposed commands.
+//! as the stamps (write times, absolute expirations) already in proposed commands.
 
 use crate::limits::RAFT_MEM_LOG_KEEP;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState as RaftHardState};
@@ -410,6 +410,7 @@ mod tests {
             value: value.to_string(),
             expire: None,
             refresh: false,
+            at: 0,
         }
     }
 

@@ -3,8 +3,8 @@
 //! the published view.
 //!
 //! Loop: wait for a proposal, the next raft tick or the TTL wheel's next deadline; drain up to
-//! `PROPOSAL_BATCH_MAX` proposals; stamp TTLs with the wall clock (the only place time enters
-//! a command) and propose them; propose an expiry pass when the wheel says one is due; run
+//! `PROPOSAL_BATCH_MAX` proposals; stamp writes with the wall clock (their time and TTL
+//! expirations: the only place time enters a command) and propose them; propose an expiry pass when the wheel says one is due; run
 //! the Ready round, whose persist step appends every new entry and the hard state to the log
 //! and makes them durable with ONE fdatasync (group commit); then, once per batch and in this
 //! order: events into the ring, the new view published, replies sent, one wake per shard.
@@ -14,7 +14,6 @@
 //! dropped the dirty pages).
 
 use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ReplyTo, ShardMsg, Shared};
-use crate::http::route::stamp_expiration;
 use crate::limits::{EVENT_HISTORY_CAPACITY, PROPOSAL_BATCH_MAX};
 use crate::raft::{Bootstrap, HardState, LogEntry, Replica};
 use crate::ttl::TtlWheel;
@@ -273,9 +272,7 @@ pub fn raft_main(
                     ttl_secs,
                     reply,
                 } => {
-                    let expire =
-                        ttl_secs.map(|t| now.saturating_add(t.saturating_mul(1_000_000_000)));
-                    stamp_expiration(&mut cmd, expire);
+                    cmd.stamp(now, ttl_secs);
                     if let Err((Token::Client(tx), e)) = replica.propose(&cmd, Token::Client(reply))
                     {
                         replies.push(
