@@ -348,7 +348,7 @@ fn build_headers(req: &Request, ctx: &Ctx) -> Vec<(String, String)> {
 }
 
 fn norm_ctx<'a>(req: &'a Request, path: &str, body: Option<&str>, ctx: &'a Ctx) -> NormCtx<'a> {
-    let prev_index = param(req, path, body, "prevIndex").is_some_and(|v| !v.is_empty() && v != "0");
+    let prev_index = param(req, path, body, "prevIndex").filter(|v| !v.is_empty() && v != "0");
     let sorted = param(req, path, None, "sorted").is_some_and(|v| go_true(&v));
     NormCtx {
         subs: ctx.subs,
@@ -759,4 +759,13 @@ fn case_format_parses() {
     assert!(!lines_match("  \"ttl\": \"~5\",", "  \"ttl\": \"~3\","));
     assert_eq!(norm_inorder("/q/00000000000000000012", 10), "/q/<i+2>");
     assert_eq!(norm_numbers("[1 != 12]", 10), "[i-9 != i+2]");
+    assert_eq!(
+        norm_prev_index_mismatch("[2 != v] [11 != 12]", "11", 10),
+        "[2 != v] [i+1 != i+2]"
+    );
+    assert_eq!(norm_prev_index_mismatch("[2 != v]", "11", 10), "[2 != v]");
+    assert_eq!(
+        norm_prev_index_mismatch("[11 != 12]", "11", 10),
+        "[i+1 != i+2]"
+    );
 }

@@ -173,7 +173,8 @@ pub struct NormCtx<'a> {
     pub subs: &'a Subs,
     pub base: u64,
     pub sorted: bool,
-    pub prev_index: bool,
+    /// The `prevIndex` sent (not empty, not 0), to find its mismatch in a 101 cause.
+    pub prev_index: Option<String>,
     pub opts: &'a Opts,
 }
 
@@ -309,11 +310,8 @@ pub fn norm_json(v: &mut Value, ctx: &NormCtx, error_code: Option<u64>) {
                         let mut s = norm_inorder(s, ctx.base);
                         if code == Some(401) {
                             s = norm_numbers(&s, ctx.base);
-                        } else if code == Some(101) && ctx.prev_index {
-                            // The prevIndex mismatch is the last bracket: "[1 != 7]".
-                            if let Some(open) = s.rfind('[') {
-                                s = format!("{}{}", &s[..open], norm_numbers(&s[open..], ctx.base));
-                            }
+                        } else if let (Some(101), Some(sent)) = (code, &ctx.prev_index) {
+                            s = norm_prev_index_mismatch(&s, sent, ctx.base);
                         }
                         *val = Value::String(s);
                     }
@@ -334,6 +332,17 @@ pub fn norm_json(v: &mut Value, ctx: &NormCtx, error_code: Option<u64>) {
             });
         }
         _ => {}
+    }
+}
+
+/// In a 101 cause (`[prevValue != value]`, `[prevIndex != modifiedIndex]`, or both), makes
+/// the indexes of the prevIndex mismatch relative: the bracket that starts with the sent
+/// prevIndex (a value mismatch alone, with a prevIndex that matched, is left as it is).
+pub fn norm_prev_index_mismatch(cause: &str, sent: &str, base: u64) -> String {
+    let prefix = format!("[{sent} != ");
+    match cause.rfind(&prefix) {
+        Some(open) => format!("{}{}", &cause[..open], norm_numbers(&cause[open..], base)),
+        None => cause.to_string(),
     }
 }
 
@@ -410,7 +419,8 @@ pub fn render_body(out: &mut String, body: &[u8], ctx: &NormCtx) {
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap());
         }
         _ => {
-            let _ = writeln!(out, "body: text {:?}", norm_ports(&text, ctx.subs));
+            let text = norm_ports(&norm_inorder(&text, ctx.base), ctx.subs);
+            let _ = writeln!(out, "body: text {text:?}");
         }
     }
 }
