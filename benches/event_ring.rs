@@ -16,6 +16,7 @@ fn ring(c: &mut Criterion) {
             value: "v".into(),
             expire: None,
             refresh: false,
+            at: 0,
         };
         if let Ok(ev) = store.apply(&cmd) {
             let ev = Arc::new(ev);

@@ -41,6 +41,7 @@ fn render_put_answer(c: &mut Criterion) {
         prev_node: Some(node(10_001)),
         etcd_index: 20_001,
         refresh: false,
+        time: None,
     };
     let mut out = Vec::with_capacity(512);
     c.bench_function("render_put_answer", |b| {

@@ -10,6 +10,7 @@ fn set(key: String, value: &str) -> Command {
         value: value.into(),
         expire: None,
         refresh: false,
+        at: 0,
     }
 }
 
@@ -32,11 +33,13 @@ fn apply(c: &mut Criterion) {
                     value: "v2".into(),
                     expire: None,
                     refresh: false,
+                    at: 0,
                 },
                 _ => Command::Delete {
                     key,
                     dir: false,
                     recursive: false,
+                    at: 0,
                 },
             };
             black_box(store.apply(&cmd))

@@ -15,11 +15,11 @@
 
 mod support;
 
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::diff::*;
 use support::{Kind, Response, Server, Stream};
 
 const CASE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/diff");
@@ -33,16 +33,6 @@ const STREAM_EVENT_TIMEOUT: Duration = Duration::from_secs(3);
 // ---------------------------------------------------------------------------------------------
 // Case files
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, Debug, Default)]
-struct Opts {
-    /// Compare the body's shape (keys and value types) instead of its values.
-    shape: bool,
-    /// In shape mode, fields whose values are still compared.
-    keep: Vec<String>,
-    /// Do not compare the body at all.
-    nobody: bool,
-}
 
 #[derive(Clone, Debug)]
 struct Request {
@@ -283,138 +273,9 @@ fn parse_request(mut s: &str) -> Result<Request, String> {
 // Targets and templates
 // ---------------------------------------------------------------------------------------------
 
-/// Per-server facts that differ between servers and are replaced before comparing.
-#[derive(Clone, Debug, Default)]
-struct Subs {
-    client_port: u16,
-    peer_port: u16,
-    member_id: Option<String>,
-    cluster_id: Option<String>,
-}
-
-/// Go's `%x` of a uint64: lowercase hex, no zero padding.
-fn is_go_hex_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 16
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && (s == "0" || !s.starts_with('0'))
-}
-
-fn learn_subs(server: &Server) -> Subs {
-    let mut subs = Subs {
-        client_port: server.client_port(),
-        peer_port: server.peer_port(),
-        ..Subs::default()
-    };
-    let addr = server.addr();
-    if let Ok(r) =
-        support::request_timeout(&addr, "GET", "/v2/members", &[], b"", support::IO_TIMEOUT)
-    {
-        let id = serde_json::from_slice::<Value>(&r.body)
-            .ok()
-            .and_then(|v| v["members"][0]["id"].as_str().map(String::from));
-        subs.member_id = id.filter(|id| is_go_hex_id(id));
-    }
-    if let Ok(r) =
-        support::request_timeout(&addr, "GET", "/v2/keys/", &[], b"", support::IO_TIMEOUT)
-    {
-        subs.cluster_id = r
-            .header("x-etcd-cluster-id")
-            .filter(|id| is_go_hex_id(id))
-            .map(String::from);
-    }
-    subs
-}
-
-struct Ctx<'a> {
-    addr: String,
-    subs: &'a Subs,
-    base: u64,
-}
-
-/// Expands `{i}`, `{i+N}`, `{i-N}` (indexes relative to the case's base), `{k+N}` (the same as
-/// an in-order key name, `%020d`), `{n}` (repeat counter), `{client_url}`, `{peer_url}`,
-/// `{member_id}`. Other braces are left alone (JSON bodies).
-fn expand(s: &str, ctx: &Ctx, n: usize) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            out.push_str(&rest[open..]);
-            return out;
-        };
-        let inner = &after[..close];
-        let rel = |t: &str| -> Option<u64> {
-            if t.is_empty() {
-                return Some(ctx.base);
-            }
-            if let Some(d) = t.strip_prefix('+') {
-                return d.parse::<u64>().ok().map(|d| ctx.base + d);
-            }
-            t.strip_prefix('-')
-                .and_then(|d| d.parse::<u64>().ok())
-                .map(|d| ctx.base.saturating_sub(d))
-        };
-        let value = match inner {
-            "n" => Some(n.to_string()),
-            "client_url" => Some(format!("http://127.0.0.1:{}", ctx.subs.client_port)),
-            "peer_url" => Some(format!("http://127.0.0.1:{}", ctx.subs.peer_port)),
-            "member_id" => Some(
-                ctx.subs
-                    .member_id
-                    .clone()
-                    .unwrap_or_else(|| "unknown".into()),
-            ),
-            _ if inner.starts_with('i') => rel(&inner[1..]).map(|v| v.to_string()),
-            _ if inner.starts_with('k') => rel(&inner[1..]).map(|v| format!("{v:020}")),
-            _ => None,
-        };
-        match value {
-            Some(v) => {
-                out.push_str(&v);
-                rest = &after[close + 1..];
-            }
-            None => {
-                // Not a template (a JSON brace): keep it and scan on after it.
-                out.push('{');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 // ---------------------------------------------------------------------------------------------
 // Normalization
 // ---------------------------------------------------------------------------------------------
-
-/// What the normalizer needs to know about the request.
-struct NormCtx<'a> {
-    subs: &'a Subs,
-    base: u64,
-    sorted: bool,
-    prev_index: bool,
-    opts: &'a Opts,
-}
-
-fn rel(v: u64, base: u64) -> String {
-    if v == 0 {
-        "0".to_string()
-    } else if v >= base {
-        format!("i+{}", v - base)
-    } else {
-        format!("i-{}", base - v)
-    }
-}
-
-/// Go's ParseBool truth values.
-fn go_true(v: &str) -> bool {
-    matches!(v, "1" | "t" | "T" | "TRUE" | "true" | "True")
-}
 
 /// The first value of `name` in the query, then (for form PUT/POST) in the body.
 fn param(req: &Request, path: &str, body: Option<&str>, name: &str) -> Option<String> {
@@ -436,274 +297,6 @@ fn param(req: &Request, path: &str, body: Option<&str>, name: &str) -> Option<St
     body.filter(|_| form && (req.method == "PUT" || req.method == "POST"))
         .and_then(find)
         .or_else(|| path.split_once('?').and_then(|(_, q)| find(q)))
-}
-
-/// Replaces every run of exactly 20 digits (an in-order key name) by `<i+K>`.
-fn norm_inorder(s: &str, base: u64) -> String {
-    let b = s.as_bytes();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i].is_ascii_digit() {
-            let start = i;
-            while i < b.len() && b[i].is_ascii_digit() {
-                i += 1;
-            }
-            let run = &s[start..i];
-            match run.parse::<u64>() {
-                Ok(v) if run.len() == 20 => out.push_str(&format!("<{}>", rel(v, base))),
-                _ => out.push_str(run),
-            }
-        } else {
-            let ch = s[i..].chars().next().unwrap();
-            out.push(ch);
-            i += ch.len_utf8();
-        }
-    }
-    out
-}
-
-/// Replaces every decimal number in `s` by its relative form.
-fn norm_numbers(s: &str, base: u64) -> String {
-    let mut out = String::new();
-    let mut digits = String::new();
-    for ch in s.chars().chain(std::iter::once('\0')) {
-        if ch.is_ascii_digit() {
-            digits.push(ch);
-            continue;
-        }
-        if !digits.is_empty() {
-            match digits.parse::<u64>() {
-                Ok(v) => out.push_str(&rel(v, base)),
-                Err(_) => out.push_str(&digits),
-            }
-            digits.clear();
-        }
-        if ch != '\0' {
-            out.push(ch);
-        }
-    }
-    out
-}
-
-/// Replaces the server's own ports in a string.
-fn norm_ports(s: &str, subs: &Subs) -> String {
-    s.replace(
-        &format!("127.0.0.1:{}", subs.client_port),
-        "127.0.0.1:<client-port>",
-    )
-    .replace(
-        &format!("127.0.0.1:{}", subs.peer_port),
-        "127.0.0.1:<peer-port>",
-    )
-}
-
-fn norm_id(s: &str, subs: &Subs) -> Option<&'static str> {
-    if subs.member_id.as_deref() == Some(s) {
-        Some("<member-id>")
-    } else if subs.cluster_id.as_deref() == Some(s) {
-        Some("<cluster-id>")
-    } else {
-        None
-    }
-}
-
-/// Go's RFC3339Nano in UTC: `2006-01-02T15:04:05.999999999Z`, trailing zeros trimmed.
-fn is_go_rfc3339nano_utc(s: &str) -> bool {
-    let b = s.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
-    if b.len() < 20 || !digits(0..4) || !digits(5..7) || !digits(8..10) || !digits(11..13) {
-        return false;
-    }
-    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
-        return false;
-    }
-    if !digits(14..16) || !digits(17..19) || *b.last().unwrap() != b'Z' {
-        return false;
-    }
-    let frac = &s[19..s.len() - 1];
-    if frac.is_empty() {
-        return true;
-    }
-    let Some(f) = frac.strip_prefix('.') else {
-        return false;
-    };
-    !f.is_empty() && f.len() <= 9 && f.bytes().all(|d| d.is_ascii_digit()) && !f.ends_with('0')
-}
-
-fn norm_json(v: &mut Value, ctx: &NormCtx, error_code: Option<u64>) {
-    match v {
-        Value::Object(map) => {
-            let code = map.get("errorCode").and_then(Value::as_u64).or(error_code);
-            for (k, val) in map.iter_mut() {
-                match (k.as_str(), &*val) {
-                    ("modifiedIndex" | "createdIndex" | "index", Value::Number(n)) => {
-                        if let Some(n) = n.as_u64() {
-                            *val = Value::String(rel(n, ctx.base));
-                        }
-                    }
-                    ("expiration", Value::String(s)) => {
-                        *val = Value::String(if is_go_rfc3339nano_utc(s) {
-                            "<expiration>".to_string()
-                        } else {
-                            format!("<bad expiration format: {s}>")
-                        });
-                    }
-                    ("ttl", Value::Number(n)) => *val = Value::String(format!("~{n}")),
-                    ("cause", Value::String(s)) => {
-                        let mut s = norm_inorder(s, ctx.base);
-                        if code == Some(401) {
-                            s = norm_numbers(&s, ctx.base);
-                        } else if code == Some(101) && ctx.prev_index {
-                            // The prevIndex mismatch is the last bracket: "[1 != 7]".
-                            if let Some(open) = s.rfind('[') {
-                                s = format!("{}{}", &s[..open], norm_numbers(&s[open..], ctx.base));
-                            }
-                        }
-                        *val = Value::String(s);
-                    }
-                    _ => norm_json(val, ctx, code),
-                }
-            }
-            if !ctx.sorted {
-                if let Some(Value::Array(nodes)) = map.get_mut("nodes") {
-                    nodes.sort_by_key(|n| n.get("key").and_then(Value::as_str).map(String::from));
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|i| norm_json(i, ctx, error_code)),
-        Value::String(s) => {
-            *v = Value::String(match norm_id(s, ctx.subs) {
-                Some(id) => id.to_string(),
-                None => norm_ports(&norm_inorder(s, ctx.base), ctx.subs),
-            });
-        }
-        _ => {}
-    }
-}
-
-/// Replaces values by their types, except the fields named in `keep`.
-fn shape(v: &Value, keep: &[String]) -> Value {
-    match v {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, val)| {
-                    let val = if keep.contains(k) {
-                        val.clone()
-                    } else {
-                        shape(val, keep)
-                    };
-                    (k.clone(), val)
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(|i| shape(i, keep)).collect()),
-        Value::String(_) => Value::String("<string>".into()),
-        Value::Number(_) => Value::String("<number>".into()),
-        Value::Bool(_) => Value::String("<bool>".into()),
-        Value::Null => Value::Null,
-    }
-}
-
-/// Whether `s` is compact JSON: no whitespace outside strings.
-fn is_compact_json(s: &str) -> bool {
-    let mut in_str = false;
-    let mut escaped = false;
-    for c in s.chars() {
-        if in_str {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_str = false;
-            }
-        } else if c == '"' {
-            in_str = true;
-        } else if c.is_whitespace() {
-            return false;
-        }
-    }
-    true
-}
-
-/// Renders a body (one JSON document, or text) for comparison.
-fn render_body(out: &mut String, body: &[u8], ctx: &NormCtx) {
-    if ctx.opts.nobody {
-        let _ = writeln!(out, "body: (not compared)");
-        return;
-    }
-    if body.is_empty() {
-        let _ = writeln!(out, "body: empty");
-        return;
-    }
-    let text = String::from_utf8_lossy(body);
-    match serde_json::from_slice::<Value>(body) {
-        Ok(mut v) if v.is_object() || v.is_array() => {
-            let stripped = text.strip_suffix('\n');
-            let layout = match stripped {
-                Some(s) if is_compact_json(s) => "compact, newline-terminated",
-                Some(_) => "not compact, newline-terminated",
-                None if is_compact_json(&text) => "compact, no final newline",
-                None => "not compact, no final newline",
-            };
-            norm_json(&mut v, ctx, None);
-            if ctx.opts.shape {
-                v = shape(&v, &ctx.opts.keep);
-            }
-            let _ = writeln!(out, "body: json ({layout})");
-            let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap());
-        }
-        _ => {
-            let _ = writeln!(out, "body: text {:?}", norm_ports(&text, ctx.subs));
-        }
-    }
-}
-
-/// The headers that matter, in a fixed order.
-const COMPARED_HEADERS: &[&str] = &[
-    "content-type",
-    "x-etcd-index",
-    "x-raft-index",
-    "x-raft-term",
-    "x-etcd-cluster-id",
-    "location",
-    "allow",
-    "access-control-allow-origin",
-    "access-control-allow-methods",
-    "access-control-allow-headers",
-];
-
-fn render_head(out: &mut String, r: &Response, ctx: &NormCtx) {
-    let _ = writeln!(out, "HTTP {}", r.status);
-    for &name in COMPARED_HEADERS {
-        let values: Vec<&str> = r
-            .headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect();
-        for v in values {
-            let v = match name {
-                "x-etcd-index" => match v.parse::<u64>() {
-                    Ok(n) => rel(n, ctx.base),
-                    Err(_) => format!("<not a number: {v}>"),
-                },
-                "x-raft-index" | "x-raft-term" => match v.parse::<u64>() {
-                    Ok(_) => "<number>".to_string(),
-                    Err(_) => format!("<not a number: {v}>"),
-                },
-                "x-etcd-cluster-id" => match norm_id(v, ctx.subs) {
-                    Some(id) => id.to_string(),
-                    None => format!("<unexpected: {v}>"),
-                },
-                "location" => norm_ports(&norm_inorder(v, ctx.base), ctx.subs),
-                _ => v.to_string(),
-            };
-            let _ = writeln!(out, "{name}: {v}");
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -755,7 +348,7 @@ fn build_headers(req: &Request, ctx: &Ctx) -> Vec<(String, String)> {
 }
 
 fn norm_ctx<'a>(req: &'a Request, path: &str, body: Option<&str>, ctx: &'a Ctx) -> NormCtx<'a> {
-    let prev_index = param(req, path, body, "prevIndex").is_some_and(|v| !v.is_empty() && v != "0");
+    let prev_index = param(req, path, body, "prevIndex").filter(|v| !v.is_empty() && v != "0");
     let sorted = param(req, path, None, "sorted").is_some_and(|v| go_true(&v));
     NormCtx {
         subs: ctx.subs,
@@ -990,28 +583,10 @@ fn await_stream(out: &mut String, stream: &mut Stream, events: usize, nctx: &Nor
     }
 }
 
-/// Deletes every visible top-level node.
-fn cleanup(addr: &str) {
-    let Ok(r) = support::request_timeout(addr, "GET", "/v2/keys/", &[], b"", support::IO_TIMEOUT)
-    else {
-        return;
-    };
-    let Ok(v) = serde_json::from_slice::<Value>(&r.body) else {
-        return;
-    };
-    for node in v["node"]["nodes"].as_array().into_iter().flatten() {
-        if let Some(key) = node["key"].as_str() {
-            let path = format!("/v2/keys{key}?recursive=true");
-            let _ = support::request_timeout(addr, "DELETE", &path, &[], b"", support::IO_TIMEOUT);
-        }
-    }
-}
-
 /// Runs all cases on one server of `kind`, restarting it if it dies.
 fn run_all(kind: Kind, extra: &[String], cases: &[Case]) -> Vec<Vec<Answer>> {
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let mut server = Server::of(kind, &extra);
-    let mut subs = learn_subs(&server);
+    let (mut server, mut subs) = start_server(kind, &extra);
     let mut results = Vec::new();
     for case in cases {
         if !server.is_running() {
@@ -1021,8 +596,7 @@ fn run_all(kind: Kind, extra: &[String], cases: &[Case]) -> Vec<Vec<Answer>> {
                 case.name,
                 server.log_tail()
             );
-            server = Server::of(kind, &extra);
-            subs = learn_subs(&server);
+            (server, subs) = start_server(kind, &extra);
         }
         results.push(run_case(&server, &subs, case));
     }
@@ -1033,47 +607,10 @@ fn run_all(kind: Kind, extra: &[String], cases: &[Case]) -> Vec<Vec<Answer>> {
 // Comparing
 // ---------------------------------------------------------------------------------------------
 
-/// Lines equal, or equal up to a `"~N"` ttl within ±1.
-fn lines_match(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    let (Some(pa), Some(pb)) = (a.find("\"~"), b.find("\"~")) else {
-        return false;
-    };
-    if a[..pa] != b[..pb] {
-        return false;
-    }
-    let num = |s: &str| -> Option<(i64, usize)> {
-        let end = s.find('"')?;
-        Some((s[..end].parse().ok()?, end))
-    };
-    let (Some((na, ea)), Some((nb, eb))) = (num(&a[pa + 2..]), num(&b[pb + 2..])) else {
-        return false;
-    };
-    (na - nb).abs() <= 1 && a[pa + 2 + ea..] == b[pb + 2 + eb..]
-}
-
-fn answers_match(a: &str, b: &str) -> bool {
-    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    la.len() == lb.len() && la.iter().zip(&lb).all(|(x, y)| lines_match(x, y))
-}
-
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
 #[test]
 fn diff_against_etcd() {
-    if !support::etcd_available() {
-        if env_flag("RINGD_DIFF_SKIP") {
-            eprintln!("etcd is not installed: differential test SKIPPED (RINGD_DIFF_SKIP is set)");
-            return;
-        }
-        panic!(
-            "the differential test needs the reference etcd (`etcd` on PATH or $ETCD_BIN): \
-             apt-get install -y etcd-server, or set RINGD_DIFF_SKIP=1 to skip"
-        );
+    if !reference_available() {
+        return;
     }
     let mut cases = parse_files(Path::new(CASE_DIR));
     if let Ok(only) = std::env::var("DIFF_CASE") {
@@ -1090,27 +627,12 @@ fn diff_against_etcd() {
         }
         cases.retain(|c| names.contains(&c.name.as_str()));
     }
-    let other = match std::env::var("DIFF_TARGET").as_deref() {
-        Ok("etcd") => Kind::Etcd,
-        Ok("ringd") | Err(_) => Kind::Ringd,
-        Ok(t) => panic!("DIFF_TARGET must be etcd or ringd, not {t:?}"),
-    };
-    // Two client shards by default, so requests of one case land on different shards (writes,
-    // reads and watches crossing shards), whatever the machine's core count.
-    let extra: Vec<String> = std::env::var("DIFF_RINGD_ARGS")
-        .unwrap_or_else(|_| "--shards 2".to_string())
-        .split_whitespace()
-        .map(String::from)
-        .collect();
-    let other_name = if other == Kind::Etcd {
-        "etcd#2"
-    } else {
-        "ringd"
-    };
+    let target = Target::from_env();
+    let (other, other_name) = (target.kind, target.name);
     let started = Instant::now();
     let (reference, target) = std::thread::scope(|s| {
         let r = s.spawn(|| run_all(Kind::Etcd, &[], &cases));
-        let t = s.spawn(|| run_all(other, &extra, &cases));
+        let t = s.spawn(|| run_all(other, &target.extra, &cases));
         (
             r.join().expect("etcd runner panicked"),
             t.join().expect("target runner panicked"),
@@ -1189,10 +711,6 @@ fn diff_against_etcd() {
     );
 }
 
-fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("    {l}\n")).collect()
-}
-
 #[test]
 fn case_format_parses() {
     let cases = parse_cases(
@@ -1241,4 +759,13 @@ fn case_format_parses() {
     assert!(!lines_match("  \"ttl\": \"~5\",", "  \"ttl\": \"~3\","));
     assert_eq!(norm_inorder("/q/00000000000000000012", 10), "/q/<i+2>");
     assert_eq!(norm_numbers("[1 != 12]", 10), "[i-9 != i+2]");
+    assert_eq!(
+        norm_prev_index_mismatch("[2 != v] [11 != 12]", "11", 10),
+        "[2 != v] [i+1 != i+2]"
+    );
+    assert_eq!(norm_prev_index_mismatch("[2 != v]", "11", 10), "[2 != v]");
+    assert_eq!(
+        norm_prev_index_mismatch("[11 != 12]", "11", 10),
+        "[i+1 != i+2]"
+    );
 }

@@ -497,3 +497,70 @@ fn old_log_segments_are_removed_after_snapshots_and_a_kill_loses_nothing() {
         );
     }
 }
+
+/// After a restart the history serves each event as it happened: a `waitIndex` hit is the
+/// write's own answer, with the TTLs of the event's time, whether the event comes back from
+/// the snapshot's history or from the log's replay. See: issue 13.
+#[test]
+fn history_after_a_restart_renders_the_ttls_of_the_events_time() {
+    let dir = TempDir::new("ringd-history-ttl");
+    let port = support::free_port();
+    let node = start(dir.path(), port, &["--snapshot-count", "12"]).unwrap();
+    // (index, answer body) of each write.
+    let write = |addr: &str, method: &str, path: &str, form: &str| {
+        let path = format!("/v2/keys/h/{path}");
+        let r = support::request(addr, method, &path, &[support::FORM], form.as_bytes());
+        assert!(r.status < 300, "{method} {path} {form}: {r:?}");
+        (
+            r.json()["node"]["modifiedIndex"].as_u64().expect("index"),
+            r.text(),
+        )
+    };
+    // Two TTL events before the first snapshot (raft index 12), so they come back from its
+    // history; the rest after it, so they come back from the log (no second snapshot: fewer
+    // than 12 entries follow).
+    let mut events = vec![
+        write(&node.addr, "PUT", "t", "value=v&ttl=1000"),
+        write(&node.addr, "PUT", "t?prevExist=true", "value=w&ttl=500"),
+    ];
+    for i in 0..12 {
+        write(&node.addr, "PUT", &format!("f{i}"), "value=f");
+    }
+    let snaps = dir.path().join("data/member/snap");
+    let snapshot_written = || {
+        std::fs::read_dir(&snaps).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.path().extension().is_some_and(|x| x == "snap"))
+        })
+    };
+    for _ in 0..500 {
+        if snapshot_written() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(snapshot_written(), "no snapshot in {snaps:?}");
+    events.push(write(&node.addr, "PUT", "u", "value=u&ttl=900"));
+    events.push(write(&node.addr, "DELETE", "t", ""));
+    // Let two seconds pass, event-driven: wait for a 2 s key's expiry.
+    let (clock, _) = write(&node.addr, "PUT", "clock", "value=1&ttl=2");
+    let r = support::get(
+        &node.addr,
+        &format!("/v2/keys/h/clock?wait=true&waitIndex={}", clock + 1),
+    );
+    assert_eq!(r.json()["action"], "expire", "{r:?}");
+    let history = |addr: &str| -> Vec<(u64, String)> {
+        events
+            .iter()
+            .map(|(i, _)| {
+                let path = format!("/v2/keys/h?wait=true&recursive=true&waitIndex={i}");
+                (*i, support::get(addr, &path).text())
+            })
+            .collect()
+    };
+    assert!(events[0].1.contains("\"ttl\":1000,"), "{}", events[0].1);
+    assert_eq!(history(&node.addr), events);
+    drop(node);
+    let node = start(dir.path(), port, &["--snapshot-count", "12"]).unwrap();
+    assert_eq!(history(&node.addr), events);
+}

@@ -196,9 +196,15 @@ pub fn node(out: &mut Vec<u8>, n: &NodeRepr, now: u64) {
 
 /// Appends an event (`{"action","node","prevNode"}`) and the trailing newline of Go's
 /// json.Encoder. `node_omitted`: noValueOnSuccess drops node and prevNode.
+///
+/// The `ttl` fields are those of the event's `time` when it has one: etcd renders an event
+/// once, when it happens, and serves the same bytes to the writer, to live watchers and from
+/// its history (so a history hit shows the TTL the key had then, not the one it has now).
+/// Events without a time (gets) are rendered at `now`.
 pub fn event(out: &mut Vec<u8>, ev: &Event, now: u64, node_omitted: bool) {
     out.extend_from_slice(b"{\"action\":");
     json_str(out, ev.action.as_str());
+    let now = ev.time.unwrap_or(now);
     if !node_omitted {
         out.extend_from_slice(b",\"node\":");
         node(out, &ev.node, now);
@@ -587,12 +593,36 @@ mod tests {
             prev_node: None,
             etcd_index: 4,
             refresh: false,
+            time: None,
         };
         assert_eq!(
             s(|o| event(o, &ev, 0, false)),
             "{\"action\":\"set\",\"node\":{\"key\":\"/a\",\"value\":\"\",\"modifiedIndex\":4,\"createdIndex\":4}}\n"
         );
         assert_eq!(s(|o| event(o, &ev, 0, true)), "{\"action\":\"set\"}\n");
+        // TTLs render at the event's time when it has one (issue 13), else at `now`.
+        let sec = 1_000_000_000;
+        let ttl_node = |expiration: u64| NodeRepr {
+            expiration: Some(expiration),
+            ..ev.node.clone()
+        };
+        let timed = Event {
+            node: ttl_node(1000 * sec),
+            prev_node: Some(ttl_node(500 * sec)),
+            time: Some(0),
+            ..ev.clone()
+        };
+        let ttls = |e: &Event, now: u64| {
+            let body = s(|o| event(o, e, now, false));
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            (v["node"]["ttl"].as_i64(), v["prevNode"]["ttl"].as_i64())
+        };
+        assert_eq!(ttls(&timed, 4 * sec), (Some(1000), Some(500)));
+        let untimed = Event {
+            time: None,
+            ..timed
+        };
+        assert_eq!(ttls(&untimed, 4 * sec), (Some(996), Some(496)));
         let e = Error::new(ErrorCode::KeyNotFound, "/x", 7);
         assert_eq!(
             s(|o| error(o, &e)),

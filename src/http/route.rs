@@ -25,7 +25,8 @@ pub enum KeyOp {
         stream: bool,
         since: u64,
     },
-    /// `ttl_secs`: the raft shard stamps `now + ttl` into the command's expiration.
+    /// `ttl_secs`: the raft shard stamps the command with its clock (`Command::stamp`): the
+    /// write's time, and `now + ttl` as its expiration.
     Write { cmd: Command, ttl_secs: Option<u64> },
 }
 
@@ -332,6 +333,7 @@ fn keys_request(req: &Request, rest: &str, query: &str) -> Result<KeyRequest, Er
             value,
             expire: None,
             unique: true,
+            at: 0,
         }),
         Method::Put => match prev_exist {
             Some(true) if prev_index == 0 && prev_value.is_empty() => write(Command::Update {
@@ -339,6 +341,7 @@ fn keys_request(req: &Request, rest: &str, query: &str) -> Result<KeyRequest, Er
                 value,
                 expire: None,
                 refresh,
+                at: 0,
             }),
             Some(true) => write(Command::CompareAndSwap {
                 key,
@@ -347,6 +350,7 @@ fn keys_request(req: &Request, rest: &str, query: &str) -> Result<KeyRequest, Er
                 value,
                 expire: None,
                 refresh,
+                at: 0,
             }),
             Some(false) => write(Command::Create {
                 key,
@@ -354,6 +358,7 @@ fn keys_request(req: &Request, rest: &str, query: &str) -> Result<KeyRequest, Er
                 value,
                 expire: None,
                 unique: false,
+                at: 0,
             }),
             None if prev_index > 0 || !prev_value.is_empty() => write(Command::CompareAndSwap {
                 key,
@@ -362,6 +367,7 @@ fn keys_request(req: &Request, rest: &str, query: &str) -> Result<KeyRequest, Er
                 value,
                 expire: None,
                 refresh,
+                at: 0,
             }),
             None => write(Command::Set {
                 key,
@@ -369,6 +375,7 @@ fn keys_request(req: &Request, rest: &str, query: &str) -> Result<KeyRequest, Er
                 value,
                 expire: None,
                 refresh,
+                at: 0,
             }),
         },
         Method::Delete if prev_index > 0 || !prev_value.is_empty() => {
@@ -376,12 +383,14 @@ fn keys_request(req: &Request, rest: &str, query: &str) -> Result<KeyRequest, Er
                 key,
                 prev_value,
                 prev_index,
+                at: 0,
             })
         }
         Method::Delete => write(Command::Delete {
             key,
             dir,
             recursive,
+            at: 0,
         }),
         // route() answers OPTIONS itself and keys() is only reached for these methods; any
         // other is rejected by the caller with 405 before mapping.

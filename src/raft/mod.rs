@@ -22,8 +22,8 @@
 //! dropped) gets etcd's "request timed out", never a hang.
 //!
 //! Architecture invariant: nothing here touches sockets, threads, files or clocks; time enters
-//! only as ticks and as the absolute expirations already stamped into proposed commands. The
-//! same code runs under the deterministic simulator (tests/sim.rs).
+//! only as ticks and as the stamps (write times, absolute expirations) already in proposed
+//! commands. The same code runs under the deterministic simulator (tests/sim.rs).
 
 use crate::limits::RAFT_MEM_LOG_KEEP;
 use crate::members::{Member, Membership};

@@ -10,6 +10,7 @@ fn set(key: &str, value: &str) -> Command {
         value: value.to_string(),
         expire: None,
         refresh: false,
+        at: 0,
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! Loop: wait for a client proposal, a peer message, the next raft tick or the TTL wheel's
 //! next deadline; drain up to `PROPOSAL_BATCH_MAX` proposals and the peer messages that
-//! arrived; stamp TTLs with the wall clock (the only place time enters a command) and propose
+//! arrived; stamp writes with the wall clock (their time and TTL expirations: the only place
+//! time enters a command) and propose
 //! them (a follower's raft-rs forwards them to the leader); quorum reads become one ReadIndex
 //! request per batch; tick raft when due, answering requests whose deadline passed with
 //! etcd's timeout error; on the leader, propose an expiry pass when the wheel says one is due;
@@ -504,8 +505,7 @@ fn propose(replica: &mut Replica<Token>, p: Proposal, now: u64, replies: &mut Ou
             ttl_secs,
             reply,
         } => {
-            let expire = ttl_secs.map(|t| now.saturating_add(t.saturating_mul(1_000_000_000)));
-            cmd.stamp_expiration(expire);
+            cmd.stamp(now, ttl_secs);
             replica.propose(cmd, Token::Client(reply));
         }
         Proposal::QuorumGet {

@@ -6,6 +6,8 @@
 //! operation has a bounded timeout, so no test can hang forever; every wait loop is bounded.
 #![allow(dead_code)]
 
+pub mod diff;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

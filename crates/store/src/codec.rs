@@ -17,23 +17,30 @@
 //! past the end of the input are all `DecodeError`s naming the byte offset.
 //!
 //! ## Command (a raft log entry payload)
-//! `version = 1`, `tag`, then per tag (`?` = present when its flag bit is set):
-//! - 1 Set: `flags` (1 dir, 2 refresh, 4 expire), key `str`, value `str`, expire `u64`?
-//! - 2 Create: `flags` (1 dir, 2 unique, 4 expire), key `str`, value `str`, expire `u64`?
-//! - 3 Update: `flags` (2 refresh, 4 expire), key `str`, value `str`, expire `u64`?
+//! `version = 2`, `tag`, then per tag (`?` = present when its flag bit is set):
+//! - 1 Set: `flags` (1 dir, 2 refresh, 4 expire), key `str`, value `str`, expire `u64`?,
+//!   at `u64`
+//! - 2 Create: `flags` (1 dir, 2 unique, 4 expire), key `str`, value `str`, expire `u64`?,
+//!   at `u64`
+//! - 3 Update: `flags` (2 refresh, 4 expire), key `str`, value `str`, expire `u64`?, at `u64`
 //! - 4 CompareAndSwap: `flags` (2 refresh, 4 expire), key `str`, prev_value `str`,
-//!   prev_index `varint`, value `str`, expire `u64`?
-//! - 5 Delete: `flags` (1 dir, 2 recursive), key `str`
-//! - 6 CompareAndDelete: key `str`, prev_value `str`, prev_index `varint`
+//!   prev_index `varint`, value `str`, expire `u64`?, at `u64`
+//! - 5 Delete: `flags` (1 dir, 2 recursive), key `str`, at `u64`
+//! - 6 CompareAndDelete: key `str`, prev_value `str`, prev_index `varint`, at `u64`
 //! - 7 Expire: cutoff `u64`
+//!
+//! Version 1 is the same without the trailing `at`. It is still decoded (with `at` = 0, "not
+//! stamped") so that logs written before `at` existed replay; it is the one exception to
+//! canonical re-encoding, as `encode` always writes version 2.
 //!
 //! ## Event
 //! `version = 1`, action `tag` (1 get, 2 set, 3 create, 4 update, 5 delete, 6 expire,
-//! 7 compareAndSwap, 8 compareAndDelete), `flags` (1 prev_node, 2 refresh), etcd_index
-//! `varint`, node, prev_node?. A node is `flags` (1 key, 2 dir, 4 value, 8 expiration,
-//! 16 nodes), key `str`?, value `str`?, expiration `u64`?, modified_index `varint`,
-//! created_index `varint`, then if nodes: a `varint` count and that many nodes. Nesting is
-//! limited to `MAX_NODE_DEPTH` levels on decode.
+//! 7 compareAndSwap, 8 compareAndDelete), `flags` (1 prev_node, 2 refresh, 4 time),
+//! etcd_index `varint`, time `u64`?, node, prev_node?. (Events encoded before `time` existed
+//! have no time bit and decode with `time: None`.) A node is `flags` (1 key, 2 dir, 4 value,
+//! 8 expiration, 16 nodes), key `str`?, value `str`?, expiration `u64`?, modified_index
+//! `varint`, created_index `varint`, then if nodes: a `varint` count and that many nodes.
+//! Nesting is limited to `MAX_NODE_DEPTH` levels on decode.
 //!
 //! ## Snapshot
 //! Header (125 bytes): magic `"rgds"`, version `u8 = 1`, index `u64`, node_count `u64`,
@@ -57,7 +64,9 @@ use crate::store::{Command, Store, WriteStats};
 use crate::tree::{Children, Kind, Node};
 
 /// The first byte of every encoded `Command`.
-pub const COMMAND_FORMAT_VERSION: u8 = 1;
+pub const COMMAND_FORMAT_VERSION: u8 = 2;
+/// The command format before `at`, still decoded (see the module doc).
+const COMMAND_FORMAT_VERSION_UNSTAMPED: u8 = 1;
 /// The first byte of every encoded `Event`.
 pub const EVENT_FORMAT_VERSION: u8 = 1;
 /// The byte after `SNAPSHOT_MAGIC` in a snapshot.
@@ -301,12 +310,17 @@ impl<'a> Reader<'a> {
     }
 
     fn version(&mut self, expected: u8) -> Result<(), DecodeError> {
+        self.version_in(&[expected]).map(|_| ())
+    }
+
+    /// Reads a format version that must be one of `known`.
+    fn version_in(&mut self, known: &[u8]) -> Result<u8, DecodeError> {
         let at = self.pos;
         let v = self.u8("format version")?;
-        if v != expected {
+        if !known.contains(&v) {
             return Err(DecodeError::new(at, DecodeErrorKind::UnsupportedVersion(v)));
         }
-        Ok(())
+        Ok(v)
     }
 
     fn finish(&self) -> Result<(), DecodeError> {
@@ -347,9 +361,11 @@ impl Command {
                 value,
                 expire,
                 refresh,
+                at,
             } => {
                 let flags = bit(*dir, F_DIR) | bit(*refresh, F_SECOND);
                 encode_kv(out, CMD_SET, flags, key, value, *expire);
+                put_u64(out, *at);
             }
             Command::Create {
                 key,
@@ -357,23 +373,23 @@ impl Command {
                 value,
                 expire,
                 unique,
+                at,
             } => {
                 let flags = bit(*dir, F_DIR) | bit(*unique, F_SECOND);
                 encode_kv(out, CMD_CREATE, flags, key, value, *expire);
+                put_u64(out, *at);
             }
             Command::Update {
                 key,
                 value,
                 expire,
                 refresh,
-            } => encode_kv(
-                out,
-                CMD_UPDATE,
-                bit(*refresh, F_SECOND),
-                key,
-                value,
-                *expire,
-            ),
+                at,
+            } => {
+                let flags = bit(*refresh, F_SECOND);
+                encode_kv(out, CMD_UPDATE, flags, key, value, *expire);
+                put_u64(out, *at);
+            }
             Command::CompareAndSwap {
                 key,
                 prev_value,
@@ -381,6 +397,7 @@ impl Command {
                 value,
                 expire,
                 refresh,
+                at,
             } => {
                 out.push(CMD_CAS);
                 out.push(bit(*refresh, F_SECOND) | bit(expire.is_some(), F_EXPIRE));
@@ -391,25 +408,30 @@ impl Command {
                 if let Some(e) = expire {
                     put_u64(out, *e);
                 }
+                put_u64(out, *at);
             }
             Command::Delete {
                 key,
                 dir,
                 recursive,
+                at,
             } => {
                 out.push(CMD_DELETE);
                 out.push(bit(*dir, F_DIR) | bit(*recursive, F_SECOND));
                 put_str(out, key);
+                put_u64(out, *at);
             }
             Command::CompareAndDelete {
                 key,
                 prev_value,
                 prev_index,
+                at,
             } => {
                 out.push(CMD_CAD);
                 put_str(out, key);
                 put_str(out, prev_value);
                 put_varint(out, *prev_index);
+                put_u64(out, *at);
             }
             Command::Expire { cutoff } => {
                 out.push(CMD_EXPIRE);
@@ -418,10 +440,17 @@ impl Command {
         }
     }
 
-    /// Decodes exactly one command occupying all of `bytes`.
+    /// Decodes exactly one command occupying all of `bytes` (version 2, or version 1 with
+    /// `at` = 0).
     pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.version(COMMAND_FORMAT_VERSION)?;
+        let version = r.version_in(&[COMMAND_FORMAT_VERSION, COMMAND_FORMAT_VERSION_UNSTAMPED])?;
+        // Struct literals evaluate their fields in the order written, so `at` (last in every
+        // literal below) is read after the fields that precede it in the encoding.
+        let at = |r: &mut Reader<'_>| match version {
+            COMMAND_FORMAT_VERSION => r.u64("write time"),
+            _ => Ok(0),
+        };
         let tag_at = r.pos;
         let cmd = match r.u8("command tag")? {
             CMD_SET => {
@@ -432,6 +461,7 @@ impl Command {
                     value,
                     expire,
                     refresh: flags & F_SECOND != 0,
+                    at: at(&mut r)?,
                 }
             }
             CMD_CREATE => {
@@ -442,6 +472,7 @@ impl Command {
                     value,
                     expire,
                     unique: flags & F_SECOND != 0,
+                    at: at(&mut r)?,
                 }
             }
             CMD_UPDATE => {
@@ -451,6 +482,7 @@ impl Command {
                     value,
                     expire,
                     refresh: flags & F_SECOND != 0,
+                    at: at(&mut r)?,
                 }
             }
             CMD_CAS => {
@@ -467,6 +499,7 @@ impl Command {
                     value,
                     expire,
                     refresh: flags & F_SECOND != 0,
+                    at: at(&mut r)?,
                 }
             }
             CMD_DELETE => {
@@ -475,12 +508,14 @@ impl Command {
                     key: r.str("key")?.to_string(),
                     dir: flags & F_DIR != 0,
                     recursive: flags & F_SECOND != 0,
+                    at: at(&mut r)?,
                 }
             }
             CMD_CAD => Command::CompareAndDelete {
                 key: r.str("key")?.to_string(),
                 prev_value: r.str("prev_value")?.to_string(),
                 prev_index: r.varint("prev_index")?,
+                at: at(&mut r)?,
             },
             CMD_EXPIRE => Command::Expire {
                 cutoff: r.u64("expire cutoff")?,
@@ -537,6 +572,7 @@ const N_NODES: u8 = 16;
 
 const E_PREV: u8 = 1;
 const E_REFRESH: u8 = 2;
+const E_TIME: u8 = 4;
 
 fn action_tag(a: Action) -> u8 {
     match a {
@@ -571,8 +607,15 @@ impl Event {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(EVENT_FORMAT_VERSION);
         out.push(action_tag(self.action));
-        out.push(bit(self.prev_node.is_some(), E_PREV) | bit(self.refresh, E_REFRESH));
+        out.push(
+            bit(self.prev_node.is_some(), E_PREV)
+                | bit(self.refresh, E_REFRESH)
+                | bit(self.time.is_some(), E_TIME),
+        );
         put_varint(out, self.etcd_index);
+        if let Some(t) = self.time {
+            put_u64(out, t);
+        }
         encode_node(out, &self.node);
         if let Some(prev) = &self.prev_node {
             encode_node(out, prev);
@@ -587,8 +630,12 @@ impl Event {
         let tag = r.u8("action tag")?;
         let action = action_from_tag(tag)
             .ok_or_else(|| DecodeError::new(tag_at, DecodeErrorKind::BadTag("action", tag)))?;
-        let flags = r.flags("event flags", E_PREV | E_REFRESH)?;
+        let flags = r.flags("event flags", E_PREV | E_REFRESH | E_TIME)?;
         let etcd_index = r.varint("etcd_index")?;
+        let time = match flags & E_TIME {
+            0 => None,
+            _ => Some(r.u64("event time")?),
+        };
         let node = decode_node(&mut r, 0)?;
         let prev_node = if flags & E_PREV != 0 {
             Some(decode_node(&mut r, 0)?)
@@ -602,6 +649,7 @@ impl Event {
             prev_node,
             etcd_index,
             refresh: flags & E_REFRESH != 0,
+            time,
         })
     }
 }
@@ -1059,6 +1107,7 @@ mod source_tests {
             value: "v".into(),
             expire: Some(1_800_000_000_000_000_000),
             refresh: false,
+            at: 0,
         };
         s.apply(&set("/a")).unwrap();
         let src = s.snapshot_source();
@@ -1125,6 +1174,19 @@ mod tests {
         out
     }
 
+    /// No strict prefix of `bytes` decodes, nor `bytes` with one more byte.
+    fn assert_only_whole_input_decodes<T>(
+        bytes: &[u8],
+        decode: impl Fn(&[u8]) -> Result<T, DecodeError>,
+    ) {
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n]).is_err(), "{n}-byte prefix decoded");
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert!(decode(&longer).is_err(), "a trailing byte was accepted");
+    }
+
     /// Round trip, canonical re-encoding, every truncation and an extra byte rejected.
     fn check_cmd(c: &Command) {
         let bytes = enc_cmd(c);
@@ -1180,6 +1242,7 @@ mod tests {
                         value: value.clone(),
                         expire,
                         refresh: b,
+                        at: 0,
                     });
                     cmds.push(Command::Create {
                         key: key.clone(),
@@ -1187,17 +1250,20 @@ mod tests {
                         value: value.clone(),
                         expire,
                         unique: b,
+                        at: 0,
                     });
                     cmds.push(Command::Update {
                         key: key.clone(),
                         value: value.clone(),
                         expire,
                         refresh: a,
+                        at: 0,
                     });
                     cmds.push(Command::Delete {
                         key: key.clone(),
                         dir: a,
                         recursive: b,
+                        at: 0,
                     });
                 }
                 for prev_index in indexes {
@@ -1209,20 +1275,67 @@ mod tests {
                             value: value.clone(),
                             expire,
                             refresh,
+                            at: 0,
                         });
                     }
                     cmds.push(Command::CompareAndDelete {
                         key: key.clone(),
                         prev_value: value.clone(),
                         prev_index,
+                        at: 0,
                     });
                 }
             }
+        }
+        // Half of the writes stamped, with times of every width.
+        let times = [T0, 1, 300, u64::MAX];
+        for (i, c) in cmds.iter_mut().enumerate().filter(|(i, _)| i % 2 == 1) {
+            *at_mut(c).expect("a write") = times[i / 2 % times.len()];
         }
         for cutoff in [0, 1, T0, u64::MAX] {
             cmds.push(Command::Expire { cutoff });
         }
         cmds
+    }
+
+    fn at_mut(c: &mut Command) -> Option<&mut u64> {
+        match c {
+            Command::Set { at, .. }
+            | Command::Create { at, .. }
+            | Command::Update { at, .. }
+            | Command::CompareAndSwap { at, .. }
+            | Command::Delete { at, .. }
+            | Command::CompareAndDelete { at, .. } => Some(at),
+            Command::Expire { .. } => None,
+        }
+    }
+
+    /// The version 1 encoding of `c` (unstamped): version 2's without the trailing `at`.
+    fn enc_cmd_v1(c: &Command) -> Vec<u8> {
+        let mut bytes = enc_cmd(c);
+        bytes[0] = COMMAND_FORMAT_VERSION_UNSTAMPED;
+        if at_mut(&mut c.clone()).is_some() {
+            bytes.truncate(bytes.len() - 8);
+        }
+        bytes
+    }
+
+    /// Logs written before `at` existed still replay: version 1 decodes with `at` = 0, and
+    /// re-encodes as version 2.
+    #[test]
+    fn version_1_commands_still_decode_unstamped() {
+        for c in all_commands() {
+            let mut unstamped = c.clone();
+            if let Some(at) = at_mut(&mut unstamped) {
+                *at = 0;
+            }
+            let v1 = enc_cmd_v1(&c);
+            assert_eq!(Command::decode(&v1).as_ref(), Ok(&unstamped), "{v1:?}");
+            if !matches!(c, Command::Expire { .. }) {
+                assert_eq!(unstamped.time(), None);
+            }
+            assert_only_whole_input_decodes(&v1, Command::decode);
+        }
     }
 
     #[test]
@@ -1239,6 +1352,7 @@ mod tests {
             value: "é".repeat(70_000),
             expire: Some(T0),
             refresh: false,
+            at: 0,
         });
     }
 
@@ -1250,16 +1364,23 @@ mod tests {
             value: "xyz".into(),
             expire: None,
             refresh: false,
+            at: 0,
         };
-        assert_eq!(enc_cmd(&c), b"\x01\x01\x00\x02/a\x03xyz");
+        assert_eq!(enc_cmd(&c), b"\x02\x01\x00\x02/a\x03xyz\0\0\0\0\0\0\0\0");
+        // The same in version 1 (before `at`).
+        assert_eq!(
+            Command::decode(b"\x01\x01\x00\x02/a\x03xyz").as_ref(),
+            Ok(&c)
+        );
         let c = Command::Expire { cutoff: 0x0102 };
-        assert_eq!(enc_cmd(&c), b"\x01\x07\x02\x01\0\0\0\0\0\0");
+        assert_eq!(enc_cmd(&c), b"\x02\x07\x02\x01\0\0\0\0\0\0");
         let c = Command::CompareAndDelete {
             key: String::new(),
             prev_value: String::new(),
             prev_index: 300,
+            at: 0x0304,
         };
-        assert_eq!(enc_cmd(&c), b"\x01\x06\x00\x00\xac\x02");
+        assert_eq!(enc_cmd(&c), b"\x02\x06\x00\x00\xac\x02\x04\x03\0\0\0\0\0\0");
         // encode appends.
         let mut out = vec![9];
         c.encode(&mut out);
@@ -1272,8 +1393,12 @@ mod tests {
         let err = |b: &[u8]| Command::decode(b).expect_err("malformed");
         assert_eq!(err(b"").to_string(), "truncated format version at byte 0");
         assert_eq!(
-            err(b"\x02\x01").to_string(),
-            "unsupported format version 2 at byte 0"
+            err(b"\x03\x01").to_string(),
+            "unsupported format version 3 at byte 0"
+        );
+        assert_eq!(
+            err(b"\x02\x05\x00\x00").to_string(),
+            "truncated write time at byte 4"
         );
         assert_eq!(
             err(b"\x01\x09").to_string(),
@@ -1329,7 +1454,8 @@ mod tests {
             Ok(Command::CompareAndDelete {
                 key: String::new(),
                 prev_value: String::new(),
-                prev_index: u64::MAX
+                prev_index: u64::MAX,
+                at: 0,
             })
         );
         assert_eq!(
@@ -1356,11 +1482,12 @@ mod tests {
                 bytes.truncate(i);
             }
             if let Ok(d) = Command::decode(&bytes) {
-                assert_eq!(
-                    enc_cmd(&d),
-                    bytes,
-                    "decode accepted a non-canonical encoding"
-                );
+                // Version 1 (flipped into) is canonical as version 1.
+                let canonical = match bytes[0] {
+                    COMMAND_FORMAT_VERSION_UNSTAMPED => enc_cmd_v1(&d),
+                    _ => enc_cmd(&d),
+                };
+                assert_eq!(canonical, bytes, "decode accepted a non-canonical encoding");
             }
         }
         // Pure noise, too.
@@ -1387,6 +1514,7 @@ mod tests {
             value: value.into(),
             expire,
             refresh: false,
+            at: 0,
         }
     }
 
@@ -1404,6 +1532,7 @@ mod tests {
                     value: String::new(),
                     expire: Some(T0 + 9 * SEC),
                     refresh: true,
+                    at: 0,
                 },
             ),
             ok(
@@ -1414,6 +1543,7 @@ mod tests {
                     value: "job".into(),
                     expire: None,
                     unique: true,
+                    at: 0,
                 },
             ),
             ok(
@@ -1424,6 +1554,7 @@ mod tests {
                     value: String::new(),
                     expire: Some(T0),
                     unique: false,
+                    at: 0,
                 },
             ),
             ok(
@@ -1433,6 +1564,7 @@ mod tests {
                     value: String::new(),
                     expire: None,
                     refresh: false,
+                    at: 0,
                 },
             ),
             ok(
@@ -1444,6 +1576,7 @@ mod tests {
                     value: "2".into(),
                     expire: Some(T0 + 2 * SEC),
                     refresh: false,
+                    at: 0,
                 },
             ),
             ok(
@@ -1452,6 +1585,7 @@ mod tests {
                     key: "/a".into(),
                     prev_value: "2".into(),
                     prev_index: 0,
+                    at: 0,
                 },
             ),
             ok(&mut s, set("/d/x/y", "deep", None)),
@@ -1461,6 +1595,7 @@ mod tests {
                     key: "/d/x".into(),
                     dir: true,
                     recursive: true,
+                    at: 0,
                 },
             ),
         ];
@@ -1505,6 +1640,7 @@ mod tests {
             }),
             etcd_index: 0,
             refresh: true,
+            time: Some(u64::MAX),
         });
     }
 
@@ -1540,6 +1676,7 @@ mod tests {
             prev_node: None,
             etcd_index: 1,
             refresh: false,
+            time: None,
         };
         let ok_event = mk(nested(MAX_NODE_DEPTH));
         assert_eq!(Event::decode(&enc_event(&ok_event)).as_ref(), Ok(&ok_event));
@@ -1561,8 +1698,8 @@ mod tests {
             "unknown action tag 0 at byte 1"
         );
         assert_eq!(
-            Event::decode(&[1, 2, 4]).expect_err("flags").to_string(),
-            "unknown bits 0x04 in event flags at byte 2"
+            Event::decode(&[1, 2, 8]).expect_err("flags").to_string(),
+            "unknown bits 0x08 in event flags at byte 2"
         );
     }
 
@@ -1605,6 +1742,7 @@ mod tests {
                 value,
                 expire,
                 refresh: false,
+                at: 0,
             },
             1 => Command::Set {
                 key,
@@ -1612,6 +1750,7 @@ mod tests {
                 value: String::new(),
                 expire,
                 refresh: true,
+                at: 0,
             },
             2 => Command::Create {
                 key,
@@ -1619,12 +1758,14 @@ mod tests {
                 value,
                 expire,
                 unique: rng.flip(),
+                at: 0,
             },
             3 => Command::Update {
                 key,
                 value,
                 expire,
                 refresh: rng.flip(),
+                at: 0,
             },
             4 => Command::CompareAndSwap {
                 key,
@@ -1633,16 +1774,19 @@ mod tests {
                 value: rng.pick(&values).to_string(),
                 expire,
                 refresh: rng.flip(),
+                at: 0,
             },
             5 => Command::Delete {
                 key,
                 dir: rng.flip(),
                 recursive: rng.flip(),
+                at: 0,
             },
             6 => Command::CompareAndDelete {
                 key,
                 prev_value: value,
                 prev_index: rng.below(2) * rng.below(index + 1),
+                at: 0,
             },
             7 => {
                 *now += rng.below(3) * SEC;
@@ -1654,6 +1798,7 @@ mod tests {
                 value,
                 expire,
                 refresh: false,
+                at: 0,
             },
         }
     }
@@ -1759,6 +1904,7 @@ mod tests {
                 value: String::new(),
                 expire: Some(T0 + SEC),
                 refresh: false,
+                at: 0,
             },
         );
         ok(&mut s, set("/td/c", "1", Some(T0 + SEC)));
@@ -1770,6 +1916,7 @@ mod tests {
                 value: "new".into(),
                 expire: None,
                 refresh: false,
+                at: 0,
             },
         );
         let mut r = Store::restore(&snap(&s)).expect("restore");
@@ -1788,15 +1935,7 @@ mod tests {
         let (s, mut rng, _) = random_store(0xABCD_EF01, 600);
         let bytes = snap(&s);
         assert!(bytes.len() > SNAPSHOT_HEADER_LEN + 100, "{}", bytes.len());
-        for n in 0..bytes.len() {
-            assert!(
-                Store::restore(&bytes[..n]).is_err(),
-                "{n}-byte prefix restored"
-            );
-        }
-        let mut longer = bytes.clone();
-        longer.push(0);
-        assert!(Store::restore(&longer).is_err());
+        assert_only_whole_input_decodes(&bytes, Store::restore);
         let mut flips_ok = 0;
         for _ in 0..3_000 {
             let mut b = bytes.clone();

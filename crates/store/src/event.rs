@@ -60,6 +60,11 @@ pub struct Event {
     /// A TTL refresh: consumes an index, is kept in history but never delivered to watchers,
     /// and is never serialised.
     pub refresh: bool,
+    /// When the event happened (unix nanoseconds; the command's `Command::time`). The `ttl`
+    /// fields of `node` and `prev_node` are rendered against it wherever the event is served
+    /// (the write's answer, live watchers, the history), as etcd renders an event once, when
+    /// it happens. `None` (gets, unstamped commands) renders against the serving time.
+    pub time: Option<u64>,
 }
 
 impl Event {

@@ -1,8 +1,9 @@
 //! ringd's etcd v2 key tree: a pure, deterministic state machine.
 //!
 //! Architecture invariant: this crate knows nothing of HTTP, raft, shards, sockets, clocks,
-//! randomness or I/O. Time enters only as absolute expirations (unix nanoseconds) stamped into
-//! commands by the caller, and as the `cutoff` of an `Expire` command. Applying the same
+//! randomness or I/O. Time enters only as the stamps (unix nanoseconds) the caller puts into
+//! commands (`Command::stamp`: a write's time and its absolute expiration), and as the
+//! `cutoff` of an `Expire` command. Applying the same
 //! sequence of commands to `Store::new()` always yields the same store and the same events.
 //!
 //! The tree is persistent (structural sharing), so `Store::view()` is O(1) and the view is an

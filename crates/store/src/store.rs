@@ -27,6 +27,12 @@ const MIN_EXPIRE_NS: u64 = 946_684_800 * 1_000_000_000;
 /// request to a command (etcdserver's applyV2Request) is the caller's job.
 /// Keys are absolute, cleaned paths ("/a/b"); `expire` is an absolute unix time in
 /// nanoseconds (`None` = no TTL).
+///
+/// `at` is the time of the write (unix nanoseconds), stamped by the leader with the clock it
+/// stamps `expire` from; it becomes the event's `time`, against which the event's `ttl`
+/// fields are rendered for as long as the event is served (etcd renders an event once, when it
+/// applies it, and serves those bytes from its history). 0 means "not stamped" (tests, and log
+/// entries written before `at` existed): such events are rendered against the serving time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// `store.Set`: create or replace. With `refresh`, the key must exist and keeps its value.
@@ -36,6 +42,7 @@ pub enum Command {
         value: String,
         expire: Option<u64>,
         refresh: bool,
+        at: u64,
     },
     /// `store.Create`: fails with 105 if the key exists. `unique` = POST in-order key under
     /// `key` named `%020d` of the new index.
@@ -45,6 +52,7 @@ pub enum Command {
         value: String,
         expire: Option<u64>,
         unique: bool,
+        at: u64,
     },
     /// `store.Update` (prevExist=true without prevValue/prevIndex).
     Update {
@@ -52,6 +60,7 @@ pub enum Command {
         value: String,
         expire: Option<u64>,
         refresh: bool,
+        at: u64,
     },
     /// `store.CompareAndSwap`: empty `prev_value` / zero `prev_index` mean "no check".
     CompareAndSwap {
@@ -61,33 +70,56 @@ pub enum Command {
         value: String,
         expire: Option<u64>,
         refresh: bool,
+        at: u64,
     },
     /// `store.Delete`.
     Delete {
         key: String,
         dir: bool,
         recursive: bool,
+        at: u64,
     },
     /// `store.CompareAndDelete`.
     CompareAndDelete {
         key: String,
         prev_value: String,
         prev_index: u64,
+        at: u64,
     },
     /// `store.DeleteExpiredKeys(cutoff)`: expire every node whose expiration <= cutoff.
     Expire { cutoff: u64 },
 }
 
 impl Command {
-    /// Sets the absolute expiration of a write command (the raft shard's job: the only place
-    /// where wall-clock time enters a command).
-    pub fn stamp_expiration(&mut self, at: Option<u64>) {
+    /// Stamps a write with the leader's clock `now` (unix nanoseconds): its time `at`, and for
+    /// the verbs that take a TTL the expiration `now + ttl_secs` (`None`: no TTL). The one
+    /// place where wall-clock time enters a write; an `Expire` carries its own cutoff.
+    pub fn stamp(&mut self, now: u64, ttl_secs: Option<u64>) {
+        let expiration = ttl_secs.map(|t| now.saturating_add(t.saturating_mul(1_000_000_000)));
         match self {
-            Command::Set { expire, .. }
-            | Command::Create { expire, .. }
-            | Command::Update { expire, .. }
-            | Command::CompareAndSwap { expire, .. } => *expire = at,
-            Command::Delete { .. } | Command::CompareAndDelete { .. } | Command::Expire { .. } => {}
+            Command::Set { expire, at, .. }
+            | Command::Create { expire, at, .. }
+            | Command::Update { expire, at, .. }
+            | Command::CompareAndSwap { expire, at, .. } => {
+                *expire = expiration;
+                *at = now;
+            }
+            Command::Delete { at, .. } | Command::CompareAndDelete { at, .. } => *at = now,
+            Command::Expire { .. } => {}
+        }
+    }
+
+    /// When the command's events happen: a write's `at` (`None` if not stamped), an expiry
+    /// pass's `cutoff`.
+    pub fn time(&self) -> Option<u64> {
+        match self {
+            Command::Set { at, .. }
+            | Command::Create { at, .. }
+            | Command::Update { at, .. }
+            | Command::CompareAndSwap { at, .. }
+            | Command::Delete { at, .. }
+            | Command::CompareAndDelete { at, .. } => (*at != 0).then_some(*at),
+            Command::Expire { cutoff } => Some(*cutoff),
         }
     }
 }
@@ -203,8 +235,16 @@ impl Store {
     /// Applies one command. On success the index advanced by exactly one (Expire: see
     /// `expire`); on failure nothing changed and the error's `index` is the current index.
     /// `Command::Expire` returns the *last* expire event or KeyNotFound if nothing expired;
-    /// callers that need every event use `expire`.
+    /// callers that need every event use `expire`. The event's `time` is the command's.
     pub fn apply(&mut self, cmd: &Command) -> Result<Event, Error> {
+        let mut result = self.apply_verb(cmd);
+        if let Ok(e) = &mut result {
+            e.time = cmd.time();
+        }
+        result
+    }
+
+    fn apply_verb(&mut self, cmd: &Command) -> Result<Event, Error> {
         match cmd {
             Command::Set {
                 key,
@@ -212,6 +252,7 @@ impl Store {
                 value,
                 expire,
                 refresh,
+                ..
             } => self.set(key, *dir, value, *expire, *refresh),
             Command::Create {
                 key,
@@ -219,12 +260,14 @@ impl Store {
                 value,
                 expire,
                 unique,
+                ..
             } => self.create(key, *dir, value, *expire, *unique),
             Command::Update {
                 key,
                 value,
                 expire,
                 refresh,
+                ..
             } => self.update(key, value, *expire, *refresh),
             Command::CompareAndSwap {
                 key,
@@ -233,16 +276,19 @@ impl Store {
                 value,
                 expire,
                 refresh,
+                ..
             } => self.compare_and_swap(key, prev_value, *prev_index, value, *expire, *refresh),
             Command::Delete {
                 key,
                 dir,
                 recursive,
+                ..
             } => self.delete(key, *dir, *recursive),
             Command::CompareAndDelete {
                 key,
                 prev_value,
                 prev_index,
+                ..
             } => self.compare_and_delete(key, prev_value, *prev_index),
             Command::Expire { cutoff } => match self.expire(*cutoff).pop() {
                 Some(e) => Ok(e),
@@ -278,6 +324,7 @@ impl Store {
                 prev_node: Some(prev),
                 etcd_index: self.index,
                 refresh: false,
+                time: Some(cutoff),
             });
         }
         events
@@ -579,6 +626,7 @@ impl Store {
             prev_node: prev,
             etcd_index: next,
             refresh: false,
+            time: None,
         })
     }
 
@@ -648,6 +696,7 @@ impl Store {
             prev_node: Some(prev),
             etcd_index: next,
             refresh,
+            time: None,
         })
     }
 
@@ -712,6 +761,7 @@ impl Store {
             prev_node: Some(prev),
             etcd_index: next,
             refresh,
+            time: None,
         })
     }
 
@@ -751,11 +801,14 @@ impl Store {
             prev_node: Some(prev),
             etcd_index: self.index,
             refresh: false,
+            time: None,
         })
     }
 
     /// etcd's `CompareAndDelete` (files only). Note: no root check in etcd; the root is a
-    /// dir, so it gets 102.
+    /// dir, so it gets 102, without a cause: etcd's store path of the root is its keys prefix
+    /// `/1`, and v2http trims that prefix off every cause (`trimErrorPrefix`), which leaves
+    /// nothing for the root. Every other cause is a key, so trimming leaves the key.
     fn compare_and_delete(
         &mut self,
         key: &str,
@@ -773,7 +826,8 @@ impl Store {
         let path = tree::join(&comps);
         if n.is_dir() {
             self.stats.compare_and_delete_success += 1; // etcd's quirk (WIRE.md)
-            return Err(self.error(ErrorCode::NotFile, path));
+            let cause = if comps.is_empty() { "" } else { path.as_str() };
+            return Err(self.error(ErrorCode::NotFile, cause));
         }
         if let Err(cause) = compare(&n, prev_value, prev_index) {
             self.stats.compare_and_delete_success += 1; // etcd's quirk (WIRE.md)
@@ -789,6 +843,7 @@ impl Store {
             prev_node: Some(prev),
             etcd_index: self.index,
             refresh: false,
+            time: None,
         })
     }
 }
@@ -827,6 +882,7 @@ impl StoreView {
             prev_node: None,
             etcd_index: self.index,
             refresh: false,
+            time: None,
         })
     }
 
@@ -851,6 +907,7 @@ mod tests {
             value: value.into(),
             expire: None,
             refresh: false,
+            at: 0,
         }
     }
     fn set_ttl(key: &str, value: &str, expire: u64) -> Command {
@@ -860,6 +917,7 @@ mod tests {
             value: value.into(),
             expire: Some(expire),
             refresh: false,
+            at: 0,
         }
     }
     fn set_dir(key: &str, expire: Option<u64>) -> Command {
@@ -869,6 +927,7 @@ mod tests {
             value: String::new(),
             expire,
             refresh: false,
+            at: 0,
         }
     }
     fn create(key: &str, value: &str) -> Command {
@@ -878,6 +937,7 @@ mod tests {
             value: value.into(),
             expire: None,
             unique: false,
+            at: 0,
         }
     }
     fn create_unique(key: &str, dir: bool) -> Command {
@@ -887,6 +947,7 @@ mod tests {
             value: "q".into(),
             expire: None,
             unique: true,
+            at: 0,
         }
     }
     fn update(key: &str, value: &str, expire: Option<u64>) -> Command {
@@ -895,6 +956,7 @@ mod tests {
             value: value.into(),
             expire,
             refresh: false,
+            at: 0,
         }
     }
     fn cas(key: &str, prev_value: &str, prev_index: u64, value: &str) -> Command {
@@ -905,6 +967,7 @@ mod tests {
             value: value.into(),
             expire: None,
             refresh: false,
+            at: 0,
         }
     }
     fn delete(key: &str, dir: bool, recursive: bool) -> Command {
@@ -912,6 +975,7 @@ mod tests {
             key: key.into(),
             dir,
             recursive,
+            at: 0,
         }
     }
     fn cad(key: &str, prev_value: &str, prev_index: u64) -> Command {
@@ -919,6 +983,7 @@ mod tests {
             key: key.into(),
             prev_value: prev_value.into(),
             prev_index,
+            at: 0,
         }
     }
 
@@ -1097,6 +1162,7 @@ mod tests {
                 value: "ignored".into(),
                 expire: None,
                 refresh: false,
+                at: 0,
             },
         );
         assert!(e.node.dir);
@@ -1215,6 +1281,7 @@ mod tests {
                 value: String::new(),
                 expire: Some(T0 + 9 * SEC),
                 refresh: true,
+                at: 0,
             },
         );
         assert!(e.refresh);
@@ -1234,6 +1301,7 @@ mod tests {
                 value: String::new(),
                 expire: Some(T0 + 20 * SEC),
                 refresh: true,
+                at: 0,
             },
         );
         assert!(e.refresh);
@@ -1249,6 +1317,7 @@ mod tests {
                 value: String::new(),
                 expire: Some(T0 + 30 * SEC),
                 refresh: true,
+                at: 0,
             },
         );
         assert!(e.refresh);
@@ -1265,6 +1334,7 @@ mod tests {
                 value: String::new(),
                 expire: Some(T0),
                 refresh: true,
+                at: 0,
             },
             ErrorCode::KeyNotFound,
             "/nope",
@@ -1278,6 +1348,7 @@ mod tests {
                 value: String::new(),
                 expire: Some(T0 + 2 * SEC),
                 refresh: true,
+                at: 0,
             },
         );
         assert!(e.node.dir && e.refresh);
@@ -1404,6 +1475,43 @@ mod tests {
         assert_eq!((st.delete_success, st.delete_fail), (5 + 1, 6));
     }
 
+    /// Every event carries its command's time, so its TTLs render as they were when it
+    /// happened. See: issue 13.
+    #[test]
+    fn events_carry_the_time_of_their_command() {
+        let mut s = Store::new();
+        let stamped = |mut c: Command, t: u64, ttl: Option<u64>| {
+            c.stamp(t, ttl);
+            assert_eq!(c.time(), Some(t));
+            c
+        };
+        let e = ok(&mut s, stamped(set("/a", "1"), T0, Some(100)));
+        assert_eq!(
+            (e.time, e.node.expiration),
+            (Some(T0), Some(T0 + 100 * SEC))
+        );
+        let e = ok(&mut s, stamped(update("/a", "2", None), T0 + 2, Some(50)));
+        assert_eq!(e.time, Some(T0 + 2));
+        let e = ok(&mut s, stamped(cas("/a", "2", 0, "3"), T0 + 3, None));
+        assert_eq!(e.time, Some(T0 + 3));
+        let e = ok(&mut s, stamped(create_unique("/q", false), T0 + 4, None));
+        assert_eq!(e.time, Some(T0 + 4));
+        let e = ok(&mut s, stamped(cad("/a", "3", 0), T0 + 5, Some(7)));
+        assert_eq!(e.time, Some(T0 + 5));
+        let e = ok(&mut s, stamped(delete("/q", true, true), T0 + 6, None));
+        assert_eq!(e.time, Some(T0 + 6));
+        ok(&mut s, set_ttl("/t", "1", T0 + SEC));
+        let e = s
+            .apply(&Command::Expire {
+                cutoff: T0 + 2 * SEC,
+            })
+            .expect("expired");
+        assert_eq!((e.action, e.time), (Action::Expire, Some(T0 + 2 * SEC)));
+        // Unstamped commands and gets have no time: they render at serving time.
+        assert_eq!(ok(&mut s, set("/u", "1")).time, None);
+        assert_eq!(s.view().get("/u", false, false).map(|e| e.time), Ok(None));
+    }
+
     #[test]
     fn compare_and_delete() {
         let mut s = Store::new();
@@ -1417,14 +1525,16 @@ mod tests {
         assert_eq!(s.next_expiration(), None);
         ok(&mut s, set("/d/x", "1"));
         fail(&mut s, cad("/d", "", 0), ErrorCode::NotFile, "/d");
-        fail(&mut s, cad("/", "", 0), ErrorCode::NotFile, "/");
+        // The root: 102 without a cause (etcd's trimmed "/1"). See: issue 13.
+        fail(&mut s, cad("/", "", 0), ErrorCode::NotFile, "");
+        fail(&mut s, cad("/", "x", 1), ErrorCode::NotFile, "");
         fail(&mut s, cad("/k", "v", 0), ErrorCode::KeyNotFound, "/k");
         fail(&mut s, cad("/d/x/y", "v", 0), ErrorCode::NotDir, "/d/x");
         let st = s.write_stats();
         // etcd counts compare failures and dirs as successes; only lookups fail.
         assert_eq!(
             (st.compare_and_delete_success, st.compare_and_delete_fail),
-            (5, 2)
+            (6, 2)
         );
     }
 
@@ -1708,6 +1818,7 @@ mod tests {
                     value,
                     expire,
                     refresh: false,
+                    at: 0,
                 },
                 1 => Command::Set {
                     key,
@@ -1715,6 +1826,7 @@ mod tests {
                     value: String::new(),
                     expire,
                     refresh: true,
+                    at: 0,
                 },
                 2 => Command::Create {
                     key,
@@ -1722,12 +1834,14 @@ mod tests {
                     value,
                     expire,
                     unique: b(&mut rng),
+                    at: 0,
                 },
                 3 => Command::Update {
                     key,
                     value,
                     expire,
                     refresh: b(&mut rng),
+                    at: 0,
                 },
                 4 => Command::CompareAndSwap {
                     key,
@@ -1736,16 +1850,19 @@ mod tests {
                     value: rng.pick(&values).to_string(),
                     expire,
                     refresh: b(&mut rng),
+                    at: 0,
                 },
                 5 => Command::Delete {
                     key,
                     dir: b(&mut rng),
                     recursive: b(&mut rng),
+                    at: 0,
                 },
                 6 => Command::CompareAndDelete {
                     key,
                     prev_value: value,
                     prev_index: rng.below(2) * rng.below(s.index().0 + 1),
+                    at: 0,
                 },
                 7 => {
                     now += rng.below(3) * SEC;
@@ -1757,6 +1874,7 @@ mod tests {
                     value,
                     expire,
                     refresh: false,
+                    at: 0,
                 },
             };
             let before = s.index().0;

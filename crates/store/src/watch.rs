@@ -134,6 +134,7 @@ mod tests {
             prev_node: prev_dir.map(|d| node(key, d)),
             etcd_index: 5,
             refresh: false,
+            time: None,
         }
     }
 
@@ -252,12 +253,14 @@ mod tests {
             value: "v".into(),
             expire: None,
             refresh: false,
+            at: 0,
         };
         s.apply(&set("/d/x/y")).ok();
         let e = s.apply(&Command::Delete {
             key: "/d".into(),
             dir: true,
             recursive: true,
+            at: 0,
         });
         let e = e.expect("delete");
         assert!(live_matches("/d/x/y", false, &e));
@@ -268,6 +271,7 @@ mod tests {
             value: "q".into(),
             expire: None,
             unique: true,
+            at: 0,
         });
         let e = e.expect("create");
         assert!(live_matches("/", true, &e));

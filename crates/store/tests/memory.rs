@@ -48,6 +48,7 @@ fn measure(label: &str, keys: impl Iterator<Item = (String, String)>) -> f64 {
             value,
             expire: None,
             refresh: false,
+            at: 0,
         };
         store.apply(&cmd).expect("set");
         n += 1;
