@@ -297,3 +297,147 @@ fn a_member_of_another_cluster_is_refused_and_the_cluster_is_unaffected() {
         "3.4.0"
     );
 }
+
+/// Runs `ETCDCTL_API=2 etcdctl --endpoints URL ARGS` and returns (exit code, stdout+stderr).
+fn etcdctl(url: &str, args: &[&str]) -> (i32, String) {
+    let bin = support::etcdctl_binary()
+        .expect("the cluster tests need etcdctl (apt-get install -y etcd-client)");
+    let out = std::process::Command::new(bin)
+        .env("ETCDCTL_API", "2")
+        .env_remove("ETCDCTL_ENDPOINTS")
+        .env_remove("ETCDCTL_ENDPOINT")
+        .args(["--endpoints", url])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("etcdctl: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_member_added_with_etcdctl_catches_up_by_snapshot_then_is_removed_and_exits() {
+    let mut c = Cluster::start(3, &["--snapshot-count", "50"]);
+    c.wait_for_leader(&[0, 1, 2]);
+    // Enough writes that the log the leader keeps no longer starts at the beginning.
+    for i in 0..300 {
+        let r = c.members[i % 3].put(&format!("/v2/keys/s{i}"), &format!("value={i}"));
+        assert!(r.status == 201 || r.status == 200, "{}", r.text());
+    }
+    let new = c.add_slot();
+    let peer = c.members[new].advertised_peer_url();
+    let (code, out) = etcdctl(&c.members[0].client_url(), &["member", "add", "m4", &peer]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Added member named m4 with ID"), "{out}");
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
+    let ic = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {out}"));
+    // Until it starts, the new member is listed unstarted: no name, no client URLs.
+    let (_, list) = etcdctl(&c.members[1].client_url(), &["member", "list"]);
+    assert!(list.contains("[unstarted]"), "{list}");
+    c.spawn_with(new, &ic, &["--initial-cluster-state", "existing"]);
+    c.wait(
+        "the new member to catch up",
+        Duration::from_secs(30),
+        || {
+            let r = c.members[new]
+                .try_request("GET", "/v2/keys/s299", "", Duration::from_secs(2))
+                .ok()?;
+            (r.status == 200 && value(&r) == "299").then_some(())
+        },
+    );
+    assert!(
+        c.members[new]
+            .log_tail()
+            .contains("installed a snapshot from the leader"),
+        "{}",
+        c.members[new].log_tail()
+    );
+    // It serves writes, and every member lists four started members.
+    assert_eq!(c.members[new].put("/v2/keys/from4", "value=4").status, 201);
+    c.wait("four published members", Duration::from_secs(20), || {
+        let (_, list) = etcdctl(&c.members[2].client_url(), &["member", "list"]);
+        (list.lines().filter(|l| l.contains("name=m")).count() == 4).then_some(())
+    });
+    let id = c.members[new].get("/v2/stats/self").json()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // Removing it: the removed member exits with status 0 and says why.
+    let (code, out) = etcdctl(&c.members[0].client_url(), &["member", "remove", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("Removed member {id} from cluster")),
+        "{out}"
+    );
+    assert_eq!(c.wait_exit(new, Duration::from_secs(20)), Some(0));
+    assert!(c.members[new]
+        .log_tail()
+        .contains("the member has been permanently removed from the cluster"));
+    let again = c.members[1]
+        .try_request(
+            "DELETE",
+            &format!("/v2/members/{id}"),
+            "",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.status, 410, "{}", again.text());
+    assert_eq!(
+        again.json()["message"],
+        format!("Member permanently removed: {id}")
+    );
+    assert_eq!(c.members[2].put("/v2/keys/after", "value=3").status, 201);
+}
+
+#[test]
+fn a_peer_url_update_moves_the_peers_to_the_new_url() {
+    let c = Cluster::start(3, &[]);
+    c.wait_for_leader(&[0, 1, 2]);
+    let target = 2;
+    let port = c.another_proxy(target);
+    let url = format!("http://{}:{port}", c.members[target].ip);
+    let body = format!("{{\"peerURLs\":[\"{url}\"]}}");
+    let r = support::request_timeout(
+        &c.members[0].addr(),
+        "PUT",
+        &format!("/v2/members/{}", c.members[target].id),
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 204, "{}", r.text());
+    for m in &c.members {
+        c.wait("the new URL everywhere", Duration::from_secs(10), || {
+            m.get("/v2/members").text().contains(&url).then_some(())
+        });
+    }
+    // The other members redial the member at its new URL and keep replicating to it.
+    assert_eq!(c.members[0].put("/v2/keys/moved", "value=1").status, 201);
+    c.wait(
+        "a peer to dial the new URL",
+        Duration::from_secs(20),
+        || {
+            (0..2)
+                .any(|i| c.members[i].log_tail().contains(&format!("url={url}")))
+                .then_some(())
+        },
+    );
+    c.wait(
+        "the moved member to see the write",
+        Duration::from_secs(10),
+        || (value(&c.members[target].get("/v2/keys/moved")) == "1").then_some(()),
+    );
+}

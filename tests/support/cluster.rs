@@ -203,6 +203,51 @@ impl Cluster {
     /// Starts (or restarts, on its data dir) member `i`.
     pub fn spawn(&mut self, i: usize, extra: &[&str]) {
         let ic = self.initial_cluster();
+        self.spawn_with(i, &ic, extra);
+    }
+
+    /// A new member slot (not started): its own loopback address, ports and link proxy.
+    pub fn add_slot(&mut self) -> usize {
+        let i = self.members.len();
+        let ip = format!("127.0.0.{}", i + 1);
+        self.members.push(Member {
+            index: i,
+            name: format!("m{}", i + 1),
+            client_port: free_port_on(&ip),
+            peer_port: free_port_on(&ip),
+            proxy_port: 0,
+            ip,
+            id: String::new(),
+            child: None,
+            log: self.dir.path().join(format!("m{}.log", i + 1)),
+            data_dir: self.dir.path().join(format!("m{}", i + 1)),
+        });
+        let proxy = start_proxy(&self.members, i, self.links.clone());
+        self.members[i].proxy_port = proxy;
+        i
+    }
+
+    /// A second proxy in front of member `i` (for a peer URL update); returns its port.
+    pub fn another_proxy(&self, i: usize) -> u16 {
+        start_proxy(&self.members, i, self.links.clone())
+    }
+
+    /// Waits for member `i` to exit; returns its exit code.
+    pub fn wait_exit(&mut self, i: usize, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.members[i].exit_status() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                panic!("member {i} did not exit\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts member `i` with this `--initial-cluster` (and `extra` flags).
+    pub fn spawn_with(&mut self, i: usize, ic: &str, extra: &[&str]) {
         let token = self.token.clone();
         let m = &mut self.members[i];
         let log = std::fs::OpenOptions::new()
@@ -224,7 +269,7 @@ impl Cluster {
                 &format!("http://{}:{}", m.ip, m.peer_port),
             ])
             .args(["--initial-advertise-peer-urls", &m.advertised_peer_url()])
-            .args(["--initial-cluster", &ic])
+            .args(["--initial-cluster", ic])
             .args(["--initial-cluster-token", &token])
             .args(["--heartbeat-interval", &hb, "--election-timeout", &el])
             .args(extra)
@@ -248,6 +293,7 @@ impl Cluster {
         if let Some(c) = &self.members[i].child {
             let _ = Command::new("kill")
                 .args([sig, &c.id().to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
     }
