@@ -441,3 +441,41 @@ fn a_peer_url_update_moves_the_peers_to_the_new_url() {
         || (value(&c.members[target].get("/v2/keys/moved")) == "1").then_some(()),
     );
 }
+
+#[test]
+fn force_new_cluster_restarts_one_survivor_alone_with_its_data() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(&[0, 1, 2]);
+    assert_eq!(
+        c.members[leader].put("/v2/keys/kept", "value=1").status,
+        201
+    );
+    // Disaster: the whole cluster is lost but one member's data dir. Everything it applied
+    // is there once it restarts alone.
+    let survivor = (leader + 1) % 3;
+    c.wait(
+        "the survivor to apply the write",
+        Duration::from_secs(10),
+        || (value(&c.members[survivor].get("/v2/keys/kept")) == "1").then_some(()),
+    );
+    for i in 0..3 {
+        c.kill(i);
+    }
+    c.spawn(survivor, &["--force-new-cluster"]);
+    c.wait_for_leader(&[survivor]);
+    let m = c.members[survivor].get("/v2/members").json();
+    assert_eq!(m["members"].as_array().map(Vec::len), Some(1), "{m}");
+    assert_eq!(
+        value(&c.members[survivor].get("/v2/keys/kept?quorum=true")),
+        "1"
+    );
+    assert_eq!(
+        c.members[survivor].put("/v2/keys/after", "value=2").status,
+        201
+    );
+    // A later plain restart stays a one-member cluster.
+    c.kill(survivor);
+    c.spawn(survivor, &[]);
+    c.wait_for_leader(&[survivor]);
+    assert_eq!(value(&c.members[survivor].get("/v2/keys/after")), "2");
+}

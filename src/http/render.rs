@@ -347,6 +347,13 @@ pub struct MetricsSample {
     /// fdatasyncs of the log, and the entries they made durable.
     pub wal_fsyncs: u64,
     pub wal_entries: u64,
+    /// 1 when this member knows a leader (etcd's `etcd_server_has_leader`).
+    pub has_leader: u64,
+    /// Leader changes seen, and requests that failed (timed out), as etcd counts them.
+    pub leader_changes: u64,
+    pub proposals_failed: u64,
+    /// On the leader: the average round trip to each follower, in microseconds.
+    pub peer_round_trip_us: Vec<(u64, u64)>,
 }
 
 /// The Prometheus text of `/metrics`.
@@ -416,6 +423,21 @@ pub fn metrics(t: &Totals, sample: &MetricsSample) -> String {
             "Log entries made durable; divided by fsyncs, the average group-commit batch.",
             sample.wal_entries,
         ),
+        (
+            "ringd_server_has_leader",
+            "1 when this member knows a leader.",
+            sample.has_leader,
+        ),
+        (
+            "ringd_server_leader_changes_seen_total",
+            "Leader changes this member saw.",
+            sample.leader_changes,
+        ),
+        (
+            "ringd_server_proposals_failed_total",
+            "Requests that were not applied in time (no leader, no quorum).",
+            sample.proposals_failed,
+        ),
     ];
     for (name, help, v) in gauges {
         let kind = if name.ends_with("_total") {
@@ -424,6 +446,15 @@ pub fn metrics(t: &Totals, sample: &MetricsSample) -> String {
             "gauge"
         };
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    }
+    if !sample.peer_round_trip_us.is_empty() {
+        s.push_str("# HELP ringd_peer_round_trip_microseconds Average raft round trip to each follower (leader only).\n# TYPE ringd_peer_round_trip_microseconds gauge\n");
+        for (id, us) in &sample.peer_round_trip_us {
+            let _ = writeln!(
+                s,
+                "ringd_peer_round_trip_microseconds{{to=\"{id:x}\"}} {us}"
+            );
+        }
     }
     s
 }
@@ -560,11 +591,17 @@ mod tests {
             raft_index: 9,
             wal_fsyncs: 2,
             wal_entries: 5,
+            has_leader: 1,
+            leader_changes: 1,
+            proposals_failed: 0,
+            peer_round_trip_us: vec![(0xab, 250)],
         };
         let text = metrics(&t, &sample);
         assert!(text.contains("\nringd_http_request_duration_seconds_bucket{le=\"+Inf\"} 0\n"));
         assert!(text.contains("# TYPE ringd_keys gauge\nringd_keys 3\n"));
         assert!(text.contains("# TYPE ringd_wal_fsyncs_total counter\nringd_wal_fsyncs_total 2\n"));
+        assert!(text.contains("\nringd_server_has_leader 1\n"));
+        assert!(text.contains("\nringd_peer_round_trip_microseconds{to=\"ab\"} 250\n"));
     }
 
     #[test]

@@ -318,6 +318,18 @@ fn metrics(ctx: &Rc<ShardCtx>) -> String {
         raft_index: p.raft_index.0,
         wal_fsyncs: shared.wal_syncs.load(Ordering::Relaxed),
         wal_entries: shared.wal_entries.load(Ordering::Relaxed),
+        has_leader: u64::from(p.leader != 0),
+        leader_changes: shared.leader_changes.load(Ordering::Relaxed),
+        proposals_failed: shared.proposals_failed.load(Ordering::Relaxed),
+        peer_round_trip_us: if p.state == "StateLeader" {
+            let followers = shared.followers.lock().unwrap_or_else(|e| e.into_inner());
+            followers
+                .iter()
+                .map(|(id, f)| (*id, (f.average_ms * 1000.0) as u64))
+                .collect()
+        } else {
+            Vec::new()
+        },
     };
     render::metrics(&t, &sample)
 }
