@@ -479,3 +479,69 @@ fn force_new_cluster_restarts_one_survivor_alone_with_its_data() {
     c.wait_for_leader(&[survivor]);
     assert_eq!(value(&c.members[survivor].get("/v2/keys/after")), "2");
 }
+
+#[test]
+fn a_member_down_while_the_log_was_compacted_catches_up_by_snapshot_and_survives_a_restart() {
+    let mut c = Cluster::start(3, &["--snapshot-count", "50"]);
+    let leader = c.wait_for_leader(&[0, 1, 2]);
+    let down = (leader + 1) % 3;
+    c.kill(down);
+    let up = others(3, down);
+    for i in 0..300 {
+        let r = c.members[up[i % 2]].put(&format!("/v2/keys/c{i}"), &format!("value={i}"));
+        assert!(r.status == 201 || r.status == 200, "{}", r.text());
+    }
+    c.spawn(down, &["--snapshot-count", "50"]);
+    c.wait("the member to catch up", Duration::from_secs(30), || {
+        let r = c.members[down]
+            .try_request("GET", "/v2/keys/c299", "", Duration::from_secs(2))
+            .ok()?;
+        (value(&r) == "299").then_some(())
+    });
+    assert!(c.members[down]
+        .log_tail()
+        .contains("installed a snapshot from the leader"));
+    // What it installed is durable: after a kill -9 it restarts from its own snapshot.
+    c.kill(down);
+    c.isolate(&[down], Link::Cut);
+    c.spawn(down, &["--snapshot-count", "50"]);
+    c.wait(
+        "the isolated member to serve",
+        Duration::from_secs(30),
+        || {
+            let r = c.members[down]
+                .try_request("GET", "/v2/keys/c150", "", Duration::from_secs(2))
+                .ok()?;
+            (r.status == 200 && value(&r) == "150").then_some(())
+        },
+    );
+    c.heal();
+    let r = c.members[down].put("/v2/keys/back", "value=1");
+    assert_eq!(r.status, 201, "{}\n{}", r.text(), c.logs());
+}
+
+#[test]
+fn removing_the_leader_stops_it_and_the_rest_elect_and_go_on() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(&[0, 1, 2]);
+    let id = c.members[leader].id.clone();
+    let other = (leader + 1) % 3;
+    let r = c.members[other]
+        .try_request(
+            "DELETE",
+            &format!("/v2/members/{id}"),
+            "",
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(c.wait_exit(leader, Duration::from_secs(20)), Some(0));
+    let rest = others(3, leader);
+    c.wait_for_leader(&rest);
+    assert_eq!(
+        c.members[other].put("/v2/keys/after", "value=1").status,
+        201
+    );
+    let m = c.members[other].get("/v2/members").json();
+    assert_eq!(m["members"].as_array().map(Vec::len), Some(2), "{m}");
+}

@@ -322,6 +322,9 @@ pub struct Replica<T> {
     reads_ready: Vec<(u64, Vec<(u64, T)>)>,
     decode_snapshot: SnapshotDecoder,
     removed: bool,
+    /// Proposals made while no leader was known (raft-rs would drop them): proposed as soon
+    /// as one is, unless their request timed out meanwhile. (seq, encoded payload)
+    unsent: Vec<(u64, Vec<u8>)>,
 }
 
 /// A slog drain that forwards raft-rs's log lines to tracing.
@@ -435,6 +438,7 @@ impl<T> Replica<T> {
             reads_ready: Vec::new(),
             decode_snapshot: b.decode_snapshot,
             removed: false,
+            unsent: Vec::new(),
         })
     }
 
@@ -528,6 +532,8 @@ impl<T> Replica<T> {
             }
             expired.push(entry.remove().1);
         }
+        let pending = &self.pending;
+        self.unsent.retain(|(seq, _)| pending.contains_key(seq));
         let mut keep = Vec::new();
         for (deadline, t) in self.reads_unissued.drain(..) {
             if deadline <= now {
@@ -587,9 +593,18 @@ impl<T> Replica<T> {
         let id = self.next_request_id();
         let mut data = Vec::with_capacity(64);
         encode_payload(id, &payload, &mut data);
-        // Errors (no leader to forward to, a leader transfer in progress) leave the request
-        // to its deadline, which is what etcd's clients see during an election.
-        let _ = self.node.propose(Vec::new(), data);
+        if self.leader_id() == 0 {
+            // raft-rs drops a proposal when no leader is known (during an election, or right
+            // after a restart): keep it until one is, so the client sees a slow answer rather
+            // than a timeout. Only requests someone waits for are kept.
+            if token.is_some() {
+                self.unsent.push((id.seq, data));
+            }
+        } else {
+            // Other errors (a leader transfer in progress) leave the request to its deadline,
+            // which is what etcd's clients see then.
+            let _ = self.node.propose(Vec::new(), data);
+        }
         if let Some(token) = token {
             let deadline = self.ticks + self.request_timeout_ticks;
             self.pending.insert(id.seq, (deadline, token));
@@ -694,6 +709,14 @@ impl<T> Replica<T> {
     /// Runs one Ready round (see the module comment for the order).
     pub fn step<I: Io>(&mut self, io: &mut I) -> Result<StepOutput<T>, I::Error> {
         let mut out = StepOutput::default();
+        if !self.unsent.is_empty() && self.leader_id() != 0 {
+            for (seq, data) in std::mem::take(&mut self.unsent) {
+                // A request that timed out meanwhile is not proposed late.
+                if self.pending.contains_key(&seq) {
+                    let _ = self.node.propose(Vec::new(), data);
+                }
+            }
+        }
         if !self.reads_unissued.is_empty() {
             let id = self.next_request_id();
             let waiters = std::mem::take(&mut self.reads_unissued);

@@ -31,6 +31,9 @@ pub enum PeerIn {
     Message(Box<Message>),
     /// Messages to this peer were dropped: raft-rs should probe it instead of streaming.
     Unreachable(u64),
+    /// A snapshot to this peer was delivered (true) or failed (false): raft-rs's
+    /// `report_snapshot`, without which a lost snapshot would stall that follower.
+    SnapshotStatus(u64, bool),
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -80,6 +83,12 @@ pub fn peer_main(
 async fn route(ctx: Rc<PeerCtx>, outgoing: flume::Receiver<Message>) {
     while let Ok(m) = outgoing.recv_async().await {
         let to = m.to;
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            // Its own connection, so a large snapshot never holds up the heartbeats and
+            // appends of the normal stream. raft-rs sends one at a time per follower.
+            monoio::spawn(send_snapshot(ctx.clone(), m));
+            continue;
+        }
         let tx = {
             let mut writers = ctx.writers.borrow_mut();
             writers
@@ -133,7 +142,7 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
             ctx.writers.borrow_mut().remove(&to);
             return;
         };
-        let stream = match dial(&ctx, &url, to).await {
+        let stream = match dial(&ctx, &url, to, "/ringd/raft").await {
             Ok(s) => s,
             Err(e) => {
                 if was_connected {
@@ -197,8 +206,114 @@ fn encode_frame(m: &Message, out: &mut Vec<u8>) {
     out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Connects and performs the stream handshake; Ok when the peer answered 200.
-async fn dial(ctx: &PeerCtx, url: &str, to: u64) -> Result<TcpStream, String> {
+/// Bytes of a snapshot per chunk on the snapshot stream, each with its own CRC.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// How long a snapshot transfer (sent, checked, handed to the follower's raft) may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sends one MsgSnapshot on a connection of its own (docs/peer-wire.md, "Snapshots") and
+/// reports the outcome to raft.
+async fn send_snapshot(ctx: Rc<PeerCtx>, m: Message) {
+    let to = m.to;
+    let ok = match monoio::time::timeout(SNAPSHOT_TIMEOUT, snapshot_transfer(&ctx, &m)).await {
+        Ok(Ok(bytes)) => {
+            tracing::info!(peer = %format!("{to:x}"), bytes, "snapshot sent");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %format!("{to:x}"), error = %e, "snapshot not sent");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(peer = %format!("{to:x}"), "snapshot transfer timed out");
+            false
+        }
+    };
+    // The raft shard must hear this one: a snapshot left pending stalls the follower.
+    let _ = ctx.inbox.send_async(PeerIn::SnapshotStatus(to, ok)).await;
+}
+
+async fn snapshot_transfer(ctx: &PeerCtx, m: &Message) -> Result<usize, String> {
+    let url = peer_url(&ctx.shared.membership.load(), m.to).ok_or("not a member")?;
+    let mut stream = dial(ctx, &url, m.to, "/ringd/snapshot").await?;
+    let payload = m.write_to_bytes().map_err(|e| e.to_string())?;
+    let mut out =
+        Vec::with_capacity(payload.len() + 8 + 8 * (payload.len() / SNAPSHOT_CHUNK_BYTES + 1));
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    for chunk in payload.chunks(SNAPSHOT_CHUNK_BYTES) {
+        out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(chunk).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    let (res, _) = stream.write_all(out).await;
+    res.map_err(|e| e.to_string())?;
+    // One byte back once the follower checked it and handed it to its raft.
+    let (res, ack) = stream.read(vec![0u8; 1]).await;
+    match res {
+        Ok(1) if ack[0] == 1 => Ok(payload.len()),
+        Ok(_) => Err("the follower closed the snapshot stream".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Receives one snapshot (after the handshake): the total length, then chunks with their
+/// CRCs; hands the message to the raft shard and acknowledges with one byte.
+async fn read_snapshot(
+    ctx: &PeerCtx,
+    mut stream: TcpStream,
+    mut buf: Vec<u8>,
+    from: u64,
+) -> Result<(), String> {
+    while buf.len() < 8 {
+        buf = read_more(&mut stream, buf).await?;
+    }
+    let total = u64::from_le_bytes(buf[..8].try_into().map_err(|_| "short")?) as usize;
+    if total > PEER_MESSAGE_BYTES_MAX {
+        return Err(format!(
+            "snapshot of {total} bytes from {from:x} is over the limit"
+        ));
+    }
+    let mut payload = Vec::with_capacity(total);
+    let mut pos = 8;
+    while payload.len() < total {
+        while buf.len() - pos < 8 {
+            buf = read_more(&mut stream, buf).await?;
+        }
+        let len = u32::from_le_bytes(buf[pos..pos + 4].try_into().map_err(|_| "short")?) as usize;
+        let crc = u32::from_le_bytes(buf[pos + 4..pos + 8].try_into().map_err(|_| "short")?);
+        if len > SNAPSHOT_CHUNK_BYTES || payload.len() + len > total {
+            return Err(format!("bad snapshot chunk of {len} bytes from {from:x}"));
+        }
+        while buf.len() - pos < 8 + len {
+            buf = read_more(&mut stream, buf).await?;
+        }
+        let chunk = &buf[pos + 8..pos + 8 + len];
+        if crc32c::crc32c(chunk) != crc {
+            return Err(format!("snapshot chunk from {from:x} fails its CRC"));
+        }
+        payload.extend_from_slice(chunk);
+        buf.drain(..pos + 8 + len);
+        pos = 0;
+    }
+    let m = Message::parse_from_bytes(&payload).map_err(|e| e.to_string())?;
+    if m.from != from
+        || m.to != ctx.shared.self_id
+        || m.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot
+    {
+        return Err(format!("not a snapshot for this member from {from:x}"));
+    }
+    tracing::info!(from = %format!("{from:x}"), bytes = total, "snapshot received");
+    ctx.inbox
+        .send_async(PeerIn::Message(Box::new(m)))
+        .await
+        .map_err(|_| "the raft shard stopped")?;
+    let (res, _) = stream.write_all(vec![1u8]).await;
+    res.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Connects and performs the stream handshake on `path`; Ok when the peer answered 200.
+async fn dial(ctx: &PeerCtx, url: &str, to: u64, path: &str) -> Result<TcpStream, String> {
     let addr = resolve(url).map_err(|e| e.to_string())?;
     let connect = TcpStream::connect(addr);
     let mut stream = match monoio::time::timeout(HEAD_TIMEOUT, connect).await {
@@ -209,7 +324,7 @@ async fn dial(ctx: &PeerCtx, url: &str, to: u64) -> Result<TcpStream, String> {
     let _ = stream.set_nodelay(true);
     let host = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let head = format!(
-        "POST /ringd/raft HTTP/1.1\r\nHost: {host}\r\nX-Ringd-Cluster-Id: {:x}\r\nX-Ringd-From: {:x}\r\nX-Ringd-To: {to:x}\r\nContent-Length: 0\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nX-Ringd-Cluster-Id: {:x}\r\nX-Ringd-From: {:x}\r\nX-Ringd-To: {to:x}\r\nContent-Length: 0\r\n\r\n",
         ctx.shared.membership.load().cluster_id,
         ctx.shared.self_id,
     );
@@ -369,6 +484,7 @@ async fn serve_peer(
         };
     };
     let membership = ctx.shared.membership.load_full();
+    let snapshot = head.path == "/ringd/snapshot";
     let (reply, stream_from) = match (head.method.as_str(), head.path.as_str()) {
         ("GET", "/members") => {
             let mut body = vec![b'['];
@@ -396,17 +512,19 @@ async fn serve_peer(
             ),
             None,
         ),
-        ("POST", "/ringd/raft") => match check_handshake(ctx, &membership, &head, remote) {
-            Ok(from) => (response(200, "OK", "text/plain", b""), Some(from)),
-            Err((status, msg)) => {
-                let body = format!("{{\"message\":\"{msg}\"}}");
-                let reason = if status == 410 { "Gone" } else { "Refused" };
-                (
-                    response(status, reason, "application/json", body.as_bytes()),
-                    None,
-                )
+        ("POST", "/ringd/raft" | "/ringd/snapshot") => {
+            match check_handshake(ctx, &membership, &head, remote) {
+                Ok(from) => (response(200, "OK", "text/plain", b""), Some(from)),
+                Err((status, msg)) => {
+                    let body = format!("{{\"message\":\"{msg}\"}}");
+                    let reason = if status == 410 { "Gone" } else { "Refused" };
+                    (
+                        response(status, reason, "application/json", body.as_bytes()),
+                        None,
+                    )
+                }
             }
-        },
+        }
         _ => (
             response(404, "Not Found", "text/plain", b"404 page not found\n"),
             None,
@@ -418,6 +536,9 @@ async fn serve_peer(
         return Ok(());
     };
     buf.drain(..head.consumed);
+    if snapshot {
+        return read_snapshot(ctx, stream, buf, from).await;
+    }
     read_frames(ctx, stream, buf, from).await
 }
 

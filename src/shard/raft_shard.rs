@@ -477,6 +477,7 @@ fn peer_in(shared: &Shared, replica: &mut Replica<Token>, rtt: &mut RoundTrips, 
             rtt.unreachable(shared, id);
             replica.report_unreachable(id);
         }
+        PeerIn::SnapshotStatus(id, ok) => replica.report_snapshot(id, ok),
     }
 }
 

@@ -31,6 +31,10 @@ pub enum Link {
 /// Directed link states by (from member index, to member index); absent means `Pass`.
 type Links = Arc<Mutex<HashMap<(usize, usize), Link>>>;
 
+/// Member ids (hex) to member indexes, filled once the members are up, so the proxies know
+/// who dialled even while the member behind them is down.
+type Ids = Arc<Mutex<HashMap<String, usize>>>;
+
 /// Short timings so elections take well under a second; requests time out after
 /// 5 s + 2 x election timeout, as in etcd.
 pub const HEARTBEAT_MS: u64 = 50;
@@ -114,6 +118,7 @@ impl Member {
 pub struct Cluster {
     pub members: Vec<Member>,
     links: Links,
+    ids: Ids,
     token: String,
     dir: TempDir,
 }
@@ -132,6 +137,7 @@ impl Cluster {
     pub fn start_with_token(n: usize, token: &str, extra: &[&str]) -> Cluster {
         let dir = TempDir::new("ringd-cluster");
         let links: Links = Arc::default();
+        let ids: Ids = Arc::default();
         let mut members = Vec::new();
         for i in 0..n {
             let ip = format!("127.0.0.{}", i + 1);
@@ -150,12 +156,13 @@ impl Cluster {
             members.push(member);
         }
         for i in 0..n {
-            let proxy = start_proxy(&members, i, links.clone());
+            let proxy = start_proxy(&members, i, links.clone(), ids.clone());
             members[i].proxy_port = proxy;
         }
         let mut c = Cluster {
             members,
             links,
+            ids,
             token: token.to_string(),
             dir,
         };
@@ -187,9 +194,18 @@ impl Cluster {
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            c.members[i].id = id;
+            c.learn_id(i, &id);
         }
         c
+    }
+
+    /// Records member `i`'s id (for the proxies, and `Member::id`).
+    pub fn learn_id(&mut self, i: usize, id: &str) {
+        self.members[i].id = id.to_string();
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), i);
     }
 
     pub fn initial_cluster(&self) -> String {
@@ -222,14 +238,14 @@ impl Cluster {
             log: self.dir.path().join(format!("m{}.log", i + 1)),
             data_dir: self.dir.path().join(format!("m{}", i + 1)),
         });
-        let proxy = start_proxy(&self.members, i, self.links.clone());
+        let proxy = start_proxy(&self.members, i, self.links.clone(), self.ids.clone());
         self.members[i].proxy_port = proxy;
         i
     }
 
     /// A second proxy in front of member `i` (for a peer URL update); returns its port.
     pub fn another_proxy(&self, i: usize) -> u16 {
-        start_proxy(&self.members, i, self.links.clone())
+        start_proxy(&self.members, i, self.links.clone(), self.ids.clone())
     }
 
     /// Waits for member `i` to exit; returns its exit code.
@@ -396,28 +412,40 @@ impl Drop for Cluster {
 }
 
 /// Starts the proxy in front of member `to`; returns its port.
-fn start_proxy(members: &[Member], to: usize, links: Links) -> u16 {
+fn start_proxy(members: &[Member], to: usize, links: Links, ids: Ids) -> u16 {
     let ip = members[to].ip.clone();
     let listener =
         TcpListener::bind((ip.as_str(), 0)).unwrap_or_else(|e| panic!("proxy bind: {e}"));
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let upstream = format!("{}:{}", ip, members[to].peer_port);
-    // Member ids are not known until the members start; the proxy maps the handshake's
-    // X-Ringd-From (an id) to a member index through the advertised URL each member's id
-    // derives from, learned lazily from /v2/members of the member behind it.
-    let client = members[to].addr();
+    // The proxy maps the handshake's X-Ringd-From (an id) to a member index: from the ids
+    // the cluster learned, or else through the advertised URL in some member's /v2/members.
+    let clients: Vec<String> = members.iter().map(Member::addr).collect();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let (links, upstream, client) = (links.clone(), upstream.clone(), client.clone());
-            std::thread::spawn(move || proxy_conn(conn, &upstream, to, &client, links));
+            let (links, ids, upstream, clients) = (
+                links.clone(),
+                ids.clone(),
+                upstream.clone(),
+                clients.clone(),
+            );
+            std::thread::spawn(move || proxy_conn(conn, &upstream, to, &clients, &ids, links));
         }
     });
     port
 }
 
+/// Which member index has member id `id` (hex).
+fn index_of(clients: &[String], ids: &Ids, id: &str) -> Option<usize> {
+    if let Some(i) = ids.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        return Some(*i);
+    }
+    clients.iter().find_map(|c| index_from_members(c, id))
+}
+
 /// Which member index has member id `id` (hex), from the /v2/members of `client`.
-fn index_of(client: &str, id: &str) -> Option<usize> {
+fn index_from_members(client: &str, id: &str) -> Option<usize> {
     let r = request_timeout(
         client,
         "GET",
@@ -448,7 +476,14 @@ fn link_state(links: &Links, from: usize, to: usize) -> Link {
         .unwrap_or(Link::Pass)
 }
 
-fn proxy_conn(mut down: TcpStream, upstream: &str, to: usize, client: &str, links: Links) {
+fn proxy_conn(
+    mut down: TcpStream,
+    upstream: &str,
+    to: usize,
+    clients: &[String],
+    ids: &Ids,
+    links: Links,
+) {
     // Read the first request head to learn who dialled.
     let _ = down.set_read_timeout(Some(Duration::from_secs(5)));
     let mut head = Vec::new();
@@ -464,7 +499,7 @@ fn proxy_conn(mut down: TcpStream, upstream: &str, to: usize, client: &str, link
         .lines()
         .find_map(|l| l.strip_prefix("x-ringd-from:"))
         .map(|v| v.trim().to_string())
-        .and_then(|id| index_of(client, &id));
+        .and_then(|id| index_of(clients, ids, &id));
     if let Some(from) = from {
         if link_state(&links, from, to) == Link::Cut {
             return;
