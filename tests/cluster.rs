@@ -545,3 +545,44 @@ fn removing_the_leader_stops_it_and_the_rest_elect_and_go_on() {
     let m = c.members[other].get("/v2/members").json();
     assert_eq!(m["members"].as_array().map(Vec::len), Some(2), "{m}");
 }
+
+#[test]
+fn ttl_keys_expire_on_every_member_and_after_a_leader_change() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(&[0, 1, 2]);
+    let f = others(3, leader);
+    // A TTL key written through a follower; a watch on the other follower sees it expire.
+    let r = c.members[f[0]].put("/v2/keys/t1", "value=x&ttl=1");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let index = r.json()["node"]["modifiedIndex"].as_u64().unwrap_or(0);
+    let mut watch = support::Stream::open(
+        &c.members[f[1]].addr(),
+        "GET",
+        &format!("/v2/keys/t1?wait=true&waitIndex={}", index + 1),
+        &[],
+        b"",
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("watch: {e}"));
+    watch.read_all().unwrap_or_else(|e| panic!("watch: {e}"));
+    assert_eq!(watch.into_response().json()["action"], "expire");
+    for m in &c.members {
+        c.wait(
+            "the key to be gone everywhere",
+            Duration::from_secs(10),
+            || (m.get("/v2/keys/t1").status == 404).then_some(()),
+        );
+    }
+    // The leader that scheduled nothing new dies; the next one expires what is due.
+    assert_eq!(
+        c.members[leader].put("/v2/keys/t2", "value=y&ttl=2").status,
+        201
+    );
+    c.kill(leader);
+    let next = c.wait_for_leader(&f);
+    c.wait(
+        "the new leader to expire the key",
+        Duration::from_secs(15),
+        || (c.members[next].get("/v2/keys/t2").status == 404).then_some(()),
+    );
+}
