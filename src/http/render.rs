@@ -264,6 +264,19 @@ pub fn member_list<'a>(out: &mut Vec<u8>, members: impl IntoIterator<Item = &'a 
     out.extend_from_slice(b"]}\n");
 }
 
+/// Appends the body of a peer port's `GET /members`: the bare array etcd's peer handler
+/// writes.
+pub fn peer_member_list<'a>(out: &mut Vec<u8>, members: impl IntoIterator<Item = &'a Member>) {
+    out.push(b'[');
+    for (i, m) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        member(out, m);
+    }
+    out.push(b']');
+}
+
 /// Appends the body of `GET /v2/members/leader`: the leader's object and a newline.
 pub fn leader(out: &mut Vec<u8>, leader: &Member) {
     member(out, leader);

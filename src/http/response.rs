@@ -169,6 +169,14 @@ pub fn parse_status(resp: &[u8]) -> Option<u16> {
     std::str::from_utf8(s).ok()?.parse().ok()
 }
 
+/// The request that opens a raft or snapshot stream on a peer (docs/peer-wire.md).
+pub fn peer_stream_request(path: &str, host: &str, cluster: u64, from: u64, to: u64) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nX-Ringd-Cluster-Id: {cluster:x}\r\nX-Ringd-From: {from:x}\r\nX-Ringd-To: {to:x}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 //! The raft shard never waits on this thread: it hands messages over with `try_send`.
 
 use super::Shared;
+use crate::http::response::{json, message_response, peer_stream_request, respond};
 use crate::limits::{PEER_MESSAGE_BYTES_MAX, PEER_QUEUE_MESSAGES_MAX};
 use crate::members::Membership;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -323,12 +324,14 @@ async fn dial(ctx: &PeerCtx, url: &str, to: u64, path: &str) -> Result<TcpStream
     };
     let _ = stream.set_nodelay(true);
     let host = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nX-Ringd-Cluster-Id: {:x}\r\nX-Ringd-From: {:x}\r\nX-Ringd-To: {to:x}\r\nContent-Length: 0\r\n\r\n",
+    let head = peer_stream_request(
+        path,
+        host,
         ctx.shared.membership.load().cluster_id,
         ctx.shared.self_id,
+        to,
     );
-    let (res, _) = stream.write_all(head.into_bytes()).await;
+    let (res, _) = stream.write_all(head).await;
     res.map_err(|e| e.to_string())?;
     let (status, body) = match monoio::time::timeout(HEAD_TIMEOUT, read_response(&mut stream)).await
     {
@@ -458,16 +461,6 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     }
 }
 
-fn response(status: u16, reason: &str, ctype: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
 async fn serve_peer(
     ctx: &PeerCtx,
     mut stream: TcpStream,
@@ -485,50 +478,50 @@ async fn serve_peer(
     };
     let membership = ctx.shared.membership.load_full();
     let snapshot = head.path == "/ringd/snapshot";
-    let (reply, stream_from) = match (head.method.as_str(), head.path.as_str()) {
+    let cid = format!("{:x}", membership.cluster_id);
+    let mut reply = Vec::with_capacity(512);
+    let stream_from = match (head.method.as_str(), head.path.as_str()) {
         ("GET", "/members") => {
-            let mut body = vec![b'['];
-            for (i, m) in membership.members.values().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                crate::http::render::member(&mut body, m);
-            }
-            body.push(b']');
-            let mut r = response(200, "OK", "application/json", &body);
+            let mut body = Vec::new();
+            crate::http::render::peer_member_list(&mut body, membership.members.values());
             // etcd's peer handler names the cluster in this header; joining members read it.
-            let header = format!("X-Etcd-Cluster-Id: {:x}\r\n", membership.cluster_id);
-            if let Some(at) = r.windows(2).position(|w| w == b"\r\n") {
-                r.splice(at + 2..at + 2, header.into_bytes());
-            }
-            (r, None)
-        }
-        ("GET", "/version") => (
-            response(
+            json(
+                &mut reply,
+                false,
                 200,
-                "OK",
-                "application/json",
-                br#"{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}"#,
-            ),
-            None,
-        ),
+                &[("X-Etcd-Cluster-Id", &cid)],
+                &body,
+            );
+            None
+        }
+        ("GET", "/version") => {
+            let body = br#"{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}"#;
+            json(&mut reply, false, 200, &[], body);
+            None
+        }
         ("POST", "/ringd/raft" | "/ringd/snapshot") => {
             match check_handshake(ctx, &membership, &head, remote) {
-                Ok(from) => (response(200, "OK", "text/plain", b""), Some(from)),
+                Ok(from) => {
+                    respond(&mut reply, false, 200, None, &[], b"");
+                    Some(from)
+                }
                 Err((status, msg)) => {
-                    let body = format!("{{\"message\":\"{msg}\"}}");
-                    let reason = if status == 410 { "Gone" } else { "Refused" };
-                    (
-                        response(status, reason, "application/json", body.as_bytes()),
-                        None,
-                    )
+                    message_response(&mut reply, false, status, msg);
+                    None
                 }
             }
         }
-        _ => (
-            response(404, "Not Found", "text/plain", b"404 page not found\n"),
-            None,
-        ),
+        _ => {
+            respond(
+                &mut reply,
+                false,
+                404,
+                Some("text/plain; charset=utf-8"),
+                &[],
+                b"404 page not found\n",
+            );
+            None
+        }
     };
     let (res, _) = stream.write_all(reply).await;
     res.map_err(|e| e.to_string())?;
