@@ -83,3 +83,7 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 512 << 20;
 pub const PENDING_REQUESTS_MAX: usize = 200_000;
 
 const _: () = assert!(PROPOSAL_BATCH_MAX <= PEER_QUEUE_MESSAGES_MAX);
+
+/// Request ids of forwarded proposals a leader remembers, to drop a proposal that arrives
+/// twice (about 1.5 MB at the maximum).
+pub const RECENT_PROPOSALS_MAX: usize = 65536;

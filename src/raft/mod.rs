@@ -25,7 +25,7 @@
 //! only as ticks and as the stamps (write times, absolute expirations) already in proposed
 //! commands. The same code runs under the deterministic simulator (tests/sim.rs).
 
-use crate::limits::RAFT_MEM_LOG_KEEP;
+use crate::limits::{RAFT_MEM_LOG_KEEP, RECENT_PROPOSALS_MAX};
 use crate::members::{Member, Membership};
 use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState as RaftHardState, Message,
@@ -325,6 +325,9 @@ pub struct Replica<T> {
     /// Proposals made while no leader was known (raft-rs would drop them): proposed as soon
     /// as one is, unless their request timed out meanwhile. (seq, encoded payload)
     unsent: Vec<(u64, Vec<u8>)>,
+    /// Request ids of the forwarded proposals this member appended as leader, newest last.
+    recent_ids: std::collections::HashSet<(u64, u64)>,
+    recent_order: std::collections::VecDeque<(u64, u64)>,
 }
 
 /// A slog drain that forwards raft-rs's log lines to tracing.
@@ -439,6 +442,8 @@ impl<T> Replica<T> {
             decode_snapshot: b.decode_snapshot,
             removed: false,
             unsent: Vec::new(),
+            recent_ids: Default::default(),
+            recent_order: Default::default(),
         })
     }
 
@@ -652,7 +657,18 @@ impl<T> Replica<T> {
     }
 
     /// A raft message from a peer.
-    pub fn step_message(&mut self, m: Message) {
+    pub fn step_message(&mut self, mut m: Message) {
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgPropose && self.is_leader() {
+            // A forwarded proposal that arrives twice (a network that duplicates, a retry)
+            // must not be appended twice: a CAS or an in-order POST would apply twice. The
+            // leader remembers the request ids it appended recently and drops repeats.
+            let mut entries: Vec<Entry> = m.take_entries().into();
+            entries.retain(|e| self.first_sight(e));
+            if entries.is_empty() {
+                return;
+            }
+            m.set_entries(entries.into());
+        }
         if let Err(e) = self.node.step(m) {
             tracing::debug!("raft message ignored: {e}");
         }
@@ -674,6 +690,29 @@ impl<T> Replica<T> {
     /// Hands leadership to `to` (a leader being removed hands over first).
     pub fn transfer_leader(&mut self, to: u64) {
         self.node.transfer_leader(to);
+    }
+
+    /// Whether a forwarded entry's request id is new to this leader (entries without one,
+    /// conf changes and leader no-ops, always are).
+    fn first_sight(&mut self, e: &Entry) -> bool {
+        if e.get_entry_type() != EntryType::EntryNormal || e.data.first() != Some(&ENVELOPE_V1) {
+            return true;
+        }
+        let Ok((Some(id), _)) = decode_payload(&e.data) else {
+            return true;
+        };
+        let key = (id.member, id.seq);
+        if !self.recent_ids.insert(key) {
+            tracing::debug!(member = %format!("{:x}", id.member), seq = id.seq, "duplicate proposal dropped");
+            return false;
+        }
+        self.recent_order.push_back(key);
+        if self.recent_order.len() > RECENT_PROPOSALS_MAX {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent_ids.remove(&old);
+            }
+        }
+        true
     }
 
     /// raft-rs asked for a snapshot to send a follower: the caller should produce one at

@@ -264,3 +264,29 @@ fn payloads_round_trip_and_old_entries_decode_as_commands() {
         }
     }
 }
+
+#[test]
+fn a_forwarded_proposal_that_arrives_twice_is_appended_once() {
+    let mut log = Vec::new();
+    let mut hs = HardState::default();
+    let mut r = bootstrap(Vec::new(), HardState::default());
+    drive(&mut r, &mut log, &mut hs);
+    let mut data = Vec::new();
+    let id = RequestId { member: 2, seq: 7 };
+    encode_payload(id, &Payload::Command(set("/once", "1")), &mut data);
+    let mut m = Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
+    m.from = 2;
+    m.to = 1;
+    m.set_entries(
+        vec![Entry {
+            data: data.into(),
+            ..Default::default()
+        }]
+        .into(),
+    );
+    r.step_message(m.clone());
+    r.step_message(m);
+    drive(&mut r, &mut log, &mut hs);
+    assert_eq!(r.store().index().0, 1, "applied twice");
+}
