@@ -87,7 +87,10 @@ impl Membership {
     /// etcd's strict reconfiguration check for an add (`IsReadyToAddVotingMember`): the
     /// started members must still be a quorum of the grown cluster.
     pub fn ready_to_add(&self) -> bool {
-        self.started().count() >= quorum(self.members.len() + 1)
+        let started = self.started().count();
+        // Growing a one-member cluster (after --force-new-cluster) is always allowed, as in
+        // etcd: the new member cannot have started before it is added.
+        (started == 1 && self.members.len() == 1) || started >= quorum(self.members.len() + 1)
     }
 
     /// ... and for a removal (`IsReadyToRemoveVotingMember`): the started members left must be

@@ -137,6 +137,43 @@ pub fn go_duration(ns: u64) -> String {
     }
 }
 
+/// etcd's `statsQueue`: the last 200 raft append messages sent or received (time, bytes), whose
+/// rate (messages and bytes per second over their span) `/v2/stats/self` shows while the
+/// newest is under a second old.
+#[derive(Clone, Debug, Default)]
+pub struct RateWindow {
+    samples: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// Samples kept by a `RateWindow` (etcd's queueCapacity).
+const RATE_WINDOW_SAMPLES: usize = 200;
+
+impl RateWindow {
+    pub fn push(&mut self, now_ns: u64, bytes: u64) {
+        if self.samples.len() == RATE_WINDOW_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now_ns, bytes));
+    }
+
+    /// (messages per second, bytes per second), or zeros when idle for a second.
+    pub fn rate(&self, now_ns: u64) -> (f64, f64) {
+        let (Some(front), Some(back)) = (self.samples.front(), self.samples.back()) else {
+            return (0.0, 0.0);
+        };
+        if now_ns.saturating_sub(back.0) > 1_000_000_000 {
+            return (0.0, 0.0);
+        }
+        let span = back.0.saturating_sub(front.0);
+        if span == 0 {
+            return (0.0, 0.0);
+        }
+        let secs = span as f64 / 1e9;
+        let bytes: u64 = self.samples.iter().map(|s| s.1).sum();
+        (self.samples.len() as f64 / secs, bytes as f64 / secs)
+    }
+}
+
 /// The leader's view of one follower, as etcd's `/v2/stats/leader` shows it: round-trip
 /// latency of raft messages (an append or heartbeat sent to its response) in milliseconds,
 /// and how many round trips succeeded or failed (unreachable, rejected).
@@ -197,6 +234,20 @@ impl FollowerStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_over_the_last_samples_and_zero_when_idle() {
+        let mut w = RateWindow::default();
+        assert_eq!(w.rate(0), (0.0, 0.0));
+        for i in 0..300u64 {
+            w.push(i * 10_000_000, 100);
+        }
+        // 200 samples over 1.99 s.
+        let (p, b) = w.rate(2_990_000_000);
+        assert!((p - 200.0 / 1.99).abs() < 1e-6, "{p}");
+        assert!((b - 20_000.0 / 1.99).abs() < 1e-6, "{b}");
+        assert_eq!(w.rate(5_000_000_000), (0.0, 0.0));
+    }
 
     #[test]
     fn follower_latency_figures() {

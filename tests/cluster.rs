@@ -331,7 +331,12 @@ fn a_member_added_with_etcdctl_catches_up_by_snapshot_then_is_removed_and_exits(
     }
     let new = c.add_slot();
     let peer = c.members[new].advertised_peer_url();
-    let (code, out) = etcdctl(&c.members[0].client_url(), &["member", "add", "m4", &peer]);
+    // --strict-reconfig-check: the member taking the request must have been connected to
+    // every voter for 5 s (etcd's HealthInterval); until then etcd and ringd refuse (500).
+    let (code, out) = c.wait("member add to be accepted", Duration::from_secs(30), || {
+        let (code, out) = etcdctl(&c.members[0].client_url(), &["member", "add", "m4", &peer]);
+        (code == 0).then_some((code, out))
+    });
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Added member named m4 with ID"), "{out}");
     assert!(
@@ -526,14 +531,18 @@ fn removing_the_leader_stops_it_and_the_rest_elect_and_go_on() {
     let leader = c.wait_for_leader(&[0, 1, 2]);
     let id = c.members[leader].id.clone();
     let other = (leader + 1) % 3;
-    let r = c.members[other]
-        .try_request(
-            "DELETE",
-            &format!("/v2/members/{id}"),
-            "",
-            Duration::from_secs(20),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+    // Refused (500) until the member has been connected to the others for 5 s, as etcd.
+    let r = c.wait(
+        "the removal to be accepted",
+        Duration::from_secs(30),
+        || {
+            let path = format!("/v2/members/{id}");
+            let r = c.members[other]
+                .try_request("DELETE", &path, "", Duration::from_secs(20))
+                .ok()?;
+            (r.status != 500).then_some(r)
+        },
+    );
     assert_eq!(r.status, 204, "{}", r.text());
     assert_eq!(c.wait_exit(leader, Duration::from_secs(20)), Some(0));
     let rest = others(3, leader);

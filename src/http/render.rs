@@ -296,6 +296,10 @@ pub struct SelfStats<'a> {
     pub leader_uptime_ns: u64,
     pub appends_received: u64,
     pub appends_sent: u64,
+    /// Append messages and bytes per second, received and sent (0: omitted, as etcd's
+    /// omitempty).
+    pub recv_rate: (f64, f64),
+    pub send_rate: (f64, f64),
 }
 
 /// Appends the body of `GET /v2/stats/self`.
@@ -314,15 +318,26 @@ pub fn self_stats(out: &mut Vec<u8>, s: &SelfStats<'_>) {
     };
     let _ = write!(
         out,
-        ",\"id\":\"{:x}\",\"state\":\"{}\",\"startTime\":\"{}\",\"leaderInfo\":{{\"leader\":\"{leader}\",\"uptime\":\"{}\",\"startTime\":\"{}\"}},\"recvAppendRequestCnt\":{},\"sendAppendRequestCnt\":{}}}",
+        ",\"id\":\"{:x}\",\"state\":\"{}\",\"startTime\":\"{}\",\"leaderInfo\":{{\"leader\":\"{leader}\",\"uptime\":\"{}\",\"startTime\":\"{}\"}},\"recvAppendRequestCnt\":{}",
         s.id,
         s.state,
         time(s.start_unix_ns),
         crate::stats::go_duration(s.leader_uptime_ns),
         time(s.leader_since_unix_ns),
         s.appends_received,
-        s.appends_sent,
     );
+    let rates = |out: &mut Vec<u8>, names: [&str; 2], (pkg, bw): (f64, f64)| {
+        if pkg != 0.0 {
+            let _ = write!(out, ",\"{}\":{pkg}", names[0]);
+        }
+        if bw != 0.0 {
+            let _ = write!(out, ",\"{}\":{bw}", names[1]);
+        }
+    };
+    rates(out, ["recvPkgRate", "recvBandwidthRate"], s.recv_rate);
+    let _ = write!(out, ",\"sendAppendRequestCnt\":{}", s.appends_sent);
+    rates(out, ["sendPkgRate", "sendBandwidthRate"], s.send_rate);
+    out.push(b'}');
 }
 
 /// Appends the body of `GET /v2/stats/leader`: each follower's latency and counts.
@@ -584,9 +599,11 @@ mod tests {
                     leader_uptime_ns: 1_500_000_000,
                     appends_received: 3,
                     appends_sent: 0,
+                    recv_rate: (10.5, 2048.0),
+                    send_rate: (0.0, 0.0),
                 }
             )),
-            r#"{"name":"n","id":"ab","state":"StateFollower","startTime":"1970-01-01T00:00:00Z","leaderInfo":{"leader":"cd","uptime":"1.5s","startTime":"1970-01-01T00:00:00Z"},"recvAppendRequestCnt":3,"sendAppendRequestCnt":0}"#
+            r#"{"name":"n","id":"ab","state":"StateFollower","startTime":"1970-01-01T00:00:00Z","leaderInfo":{"leader":"cd","uptime":"1.5s","startTime":"1970-01-01T00:00:00Z"},"recvAppendRequestCnt":3,"recvPkgRate":10.5,"recvBandwidthRate":2048,"sendAppendRequestCnt":0}"#
         );
         assert_eq!(
             s(|o| leader_stats(o, 0xab, [])),

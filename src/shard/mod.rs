@@ -97,6 +97,11 @@ pub struct Shared {
     /// On the leader: each follower's round-trip figures (/v2/stats/leader). Written by the
     /// raft shard, read by the client shards: a small map, locked briefly on both sides.
     pub followers: std::sync::Mutex<std::collections::BTreeMap<u64, crate::stats::FollowerStats>>,
+    /// The last appends received and sent (etcd's rates in /v2/stats/self); raft shard writes.
+    pub append_rates: std::sync::Mutex<(crate::stats::RateWindow, crate::stats::RateWindow)>,
+    /// Since when the peer thread has had a working stream to each peer (etcd's
+    /// `ActiveSince`), for the strict reconfiguration checks.
+    pub peer_active: std::sync::Mutex<std::collections::BTreeMap<u64, Instant>>,
 }
 
 /// The reply to a proposal: the outcome and the raft position it was applied at.
@@ -327,6 +332,8 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         appends_received: Default::default(),
         appends_sent: Default::default(),
         followers: Default::default(),
+        append_rates: Default::default(),
+        peer_active: Default::default(),
     });
     let (mailbox_tx, mailbox_rx) = flume::bounded::<Proposal>(MAILBOX_CAPACITY);
     let mut event_txs = Vec::new();

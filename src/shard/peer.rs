@@ -76,6 +76,7 @@ pub fn peer_main(
                 Err(e) => tracing::error!(error = %e, "cannot adopt peer listener"),
             }
         }
+        monoio::spawn(keep_dialled(ctx.clone()));
         route(ctx, outgoing).await;
     });
 }
@@ -90,17 +91,7 @@ async fn route(ctx: Rc<PeerCtx>, outgoing: flume::Receiver<Message>) {
             monoio::spawn(send_snapshot(ctx.clone(), m));
             continue;
         }
-        let tx = {
-            let mut writers = ctx.writers.borrow_mut();
-            writers
-                .entry(to)
-                .or_insert_with(|| {
-                    let (tx, rx) = flume::bounded(PEER_QUEUE_MESSAGES_MAX);
-                    monoio::spawn(write_loop(ctx.clone(), to, rx));
-                    tx
-                })
-                .clone()
-        };
+        let tx = writer_for(&ctx, to);
         if tx.try_send(m).is_err() {
             // Full (the peer is slow or down) or its writer ended (removed member).
             let _ = ctx.inbox.try_send(PeerIn::Unreachable(to));
@@ -108,6 +99,34 @@ async fn route(ctx: Rc<PeerCtx>, outgoing: flume::Receiver<Message>) {
                 ctx.writers.borrow_mut().remove(&to);
             }
         }
+    }
+}
+
+/// The queue of `to`'s writer, starting the writer (and its connection) if there is none.
+fn writer_for(ctx: &Rc<PeerCtx>, to: u64) -> flume::Sender<Message> {
+    let mut writers = ctx.writers.borrow_mut();
+    writers
+        .entry(to)
+        .or_insert_with(|| {
+            let (tx, rx) = flume::bounded(PEER_QUEUE_MESSAGES_MAX);
+            monoio::spawn(write_loop(ctx.clone(), to, rx));
+            tx
+        })
+        .clone()
+}
+
+/// Keeps a stream open to every other member, messages or not (as etcd does): a follower
+/// otherwise talks only to the leader, and the members API's strict checks count the peers
+/// this member has been connected to.
+async fn keep_dialled(ctx: Rc<PeerCtx>) {
+    loop {
+        let membership = ctx.shared.membership.load_full();
+        for id in membership.members.keys() {
+            if *id != ctx.shared.self_id {
+                writer_for(&ctx, *id);
+            }
+        }
+        monoio::time::sleep(BACKOFF_MAX).await;
     }
 }
 
@@ -162,6 +181,12 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
             }
         };
         tracing::info!(peer = %format!("{to:x}"), url = %url, "peer connected");
+        ctx.shared
+            .peer_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(to)
+            .or_insert_with(Instant::now);
         backoff = BACKOFF_MIN;
         was_connected = true;
         let mut stream = stream;
@@ -190,6 +215,11 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
             }
         };
         tracing::warn!(peer = %format!("{to:x}"), reason = %reason, "peer disconnected");
+        ctx.shared
+            .peer_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&to);
     }
 }
 

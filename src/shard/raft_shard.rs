@@ -75,6 +75,8 @@ pub(super) struct ShardIo<'a> {
     /// Peers whose messages could not be queued (reported to raft after the step).
     pub unreachable: Vec<u64>,
     pub rtt: &'a mut RoundTrips,
+    /// None during recovery (nothing is sent then).
+    pub shared: Option<&'a Shared>,
     /// Where snapshots from the leader are written (None during recovery).
     pub snap_dir: Option<&'a std::path::Path>,
 }
@@ -88,11 +90,17 @@ pub(super) struct RoundTrips {
 }
 
 impl RoundTrips {
-    fn sent(&mut self, m: &Message) {
+    fn sent(&mut self, shared: &Shared, m: &Message) {
         use raft::eraftpb::MessageType::{MsgAppend, MsgHeartbeat};
         let t = m.get_msg_type();
         if t == MsgAppend {
             self.appends_sent += 1;
+            let size = u64::from(protobuf::Message::compute_size(m));
+            let mut rates = shared
+                .append_rates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            rates.1.push(unix_now_ns(), size);
         }
         if t == MsgAppend || t == MsgHeartbeat {
             self.sent_at.entry(m.to).or_insert_with(Instant::now);
@@ -105,6 +113,12 @@ impl RoundTrips {
         let t = m.get_msg_type();
         if t == MsgAppend {
             shared.appends_received.fetch_add(1, Ordering::Relaxed);
+            let size = u64::from(protobuf::Message::compute_size(m));
+            let mut rates = shared
+                .append_rates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            rates.0.push(unix_now_ns(), size);
         }
         if t != MsgAppendResponse && t != MsgHeartbeatResponse {
             return;
@@ -137,7 +151,9 @@ impl crate::raft::Io for ShardIo<'_> {
         };
         for m in messages {
             let to = m.to;
-            self.rtt.sent(&m);
+            if let Some(shared) = self.shared {
+                self.rtt.sent(shared, &m);
+            }
             // Never wait for the peer thread: raft retransmits what is dropped.
             if peers.try_send(m).is_err() && !self.unreachable.contains(&to) {
                 self.unreachable.push(to);
@@ -206,6 +222,7 @@ pub(super) fn drive(
     peers: Option<&flume::Sender<Message>>,
     stats: &mut BatchStats,
     rtt: &mut RoundTrips,
+    shared: Option<&Shared>,
     snap_dir: Option<&std::path::Path>,
 ) -> Drained {
     let mut d = Drained::default();
@@ -215,6 +232,7 @@ pub(super) fn drive(
             peers,
             unreachable: Vec::new(),
             rtt: &mut *rtt,
+            shared,
             snap_dir,
         };
         let out = match replica.step(&mut io) {
@@ -346,7 +364,7 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
         for p in batch.drain(..) {
             match p {
                 Proposal::Member { change, reply } => {
-                    if let Err(e) = member_change(&mut replica, &cfg, change, reply) {
+                    if let Err(e) = member_change(&shared, &mut replica, &cfg, change, reply) {
                         replies.push(reply, member_reply(&replica, Err(e)));
                     }
                 }
@@ -395,6 +413,7 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
             peers,
             &mut stats,
             &mut rtt,
+            Some(&shared),
             Some(&paths.snap),
         );
         shared.wal_syncs.store(stats.syncs, Ordering::Relaxed);
@@ -537,20 +556,29 @@ fn member_reply(replica: &Replica<Token>, outcome: MemberOutcome) -> Reply {
     }
 }
 
-/// The leader's own check that it hears from the members a change needs (etcd's
-/// `isConnectedFullySince`): every voter but `except` recently active. Followers cannot tell
-/// and leave it to the leader's view of the cluster.
-fn connected(replica: &Replica<Token>, except: Option<u64>) -> bool {
-    !replica.is_leader()
-        || replica
-            .progress()
-            .iter()
-            .all(|(id, _, active)| *active || Some(*id) == except)
+/// etcd's `HealthInterval`: how long a member must have had a working stream to a peer to
+/// count it connected for a membership change.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// etcd's `numConnectedSince`: this member, plus the voters it has had a stream to for
+/// `HEALTH_INTERVAL`.
+fn connected_count(shared: &Shared, voters: impl Iterator<Item = u64>) -> usize {
+    let active = shared.peer_active.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    voters
+        .filter(|id| {
+            *id == shared.self_id
+                || active
+                    .get(id)
+                    .is_some_and(|t| now.duration_since(*t) >= HEALTH_INTERVAL)
+        })
+        .count()
 }
 
 /// Validates a members API change against the applied membership and proposes it (etcd's
 /// AddMember/RemoveMember/UpdateMember with `--strict-reconfig-check`).
 fn member_change(
+    shared: &Shared,
     replica: &mut Replica<Token>,
     cfg: &RaftShardConfig,
     change: MemberChange,
@@ -563,11 +591,15 @@ fn member_change(
     };
     match change {
         MemberChange::Add { peer_urls } => {
+            // etcd's order: the strict checks, then the membership's own (409).
+            if cfg.strict_reconfig_check
+                && (!m.ready_to_add()
+                    || connected_count(shared, m.members.keys().copied()) < m.members.len())
+            {
+                return Err(unhealthy());
+            }
             if m.peer_url_taken(&peer_urls, None) {
                 return Err(MemberError::new(409, "membership: peerURL exists"));
-            }
-            if cfg.strict_reconfig_check && (!m.ready_to_add() || !connected(replica, None)) {
-                return Err(unhealthy());
             }
             let id = member_id_at(&peer_urls, &m.token, Some(unix_now_ns() / 1_000_000_000));
             if m.members.contains_key(&id) || m.removed.contains(&id) {
@@ -595,10 +627,23 @@ fn member_change(
             let Some(member) = m.members.get(&id).cloned() else {
                 return Err(MemberError::new(404, format!("No such member: {id:x}")));
             };
-            if cfg.strict_reconfig_check
-                && (!m.ready_to_remove(id) || !connected(replica, Some(id)))
-            {
-                return Err(unhealthy());
+            if cfg.strict_reconfig_check {
+                if !m.ready_to_remove(id) {
+                    return Err(unhealthy());
+                }
+                // A member this one has no stream to is not part of the active quorum: it is
+                // safe to remove. Otherwise the rest must stay a quorum (etcd's
+                // mayRemoveMember).
+                let down = id != shared.self_id
+                    && !shared
+                        .peer_active
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(&id);
+                let active = connected_count(shared, m.members.keys().copied());
+                if !down && active.saturating_sub(1) < crate::members::quorum(m.members.len() - 1) {
+                    return Err(unhealthy());
+                }
             }
             replica.propose_conf_change(
                 ConfChangeType::RemoveNode,

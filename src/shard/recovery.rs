@@ -237,6 +237,7 @@ pub fn replay(rec: &mut Recovered) -> Vec<Arc<Event>> {
         &mut stats,
         &mut rtt,
         None,
+        None,
     )
     .events;
     if let Err(e) = rec.replica.shrink_mem_log() {

@@ -265,6 +265,12 @@ fn stats(ctx: &Rc<ShardCtx>, kind: StatsKind, head: bool, out: &mut Vec<u8>) {
         StatsKind::SelfStats => {
             let p = shared.published.load();
             let since = shared.leader_since_ns.load(Ordering::Relaxed);
+            let now = crate::shard::unix_now_ns();
+            let rates = shared
+                .append_rates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             render::self_stats(
                 &mut body,
                 &render::SelfStats {
@@ -274,9 +280,11 @@ fn stats(ctx: &Rc<ShardCtx>, kind: StatsKind, head: bool, out: &mut Vec<u8>) {
                     state: p.state,
                     leader: p.leader,
                     leader_since_unix_ns: since,
-                    leader_uptime_ns: crate::shard::unix_now_ns().saturating_sub(since),
+                    leader_uptime_ns: now.saturating_sub(since),
                     appends_received: shared.appends_received.load(Ordering::Relaxed),
                     appends_sent: shared.appends_sent.load(Ordering::Relaxed),
+                    recv_rate: rates.0.rate(now),
+                    send_rate: rates.1.rate(now),
                 },
             );
         }
