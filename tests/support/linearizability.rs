@@ -15,13 +15,16 @@
 //!
 //! The search explores orders of the pending operations depth first, never visiting the same
 //! (set of operations linearized, register value) twice, and gives up with "inconclusive"
-//! after a bounded number of steps rather than hang.
+//! after a bounded number of steps rather than hang. Two exact reductions keep unanswered
+//! operations from multiplying the search: values that no read returned and no
+//! compare-and-swap expects count as one value, and of several unanswered operations that do
+//! the same thing only the earliest called is tried at each point.
 //!
 //! Used as a module: `#[path = "support/linearizability.rs"] mod linearizability;`.
 //! Unit tests: tests/linearizability.rs.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 
 /// One client operation on one key.
@@ -111,11 +114,12 @@ enum Verdict {
     Inconclusive(u64),
 }
 
-/// The register's value: 0 absent, v + 1 the v-th distinct value of the key.
+/// The register's value: 0 absent, 1 any value nobody observes, v + 2 the v-th value some
+/// operation observes.
 type State = u32;
 
 /// An operation with its values interned.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Write(State),
     Cas(State, State, Option<bool>),
@@ -157,6 +161,8 @@ struct Events {
     op: Vec<usize>,
     /// For a call node, its return node; NIL for return nodes.
     ret: Vec<usize>,
+    /// The call node of each operation.
+    call: Vec<usize>,
 }
 
 impl Events {
@@ -174,15 +180,15 @@ impl Events {
             prev: (0..len).map(|i| i.wrapping_sub(1)).collect(),
             op: vec![NIL; len],
             ret: vec![NIL; len],
+            call: vec![NIL; times.len()],
         };
-        let mut call_node = vec![NIL; times.len()];
         for (n, &(_, is_ret, op)) in ev.iter().enumerate() {
             let node = n + 1;
             e.op[node] = op;
             if is_ret == 0 {
-                call_node[op] = node;
+                e.call[op] = node;
             } else {
-                e.ret[call_node[op]] = node;
+                e.ret[e.call[op]] = node;
             }
         }
         e
@@ -220,9 +226,28 @@ impl Events {
 }
 
 fn check_key<'a>(history: &'a [Op], ids: &[usize], steps_max: u64) -> Verdict {
+    // Values no answered read returned and no compare-and-swap expects are all alike to every
+    // operation ("some value nobody looks for"): they share one state, so the memo sees
+    // through them.
+    let mut observed: BTreeSet<&str> = BTreeSet::new();
+    for &i in ids {
+        match &history[i].kind {
+            Kind::Read { value: Some(v) } => {
+                observed.insert(v);
+            }
+            Kind::Cas { expected, .. } => {
+                observed.insert(expected);
+            }
+            _ => {}
+        }
+    }
+    const UNOBSERVED: State = 1;
     let mut values: BTreeMap<&str, State> = BTreeMap::new();
     let mut intern = |v: &'a str| -> State {
-        let next = values.len() as State + 1;
+        if !observed.contains(v) {
+            return UNOBSERVED;
+        }
+        let next = values.len() as State + 2;
         *values.entry(v).or_insert(next)
     };
     let model: Vec<Step> = ids
@@ -247,6 +272,23 @@ fn check_key<'a>(history: &'a [Op], ids: &[usize], steps_max: u64) -> Verdict {
         .collect();
     let answered_total = times.iter().filter(|t| t.1.is_some()).count();
     let mut ev = Events::new(&times);
+    // Unanswered operations that do the same thing (equal steps) are interchangeable once
+    // called: from any point where two of them could go, trying the earlier-called one is
+    // enough (the later one stays available wherever the earlier would have been used). For
+    // each class, the call nodes of its members not yet linearized.
+    let mut class_of: Vec<Option<usize>> = vec![None; ids.len()];
+    let mut classes: Vec<BTreeSet<usize>> = Vec::new();
+    let mut class_ids: BTreeMap<Step, usize> = BTreeMap::new();
+    for (op, step) in model.iter().enumerate() {
+        if times[op].1.is_none() {
+            let c = *class_ids.entry(*step).or_insert_with(|| {
+                classes.push(BTreeSet::new());
+                classes.len() - 1
+            });
+            class_of[op] = Some(c);
+            classes[c].insert(ev.call[op]);
+        }
+    }
     let words = ids.len().div_ceil(64);
     let mut linearized = vec![0u64; words];
     let mut seen: HashSet<(Vec<u64>, State)> = HashSet::new();
@@ -267,12 +309,19 @@ fn check_key<'a>(history: &'a [Op], ids: &[usize], steps_max: u64) -> Verdict {
         }
         if ev.is_call(entry) {
             let op = ev.op[entry];
+            if class_of[op].is_some_and(|c| classes[c].first() != Some(&entry)) {
+                entry = ev.next[entry];
+                continue;
+            }
             if let Some(after) = model[op].apply(state) {
                 linearized[op / 64] |= 1 << (op % 64);
                 if seen.insert((linearized.clone(), after)) {
                     stack.push((entry, state));
                     state = after;
                     ev.lift(entry);
+                    if let Some(c) = class_of[op] {
+                        classes[c].remove(&entry);
+                    }
                     answered_done += times[op].1.is_some() as usize;
                     if stack.len() > longest.len() {
                         longest = stack.iter().map(|&(n, _)| ev.op[n]).collect();
@@ -296,6 +345,9 @@ fn check_key<'a>(history: &'a [Op], ids: &[usize], steps_max: u64) -> Verdict {
             state = before;
             linearized[op / 64] &= !(1 << (op % 64));
             answered_done -= times[op].1.is_some() as usize;
+            if let Some(c) = class_of[op] {
+                classes[c].insert(call);
+            }
             ev.unlift(call);
             entry = ev.next[call];
         }
