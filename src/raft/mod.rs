@@ -524,6 +524,16 @@ impl<T> Replica<T> {
         }
     }
 
+    /// Sets the election timeout raft-rs waits for before campaigning, to `election_tick +
+    /// draw % election_tick` ticks (its own range). raft-rs draws it from the thread's RNG at
+    /// every term or role change; the deterministic simulation (tests/sim.rs) draws it from
+    /// its seed instead, after every call into the replica, so that a seed replays exactly.
+    pub fn set_election_timeout(&mut self, draw: u64) {
+        let e = self.node.raft.election_timeout();
+        let ticks = e + (draw % e.max(1) as u64) as usize;
+        self.node.raft.set_randomized_election_timeout(ticks);
+    }
+
     /// Advances raft's clock by one heartbeat interval and returns the requests whose deadline
     /// passed (answer them with etcd's timeout error).
     pub fn tick(&mut self) -> Vec<T> {
@@ -589,12 +599,14 @@ impl<T> Replica<T> {
     /// forwards it to the leader. The token comes back from a later `step` once the entry is
     /// durable on a quorum and applied here, or from `tick` when its deadline passes (no
     /// leader, lost quorum, or the forwarded proposal was dropped: etcd's timeout).
-    pub fn propose(&mut self, cmd: Command, token: T) {
-        self.propose_payload(Payload::Command(cmd), Some(token));
+    /// Returns the request id the entry carries (the simulator matches log entries to its
+    /// requests with it).
+    pub fn propose(&mut self, cmd: Command, token: T) -> RequestId {
+        self.propose_payload(Payload::Command(cmd), Some(token))
     }
 
     /// Proposes a payload; with no token nobody waits for it (expiry passes, publishes).
-    pub fn propose_payload(&mut self, payload: Payload, token: Option<T>) {
+    pub fn propose_payload(&mut self, payload: Payload, token: Option<T>) -> RequestId {
         let id = self.next_request_id();
         let mut data = Vec::with_capacity(64);
         encode_payload(id, &payload, &mut data);
@@ -614,6 +626,7 @@ impl<T> Replica<T> {
             let deadline = self.ticks + self.request_timeout_ticks;
             self.pending.insert(id.seq, (deadline, token));
         }
+        id
     }
 
     /// Proposes a membership change (voters) with the member record and the request id as
