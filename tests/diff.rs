@@ -733,9 +733,13 @@ fn case_format_parses() {
         k => panic!("{k:?}"),
     }
     let subs = Subs {
-        client_port: 1,
-        peer_port: 2,
-        member_id: Some("abc".into()),
+        members: vec![MemberSubs {
+            role: Role::Target,
+            id: "abc".into(),
+            name: "m1".into(),
+            client_addr: "127.0.0.1:1".into(),
+            peer_addr: "127.0.0.1:2".into(),
+        }],
         cluster_id: None,
     };
     let ctx = Ctx {
@@ -767,5 +771,79 @@ fn case_format_parses() {
     assert_eq!(
         norm_prev_index_mismatch("[11 != 12]", "11", 10),
         "[i+1 != i+2]"
+    );
+}
+
+#[test]
+fn cluster_members_normalize_by_role() {
+    let member = |role, id: &str, name: &str, host: &str| MemberSubs {
+        role,
+        id: id.into(),
+        name: name.into(),
+        client_addr: format!("{host}:1"),
+        peer_addr: format!("{host}:2"),
+    };
+    let subs = Subs {
+        members: vec![
+            member(Role::Target, "abc", "m2", "127.0.0.2"),
+            member(Role::Leader, "def", "m1", "127.0.0.1"),
+            member(Role::Other, "123", "m3", "127.0.0.3"),
+        ],
+        cluster_id: Some("c1".into()),
+    };
+    // A longer port that starts with a member's is another address.
+    assert_eq!(
+        norm_ports(
+            "http://127.0.0.1:1, http://127.0.0.1:12, http://127.0.0.3:2/x",
+            &subs
+        ),
+        "http://<leader-client-addr>, http://127.0.0.1:12, http://<other-peer-addr>/x"
+    );
+    assert_eq!(norm_id("abc", &subs).as_deref(), Some("<self-id>"));
+    assert_eq!(norm_id("c1", &subs).as_deref(), Some("<cluster-id>"));
+    assert_eq!(norm_id("m1", &subs), None);
+    assert_eq!(norm_name("m1", &subs).as_deref(), Some("<leader-name>"));
+    let ctx = Ctx {
+        addr: String::new(),
+        subs: &subs,
+        base: 10,
+    };
+    assert_eq!(
+        expand("{client_url} {peer_url} {member_id}", &ctx, 0),
+        "http://127.0.0.2:1 http://127.0.0.2:2 abc"
+    );
+    let opts = Opts::default();
+    let nctx = NormCtx {
+        subs: &subs,
+        base: 10,
+        sorted: false,
+        prev_index: None,
+        opts: &opts,
+    };
+    // /v2/machines and members lists come in host and id order: compared sorted by role.
+    let mut out = String::new();
+    render_body(
+        &mut out,
+        b"http://127.0.0.1:1, http://127.0.0.2:1, http://127.0.0.3:1",
+        &nctx,
+    );
+    assert_eq!(
+        out,
+        "body: text \"http://<leader-client-addr>, http://<other-client-addr>, \
+         http://<self-client-addr>\"\n"
+    );
+    let mut out = String::new();
+    render_body(
+        &mut out,
+        br#"{"members":[{"id":"abc","name":"m2"},{"id":"def","name":"m1"}],"leader":"def"}"#,
+        &nctx,
+    );
+    let v: serde_json::Value = serde_json::from_str(out.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"leader": "<leader-id>", "members": [
+            {"id": "<leader-id>", "name": "<leader-name>"},
+            {"id": "<self-id>", "name": "<self-name>"},
+        ]})
     );
 }
