@@ -3,8 +3,10 @@
 //! `{k+N}`, ports, ids), and the normalization that makes two servers' answers comparable:
 //! indexes relative to a base, in-order names, expirations by format, ttl within ±1, member
 //! ids, names and addresses by the member's role (the target, the leader, another member),
-//! unsorted listings sorted, and the headers that matter.
+//! unsorted listings sorted, and the headers that matter. A target is one server, or a
+//! follower of a 3-member cluster ([`Topology`]).
 
+use super::cluster::{unique_token, Cluster};
 use super::{Kind, Response, Server};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -633,6 +635,69 @@ fn warm_up(kind: Kind, addr: &str) -> Subs {
     );
     cleanup(addr);
     learn_subs(addr)
+}
+
+/// How the servers under comparison are deployed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One server.
+    Single,
+    /// A 3-member cluster, the requests sent to a follower (writes are forwarded to the
+    /// leader; reads are served from the follower's store).
+    FollowerOf3,
+}
+
+/// Members in a [`Topology::FollowerOf3`] cluster.
+pub const CLUSTER_MEMBERS: usize = 3;
+
+/// The running servers of one kind, and the one the requests go to.
+pub enum Deployment {
+    Single(Server),
+    Cluster { cluster: Cluster, target: usize },
+}
+
+impl Deployment {
+    /// Starts `kind` in `topology` (`extra` flags apply to ringd only), moves its index off 0
+    /// (see [`start_server`]) through the target and learns the target's [`Subs`].
+    pub fn start(kind: Kind, topology: Topology, extra: &[&str]) -> (Deployment, Subs) {
+        let extra = if kind == Kind::Ringd { extra } else { &[] };
+        if topology == Topology::Single {
+            let (server, subs) = start_server(kind, extra);
+            return (Deployment::Single(server), subs);
+        }
+        let cluster = Cluster::start_of(kind, CLUSTER_MEMBERS, &unique_token("diff"), extra);
+        let target = cluster.wait("a follower", std::time::Duration::from_secs(10), || {
+            cluster.follower()
+        });
+        let deployment = Deployment::Cluster { cluster, target };
+        let subs = warm_up(kind, &deployment.addr());
+        (deployment, subs)
+    }
+
+    /// `host:port` of the target's client URL.
+    pub fn addr(&self) -> String {
+        match self {
+            Deployment::Single(server) => server.addr(),
+            Deployment::Cluster { cluster, target } => cluster.members[*target].addr(),
+        }
+    }
+
+    /// Whether every process still runs.
+    pub fn is_running(&mut self) -> bool {
+        match self {
+            Deployment::Single(server) => server.is_running(),
+            Deployment::Cluster { cluster, .. } => {
+                cluster.members.iter_mut().all(|m| m.is_running())
+            }
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        match self {
+            Deployment::Single(server) => server.log_tail(),
+            Deployment::Cluster { cluster, .. } => cluster.logs(),
+        }
+    }
 }
 
 /// Lines equal, or equal up to a `"~N"` ttl within ±1.
