@@ -9,9 +9,17 @@
 //! - `DIFF_RINGD_ARGS="--shards 3"`: extra ringd flags (default `--shards 2`).
 //! - `RINGD_DIFF_SKIP=1`: pass (skipped) when etcd is not installed; otherwise that fails.
 //!
-//! Both targets run in parallel, each on one server, the cases in sequence. Before a case the
-//! harness reads the current `X-Etcd-Index` (the case's base `i`); after it, it deletes every
-//! visible top-level node, so cases start from an empty tree and leave no pending TTLs.
+//! Two tests: each target on one server (`diff_against_etcd`), and each as a 3-member cluster
+//! whose follower receives every request (`diff_against_a_3_member_etcd_through_a_follower`):
+//! writes are forwarded to the leader and must answer as on one member. In a cluster, ids,
+//! names and addresses are normalized by the member's role (the follower itself, the leader,
+//! the other member); `support::diff` has the details.
+//!
+//! Both targets run in parallel, the cases in sequence. Before a case the harness reads the
+//! current `X-Etcd-Index` (the case's base `i`); after it, it deletes every visible top-level
+//! node, so cases start from an empty tree and leave no pending TTLs. A cluster is started
+//! only once every member has published and the cluster version is decided (both are etcd
+//! store writes), so that its index then moves only with the cases' writes.
 
 mod support;
 
@@ -20,7 +28,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::diff::*;
-use support::{Kind, Response, Server, Stream};
+use support::{Kind, Response, Stream};
 
 const CASE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/diff");
 /// How long a watch start waits for the response head (etcd flushes it at registration).
@@ -425,8 +433,7 @@ fn head_note(head_early: bool) -> &'static str {
     }
 }
 
-fn run_case(server: &Server, subs: &Subs, case: &Case) -> Vec<Answer> {
-    let addr = server.addr();
+fn run_case(addr: String, subs: &Subs, case: &Case) -> Vec<Answer> {
     let base =
         match support::request_timeout(&addr, "GET", "/v2/keys/", &[], b"", support::IO_TIMEOUT) {
             Ok(r) => r
@@ -583,22 +590,35 @@ fn await_stream(out: &mut String, stream: &mut Stream, events: usize, nctx: &Nor
     }
 }
 
-/// Runs all cases on one server of `kind`, restarting it if it dies.
-fn run_all(kind: Kind, extra: &[String], cases: &[Case]) -> Vec<Vec<Answer>> {
+/// Runs all cases on `kind` deployed in `topology`, restarting it if a process dies.
+fn run_all(kind: Kind, topology: Topology, extra: &[String], cases: &[Case]) -> Vec<Vec<Answer>> {
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let (mut server, mut subs) = start_server(kind, &extra);
+    let (mut servers, mut subs) = Deployment::start(kind, topology, &extra);
     let mut results = Vec::new();
     for case in cases {
-        if !server.is_running() {
+        if !servers.is_running() {
             eprintln!(
                 "{} died before case {}; log tail:\n{}\nrestarting it",
                 kind.name(),
                 case.name,
-                server.log_tail()
+                servers.log_tail()
             );
-            (server, subs) = start_server(kind, &extra);
+            (servers, subs) = Deployment::start(kind, topology, &extra);
         }
-        results.push(run_case(&server, &subs, case));
+        if topology != Topology::Single {
+            // A leader change between cases changes the members' roles: say so (cases that
+            // show roles would differ), and normalize by the new roles.
+            let now = learn_subs(&servers.addr());
+            if now != subs {
+                eprintln!(
+                    "{} cluster: members changed before case {}: {subs:?} -> {now:?}",
+                    kind.name(),
+                    case.name
+                );
+                subs = now;
+            }
+        }
+        results.push(run_case(servers.addr(), &subs, case));
     }
     results
 }
@@ -609,6 +629,18 @@ fn run_all(kind: Kind, extra: &[String], cases: &[Case]) -> Vec<Vec<Answer>> {
 
 #[test]
 fn diff_against_etcd() {
+    diff(Topology::Single);
+}
+
+/// The same cases against a 3-member etcd and a 3-member ringd, each through a follower:
+/// writes are forwarded to the leader (etcd forwards the proposal, ringd too, through raft)
+/// and must answer exactly as on one member; members and stats show the cluster.
+#[test]
+fn diff_against_a_3_member_etcd_through_a_follower() {
+    diff(Topology::FollowerOf3);
+}
+
+fn diff(topology: Topology) {
     if !reference_available() {
         return;
     }
@@ -631,8 +663,8 @@ fn diff_against_etcd() {
     let (other, other_name) = (target.kind, target.name);
     let started = Instant::now();
     let (reference, target) = std::thread::scope(|s| {
-        let r = s.spawn(|| run_all(Kind::Etcd, &[], &cases));
-        let t = s.spawn(|| run_all(other, &target.extra, &cases));
+        let r = s.spawn(|| run_all(Kind::Etcd, topology, &[], &cases));
+        let t = s.spawn(|| run_all(other, topology, &target.extra, &cases));
         (
             r.join().expect("etcd runner panicked"),
             t.join().expect("target runner panicked"),
@@ -699,7 +731,7 @@ fn diff_against_etcd() {
     let _ = writeln!(
         report,
         "\n{} cases: {identical} identical, {} differ ({differ} unexpected, {expected} expected) \
-         [etcd vs {other_name}, {:.1}s]",
+         [etcd vs {other_name}, {topology:?}, {:.1}s]",
         cases.len(),
         differ + expected,
         started.elapsed().as_secs_f64()
@@ -707,7 +739,7 @@ fn diff_against_etcd() {
     eprintln!("{report}");
     assert_eq!(
         differ, 0,
-        "{differ} cases differ between etcd and {other_name}; see above"
+        "{differ} cases differ between etcd and {other_name} ({topology:?}); see above"
     );
 }
 
@@ -733,9 +765,13 @@ fn case_format_parses() {
         k => panic!("{k:?}"),
     }
     let subs = Subs {
-        client_port: 1,
-        peer_port: 2,
-        member_id: Some("abc".into()),
+        members: vec![MemberSubs {
+            role: Role::Target,
+            id: "abc".into(),
+            name: "m1".into(),
+            client_addr: "127.0.0.1:1".into(),
+            peer_addr: "127.0.0.1:2".into(),
+        }],
         cluster_id: None,
     };
     let ctx = Ctx {
@@ -767,5 +803,79 @@ fn case_format_parses() {
     assert_eq!(
         norm_prev_index_mismatch("[11 != 12]", "11", 10),
         "[i+1 != i+2]"
+    );
+}
+
+#[test]
+fn cluster_members_normalize_by_role() {
+    let member = |role, id: &str, name: &str, host: &str| MemberSubs {
+        role,
+        id: id.into(),
+        name: name.into(),
+        client_addr: format!("{host}:1"),
+        peer_addr: format!("{host}:2"),
+    };
+    let subs = Subs {
+        members: vec![
+            member(Role::Target, "abc", "m2", "127.0.0.2"),
+            member(Role::Leader, "def", "m1", "127.0.0.1"),
+            member(Role::Other, "123", "m3", "127.0.0.3"),
+        ],
+        cluster_id: Some("c1".into()),
+    };
+    // A longer port that starts with a member's is another address.
+    assert_eq!(
+        norm_ports(
+            "http://127.0.0.1:1, http://127.0.0.1:12, http://127.0.0.3:2/x",
+            &subs
+        ),
+        "http://<leader-client-addr>, http://127.0.0.1:12, http://<other-peer-addr>/x"
+    );
+    assert_eq!(norm_id("abc", &subs).as_deref(), Some("<self-id>"));
+    assert_eq!(norm_id("c1", &subs).as_deref(), Some("<cluster-id>"));
+    assert_eq!(norm_id("m1", &subs), None);
+    assert_eq!(norm_name("m1", &subs).as_deref(), Some("<leader-name>"));
+    let ctx = Ctx {
+        addr: String::new(),
+        subs: &subs,
+        base: 10,
+    };
+    assert_eq!(
+        expand("{client_url} {peer_url} {member_id}", &ctx, 0),
+        "http://127.0.0.2:1 http://127.0.0.2:2 abc"
+    );
+    let opts = Opts::default();
+    let nctx = NormCtx {
+        subs: &subs,
+        base: 10,
+        sorted: false,
+        prev_index: None,
+        opts: &opts,
+    };
+    // /v2/machines and members lists come in host and id order: compared sorted by role.
+    let mut out = String::new();
+    render_body(
+        &mut out,
+        b"http://127.0.0.1:1, http://127.0.0.2:1, http://127.0.0.3:1",
+        &nctx,
+    );
+    assert_eq!(
+        out,
+        "body: text \"http://<leader-client-addr>, http://<other-client-addr>, \
+         http://<self-client-addr>\"\n"
+    );
+    let mut out = String::new();
+    render_body(
+        &mut out,
+        br#"{"members":[{"id":"abc","name":"m2"},{"id":"def","name":"m1"}],"leader":"def"}"#,
+        &nctx,
+    );
+    let v: serde_json::Value = serde_json::from_str(out.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"leader": "<leader-id>", "members": [
+            {"id": "<leader-id>", "name": "<leader-name>"},
+            {"id": "<self-id>", "name": "<self-name>"},
+        ]})
     );
 }

@@ -1,5 +1,6 @@
-//! A ringd cluster of real processes on loopback addresses (member i on 127.0.0.i), with a
-//! fault layer the tests own:
+//! A cluster of real processes on loopback addresses (member i on 127.0.0.i): ringd, or the
+//! reference etcd (for the differential test through a follower), with a fault layer the tests
+//! own:
 //! - every member listens for peers on its own port but advertises the port of a TCP proxy in
 //!   front of it (so `--listen-peer-urls` differs from `--initial-advertise-peer-urls`, as
 //!   behind a real proxy). The proxy reads each stream's handshake (`X-Ringd-From`, see
@@ -11,7 +12,7 @@
 //! Every wait is bounded and polls for the awaited state; nothing sleeps and hopes.
 #![allow(dead_code)]
 
-use super::{request_timeout, ringd_binary, Response, TempDir};
+use super::{etcd_binary, request_timeout, ringd_binary, Kind, Response, TempDir};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -104,6 +105,14 @@ impl Member {
         )
     }
 
+    /// The JSON body of a GET with a short bounded wait; None on any error.
+    pub fn try_json(&self, path: &str) -> Option<serde_json::Value> {
+        let r = self
+            .try_request("GET", path, "", Duration::from_secs(2))
+            .ok()?;
+        serde_json::from_slice(&r.body).ok()
+    }
+
     pub fn get(&self, path: &str) -> Response {
         self.try_request("GET", path, "", Duration::from_secs(20))
             .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.name))
@@ -117,15 +126,46 @@ impl Member {
 
 pub struct Cluster {
     pub members: Vec<Member>,
+    kind: Kind,
     links: Links,
     ids: Ids,
     token: String,
     dir: TempDir,
 }
 
+/// A free TCP port on `ip` (never 2379/2380, the ports of a system etcd).
 fn free_port_on(ip: &str) -> u16 {
-    let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
-    l.local_addr().map(|a| a.port()).unwrap_or(0)
+    loop {
+        let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
+        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+        if port != 0 && port != 2379 && port != 2380 {
+            return port;
+        }
+    }
+}
+
+/// Whether a `/version` body shows the cluster version decided at the server's own
+/// major.minor (`{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}`).
+fn cluster_version_decided(v: &serde_json::Value) -> bool {
+    let (Some(server), Some(cluster)) = (v["etcdserver"].as_str(), v["etcdcluster"].as_str())
+    else {
+        return false;
+    };
+    let major_minor: Vec<&str> = server.split('.').take(2).collect();
+    cluster == format!("{}.0", major_minor.join("."))
+}
+
+/// An `--initial-cluster-token` no other run uses (process id, a counter and the clock), so
+/// that members of two runs never take each other for peers (a cluster id mismatch refuses
+/// the other run's traffic).
+pub fn unique_token(prefix: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
 }
 
 impl Cluster {
@@ -135,7 +175,15 @@ impl Cluster {
     }
 
     pub fn start_with_token(n: usize, token: &str, extra: &[&str]) -> Cluster {
-        let dir = TempDir::new("ringd-cluster");
+        Cluster::start_of(Kind::Ringd, n, token, extra)
+    }
+
+    /// Starts `n` members of `kind` (`extra` flags are given to every member) and waits until
+    /// they agree on a leader, every member lists every other's client URLs (each member has
+    /// published) and the cluster version is decided: etcd writes both into its store, so
+    /// from then on its store index moves only with the clients' writes.
+    pub fn start_of(kind: Kind, n: usize, token: &str, extra: &[&str]) -> Cluster {
+        let dir = TempDir::new(&format!("{}-cluster", kind.name()));
         let links: Links = Arc::default();
         let ids: Ids = Arc::default();
         let mut members = Vec::new();
@@ -161,6 +209,7 @@ impl Cluster {
         }
         let mut c = Cluster {
             members,
+            kind,
             links,
             ids,
             token: token.to_string(),
@@ -172,22 +221,27 @@ impl Cluster {
         c.wait_for_leader(&(0..n).collect::<Vec<_>>());
         // As with etcd, a member is started once it has published its client URLs through
         // raft: wait until every member lists every other's.
-        c.wait("every member to publish", Duration::from_secs(30), || {
+        let every_member = |path: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
             c.members
                 .iter()
-                .all(|m| {
-                    m.try_request("GET", "/v2/members", "", Duration::from_secs(2))
-                        .ok()
-                        .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
-                        .and_then(|v| v["members"].as_array().cloned())
-                        .is_some_and(|l| {
-                            l.len() == n
-                                && l.iter().all(|x| {
-                                    x["clientURLs"].as_array().is_some_and(|u| !u.is_empty())
-                                })
-                        })
-                })
+                .all(|m| m.try_json(path).is_some_and(|v| f(&v)))
                 .then_some(())
+        };
+        c.wait("every member to publish", Duration::from_secs(30), || {
+            every_member("/v2/members", &|v| {
+                v["members"].as_array().is_some_and(|l| {
+                    l.len() == n
+                        && l.iter()
+                            .all(|x| x["clientURLs"].as_array().is_some_and(|u| !u.is_empty()))
+                })
+            })
+        });
+        // etcd's leader decides the cluster version and writes it into the store
+        // (/0/version): "not_decided" until then, and the minimum (3.0.0) first if a member
+        // did not answer its version query yet, raised in a later write. Wait for the
+        // members' own major.minor on every member.
+        c.wait("the cluster version", Duration::from_secs(30), || {
+            every_member("/version", &cluster_version_decided)
         });
         for i in 0..n {
             let id = c.members[i].get("/v2/stats/self").json()["id"]
@@ -274,7 +328,15 @@ impl Cluster {
         let log2 = log.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
         let hb = HEARTBEAT_MS.to_string();
         let el = ELECTION_MS.to_string();
-        let child = Command::new(ringd_binary())
+        let (binary, kind_args): (_, &[&str]) = match self.kind {
+            Kind::Ringd => (ringd_binary(), &[]),
+            Kind::Etcd => (
+                etcd_binary().expect("etcd is not installed (apt-get install etcd-server)"),
+                &["--enable-v2=true"],
+            ),
+        };
+        let child = Command::new(binary)
+            .args(kind_args)
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
@@ -294,7 +356,7 @@ impl Cluster {
             .stdout(log)
             .stderr(log2)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn ringd: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.kind.name()));
         m.child = Some(child);
     }
 
@@ -335,6 +397,18 @@ impl Cluster {
 
     pub fn heal(&self) {
         self.links.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The first member whose `/v2/stats/self` says `"state":"StateFollower"` with a leader.
+    pub fn follower(&self) -> Option<usize> {
+        (0..self.members.len()).find(|&i| {
+            self.members[i].try_json("/v2/stats/self").is_some_and(|v| {
+                v["state"] == "StateFollower"
+                    && v["leaderInfo"]["leader"]
+                        .as_str()
+                        .is_some_and(|l| !l.is_empty())
+            })
+        })
     }
 
     /// The leader id as `/v2/stats/self` of member `i` reports it ("" when none).

@@ -1,9 +1,12 @@
 //! The differential tests' shared half (tests/diff.rs runs case files, tests/diff_random.rs
 //! seeded random sequences): which servers to compare, per-server templates (`{i+N}`,
 //! `{k+N}`, ports, ids), and the normalization that makes two servers' answers comparable:
-//! indexes relative to a base, in-order names, expirations by format, ttl within ±1, ids and
-//! ports by name, unsorted listings sorted, and the headers that matter.
+//! indexes relative to a base, in-order names, expirations by format, ttl within ±1, member
+//! ids, names and addresses by the member's role (the target, the leader, another member),
+//! unsorted listings sorted, and the headers that matter. A target is one server, or a
+//! follower of a 3-member cluster ([`Topology`]).
 
+use super::cluster::{unique_token, Cluster};
 use super::{Kind, Response, Server};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -66,13 +69,53 @@ pub struct Opts {
     pub nobody: bool,
 }
 
-/// Per-server facts that differ between servers and are replaced before comparing.
-#[derive(Clone, Debug, Default)]
+/// A member's part in the comparison; its id, name and addresses are normalized by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The member the requests go to (a follower, in a cluster).
+    Target,
+    /// The leader, when it is not the target.
+    Leader,
+    /// Any other member.
+    Other,
+}
+
+impl Role {
+    fn placeholder(self, what: &str) -> String {
+        let role = match self {
+            Role::Target => "self",
+            Role::Leader => "leader",
+            Role::Other => "other",
+        };
+        format!("<{role}-{what}>")
+    }
+}
+
+/// A member's facts that differ between servers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberSubs {
+    pub role: Role,
+    /// Go's `%x` of the member id.
+    pub id: String,
+    pub name: String,
+    /// `host:port` of its first client URL and of its first (advertised) peer URL.
+    pub client_addr: String,
+    pub peer_addr: String,
+}
+
+/// Per-server facts that differ between servers and are replaced before comparing: the
+/// members (the target first) and the cluster id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Subs {
-    pub client_port: u16,
-    pub peer_port: u16,
-    pub member_id: Option<String>,
+    pub members: Vec<MemberSubs>,
     pub cluster_id: Option<String>,
+}
+
+impl Subs {
+    /// The member the requests go to.
+    pub fn target(&self) -> Option<&MemberSubs> {
+        self.members.iter().find(|m| m.role == Role::Target)
+    }
 }
 
 /// Go's `%x` of a uint64: lowercase hex, no zero padding.
@@ -84,21 +127,52 @@ pub fn is_go_hex_id(s: &str) -> bool {
         && (s == "0" || !s.starts_with('0'))
 }
 
-pub fn learn_subs(server: &Server) -> Subs {
-    let mut subs = Subs {
-        client_port: server.client_port(),
-        peer_port: server.peer_port(),
-        ..Subs::default()
-    };
-    let addr = server.addr();
-    if let Ok(r) = super::request_timeout(&addr, "GET", "/v2/members", &[], b"", super::IO_TIMEOUT)
-    {
-        let id = serde_json::from_slice::<Value>(&r.body)
+/// `host:port` of a URL `scheme://host:port[/...]`.
+fn url_addr(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or("").to_string()
+}
+
+/// Learns the members from `/v2/members` and `/v2/stats/self` of the server at `addr` (the
+/// target: `/v2/stats/self` says which member it is and which the leader), and the cluster
+/// id from `X-Etcd-Cluster-Id`. Ids that are not Go's `%x` are not learned, so that they show
+/// up unnormalized in the answers.
+pub fn learn_subs(addr: &str) -> Subs {
+    let json = |path: &str| {
+        super::request_timeout(addr, "GET", path, &[], b"", super::IO_TIMEOUT)
             .ok()
-            .and_then(|v| v["members"][0]["id"].as_str().map(String::from));
-        subs.member_id = id.filter(|id| is_go_hex_id(id));
+            .and_then(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .unwrap_or(Value::Null)
+    };
+    let stats = json("/v2/stats/self");
+    let members = json("/v2/members");
+    let own = stats["id"].as_str().unwrap_or_default();
+    let leader = stats["leaderInfo"]["leader"].as_str().unwrap_or_default();
+    let first_url = |m: &Value, field: &str| m[field][0].as_str().map(url_addr).unwrap_or_default();
+    let mut subs = Subs::default();
+    for m in members["members"].as_array().into_iter().flatten() {
+        let id = m["id"].as_str().unwrap_or_default();
+        let role = if id == own {
+            Role::Target
+        } else if id == leader {
+            Role::Leader
+        } else {
+            Role::Other
+        };
+        subs.members.push(MemberSubs {
+            role,
+            id: if is_go_hex_id(id) {
+                id.to_string()
+            } else {
+                String::new()
+            },
+            name: m["name"].as_str().unwrap_or_default().to_string(),
+            client_addr: first_url(m, "clientURLs"),
+            peer_addr: first_url(m, "peerURLs"),
+        });
     }
-    if let Ok(r) = super::request_timeout(&addr, "GET", "/v2/keys/", &[], b"", super::IO_TIMEOUT) {
+    subs.members.sort_by_key(|m| m.role != Role::Target);
+    if let Ok(r) = super::request_timeout(addr, "GET", "/v2/keys/", &[], b"", super::IO_TIMEOUT) {
         subs.cluster_id = r
             .header("x-etcd-cluster-id")
             .filter(|id| is_go_hex_id(id))
@@ -115,8 +189,9 @@ pub struct Ctx<'a> {
 
 /// Expands `{i}`, `{i+N}`, `{i-N}` (indexes relative to the case's base), `{k+N}` (the same as
 /// an in-order key name, `%020d`), `{n}` (repeat counter), `{client_url}`, `{peer_url}`,
-/// `{member_id}`. Other braces are left alone (JSON bodies).
+/// `{member_id}` (those of the target member). Other braces are left alone (JSON bodies).
 pub fn expand(s: &str, ctx: &Ctx, n: usize) -> String {
+    let target = ctx.subs.target();
     let mut out = String::new();
     let mut rest = s;
     while let Some(open) = rest.find('{') {
@@ -140,12 +215,12 @@ pub fn expand(s: &str, ctx: &Ctx, n: usize) -> String {
         };
         let value = match inner {
             "n" => Some(n.to_string()),
-            "client_url" => Some(format!("http://127.0.0.1:{}", ctx.subs.client_port)),
-            "peer_url" => Some(format!("http://127.0.0.1:{}", ctx.subs.peer_port)),
+            "client_url" => target.map(|m| format!("http://{}", m.client_addr)),
+            "peer_url" => target.map(|m| format!("http://{}", m.peer_addr)),
             "member_id" => Some(
-                ctx.subs
-                    .member_id
-                    .clone()
+                target
+                    .map(|m| m.id.clone())
+                    .filter(|id| !id.is_empty())
                     .unwrap_or_else(|| "unknown".into()),
             ),
             _ if inner.starts_with('i') => rel(&inner[1..]).map(|v| v.to_string()),
@@ -241,26 +316,56 @@ pub fn norm_numbers(s: &str, base: u64) -> String {
     out
 }
 
-/// Replaces the server's own ports in a string.
-pub fn norm_ports(s: &str, subs: &Subs) -> String {
-    s.replace(
-        &format!("127.0.0.1:{}", subs.client_port),
-        "127.0.0.1:<client-port>",
-    )
-    .replace(
-        &format!("127.0.0.1:{}", subs.peer_port),
-        "127.0.0.1:<peer-port>",
-    )
+/// Replaces every occurrence of `addr` that no digit follows (so that `127.0.0.1:2379` is not
+/// found in `127.0.0.1:23790`).
+fn replace_addr(s: &str, addr: &str, with: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find(addr) {
+        let after = &rest[at + addr.len()..];
+        out.push_str(&rest[..at]);
+        if after.starts_with(|c: char| c.is_ascii_digit()) {
+            out.push_str(addr);
+        } else {
+            out.push_str(with);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
-pub fn norm_id(s: &str, subs: &Subs) -> Option<&'static str> {
-    if subs.member_id.as_deref() == Some(s) {
-        Some("<member-id>")
+/// Replaces the members' client and peer addresses (`host:port`) by their roles:
+/// `<self-client-addr>`, `<leader-peer-addr>`, ...
+pub fn norm_ports(s: &str, subs: &Subs) -> String {
+    let mut s = s.to_string();
+    for m in &subs.members {
+        for (addr, what) in [(&m.client_addr, "client-addr"), (&m.peer_addr, "peer-addr")] {
+            if !addr.is_empty() {
+                s = replace_addr(&s, addr, &m.role.placeholder(what));
+            }
+        }
+    }
+    s
+}
+
+/// A member id (`<self-id>`, `<leader-id>`, `<other-id>`) or the cluster id (`<cluster-id>`).
+pub fn norm_id(s: &str, subs: &Subs) -> Option<String> {
+    if let Some(m) = subs.members.iter().find(|m| !m.id.is_empty() && m.id == s) {
+        Some(m.role.placeholder("id"))
     } else if subs.cluster_id.as_deref() == Some(s) {
-        Some("<cluster-id>")
+        Some("<cluster-id>".to_string())
     } else {
         None
     }
+}
+
+/// A member name (`<self-name>`, ...), in a `name` field.
+pub fn norm_name(s: &str, subs: &Subs) -> Option<String> {
+    subs.members
+        .iter()
+        .find(|m| !m.name.is_empty() && m.name == s)
+        .map(|m| m.role.placeholder("name"))
 }
 
 /// Go's RFC3339Nano in UTC: `2006-01-02T15:04:05.999999999Z`, trailing zeros trimmed.
@@ -306,6 +411,9 @@ pub fn norm_json(v: &mut Value, ctx: &NormCtx, error_code: Option<u64>) {
                         });
                     }
                     ("ttl", Value::Number(n)) => *val = Value::String(format!("~{n}")),
+                    ("name", Value::String(s)) if norm_name(s, ctx.subs).is_some() => {
+                        *val = Value::String(norm_name(s, ctx.subs).unwrap_or_default());
+                    }
                     ("cause", Value::String(s)) => {
                         let mut s = norm_inorder(s, ctx.base);
                         if code == Some(401) {
@@ -323,11 +431,16 @@ pub fn norm_json(v: &mut Value, ctx: &NormCtx, error_code: Option<u64>) {
                     nodes.sort_by_key(|n| n.get("key").and_then(Value::as_str).map(String::from));
                 }
             }
+            // Members are listed by id, and ids (from the ports) differ between servers:
+            // compare the normalized members in a fixed order.
+            if let Some(Value::Array(members)) = map.get_mut("members") {
+                members.sort_by_key(Value::to_string);
+            }
         }
         Value::Array(items) => items.iter_mut().for_each(|i| norm_json(i, ctx, error_code)),
         Value::String(s) => {
             *v = Value::String(match norm_id(s, ctx.subs) {
-                Some(id) => id.to_string(),
+                Some(id) => id,
                 None => norm_ports(&norm_inorder(s, ctx.base), ctx.subs),
             });
         }
@@ -419,7 +532,15 @@ pub fn render_body(out: &mut String, body: &[u8], ctx: &NormCtx) {
             let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap());
         }
         _ => {
-            let text = norm_ports(&norm_inorder(&text, ctx.base), ctx.subs);
+            let mut text = norm_ports(&norm_inorder(&text, ctx.base), ctx.subs);
+            // `/v2/machines` lists the client URLs sorted, so by host, and which host has
+            // which role differs between servers: compare the normalized URLs in a fixed order.
+            let urls: Vec<&str> = text.split(", ").collect();
+            if urls.len() > 1 && urls.iter().all(|u| u.starts_with("http")) {
+                let mut urls: Vec<String> = urls.into_iter().map(String::from).collect();
+                urls.sort();
+                text = urls.join(", ");
+            }
             let _ = writeln!(out, "body: text {text:?}");
         }
     }
@@ -459,7 +580,7 @@ pub fn render_head(out: &mut String, r: &Response, ctx: &NormCtx) {
                     Err(_) => format!("<not a number: {v}>"),
                 },
                 "x-etcd-cluster-id" => match norm_id(v, ctx.subs) {
-                    Some(id) => id.to_string(),
+                    Some(id) => id,
                     None => format!("<unexpected: {v}>"),
                 },
                 "location" => norm_ports(&norm_inorder(v, ctx.base), ctx.subs),
@@ -492,9 +613,15 @@ pub fn cleanup(addr: &str) {
 /// `"index":0` once normalized.
 pub fn start_server(kind: Kind, extra: &[&str]) -> (Server, Subs) {
     let server = Server::of(kind, extra);
-    let addr = server.addr();
+    let subs = warm_up(kind, &server.addr());
+    (server, subs)
+}
+
+/// Moves the index of the server at `addr` off 0 (one write, then the cleanup) and learns its
+/// [`Subs`].
+fn warm_up(kind: Kind, addr: &str) -> Subs {
     let put = super::request_timeout(
-        &addr,
+        addr,
         "PUT",
         "/v2/keys/diff-warm-up",
         &[super::FORM],
@@ -503,12 +630,74 @@ pub fn start_server(kind: Kind, extra: &[&str]) -> (Server, Subs) {
     );
     assert!(
         put.is_ok_and(|r| r.status < 300),
-        "warm-up write failed on {}",
+        "warm-up write failed on {} at {addr}",
         kind.name()
     );
-    cleanup(&addr);
-    let subs = learn_subs(&server);
-    (server, subs)
+    cleanup(addr);
+    learn_subs(addr)
+}
+
+/// How the servers under comparison are deployed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One server.
+    Single,
+    /// A 3-member cluster, the requests sent to a follower (writes are forwarded to the
+    /// leader; reads are served from the follower's store).
+    FollowerOf3,
+}
+
+/// Members in a [`Topology::FollowerOf3`] cluster.
+pub const CLUSTER_MEMBERS: usize = 3;
+
+/// The running servers of one kind, and the one the requests go to.
+pub enum Deployment {
+    Single(Server),
+    Cluster { cluster: Cluster, target: usize },
+}
+
+impl Deployment {
+    /// Starts `kind` in `topology` (`extra` flags apply to ringd only), moves its index off 0
+    /// (see [`start_server`]) through the target and learns the target's [`Subs`].
+    pub fn start(kind: Kind, topology: Topology, extra: &[&str]) -> (Deployment, Subs) {
+        let extra = if kind == Kind::Ringd { extra } else { &[] };
+        if topology == Topology::Single {
+            let (server, subs) = start_server(kind, extra);
+            return (Deployment::Single(server), subs);
+        }
+        let cluster = Cluster::start_of(kind, CLUSTER_MEMBERS, &unique_token("diff"), extra);
+        let target = cluster.wait("a follower", std::time::Duration::from_secs(10), || {
+            cluster.follower()
+        });
+        let deployment = Deployment::Cluster { cluster, target };
+        let subs = warm_up(kind, &deployment.addr());
+        (deployment, subs)
+    }
+
+    /// `host:port` of the target's client URL.
+    pub fn addr(&self) -> String {
+        match self {
+            Deployment::Single(server) => server.addr(),
+            Deployment::Cluster { cluster, target } => cluster.members[*target].addr(),
+        }
+    }
+
+    /// Whether every process still runs.
+    pub fn is_running(&mut self) -> bool {
+        match self {
+            Deployment::Single(server) => server.is_running(),
+            Deployment::Cluster { cluster, .. } => {
+                cluster.members.iter_mut().all(|m| m.is_running())
+            }
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        match self {
+            Deployment::Single(server) => server.log_tail(),
+            Deployment::Cluster { cluster, .. } => cluster.logs(),
+        }
+    }
 }
 
 /// Lines equal, or equal up to a `"~N"` ttl within ±1.
