@@ -692,6 +692,11 @@ impl<T> Replica<T> {
     }
 
     pub fn report_snapshot(&mut self, id: u64, ok: bool) {
+        if ok {
+            // Delivered: do not keep a whole store's bytes around for the next one (raft-rs
+            // asks again, and gets a fresher snapshot, if a follower ever needs one).
+            self.node.store().snap_state().ready = None;
+        }
         let status = if ok {
             raft::SnapshotStatus::Finish
         } else {
