@@ -740,3 +740,48 @@ fn a_history_recorded_under_faults_is_linearizable_and_a_corrupted_one_is_not() 
     };
     assert!(linearizability::check(&corrupt).is_err());
 }
+
+#[test]
+fn a_black_holed_leader_is_replaced_and_delayed_links_only_slow_writes() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_for_leader(&[0, 1, 2]);
+    // Delay every link by a few heartbeats' worth: writes are slower, nothing fails.
+    for a in 0..3 {
+        for b in 0..3 {
+            if a != b {
+                c.set_link(a, b, Link::Delay(Duration::from_millis(20)));
+            }
+        }
+    }
+    for i in 0..5 {
+        let r = c.members[i % 3].put(&format!("/v2/keys/slow{i}"), "value=1");
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    c.heal();
+    // The leader's links swallow every byte both ways (connections stay open, nothing
+    // arrives): the others elect a new leader; the old one steps down (CheckQuorum).
+    c.isolate(&[leader], Link::BlackHole);
+    let rest = others(3, leader);
+    let next = c.wait_for_leader(&rest);
+    assert_ne!(next, leader);
+    assert_eq!(c.members[next].put("/v2/keys/bh", "value=1").status, 201);
+    c.wait(
+        "the black-holed leader to step down",
+        Duration::from_secs(10),
+        || {
+            let me = c.members[leader].get("/v2/stats/self").json();
+            (me["state"] != "StateLeader").then_some(())
+        },
+    );
+    c.heal();
+    c.wait(
+        "the old leader to catch up",
+        Duration::from_secs(20),
+        || {
+            let r = c.members[leader]
+                .try_request("GET", "/v2/keys/bh", "", Duration::from_secs(2))
+                .ok()?;
+            (value(&r) == "1").then_some(())
+        },
+    );
+}
