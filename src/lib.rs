@@ -4,6 +4,7 @@
 // true invariants, with the invariant as its message).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod limits;

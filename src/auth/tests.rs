@@ -1,0 +1,202 @@
+use super::*;
+
+fn state(cmds: &[AuthCommand]) -> AuthState {
+    let mut s = AuthState::default();
+    for c in cmds {
+        let _ = s.apply(c);
+    }
+    s
+}
+
+fn put_user(name: &str, roles: Option<&[&str]>) -> AuthCommand {
+    AuthCommand::PutUser {
+        user: name.into(),
+        password_hash: Some("h".into()),
+        roles: roles.map(|r| r.iter().map(|s| s.to_string()).collect()),
+        grant: None,
+        revoke: None,
+    }
+}
+
+fn put_role(name: &str, read: &[&str], write: &[&str]) -> AuthCommand {
+    let l = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+    AuthCommand::PutRole(Role {
+        role: name.into(),
+        permissions: Permissions {
+            kv: RwPermission {
+                read: l(read),
+                write: l(write),
+            },
+        },
+        grant: None,
+        revoke: None,
+    })
+}
+
+fn check(s: &AuthState, user: Option<&str>, key: &str, recursive: bool, write: bool, want: bool) {
+    assert_eq!(
+        s.allows(user, key, recursive, write),
+        want,
+        "user {user:?} key {key} recursive {recursive} write {write}"
+    );
+}
+
+/// etcd's matching rules (WIRE.md "Permission matching"), one row per case.
+#[test]
+fn permission_table() {
+    let s = state(&[
+        put_user("root", None),
+        put_user("u", Some(&["r"])),
+        put_role("r", &["/foo/*", "/bar*", "/exact"], &["/w/*"]),
+        AuthCommand::Enable,
+    ]);
+    #[rustfmt::skip]
+    let table: &[(Option<&str>, &str, bool, bool, bool)] = &[
+        // user, key, recursive, write, allowed
+        (Some("u"), "/foo/a", false, false, true),
+        (Some("u"), "/foo", false, false, false),
+        (Some("u"), "/foo/", false, false, true),
+        (Some("u"), "/foobar", false, false, false),
+        (Some("u"), "/barbaz", false, false, true),
+        (Some("u"), "/bar", false, false, true),
+        (Some("u"), "/exact", false, false, true),
+        (Some("u"), "/exact", true, false, false),
+        (Some("u"), "/exactly", false, false, false),
+        (Some("u"), "/foo/a", false, true, false),
+        (Some("u"), "/w/x", false, true, true),
+        (Some("u"), "/foo/dir", true, false, true),
+        (Some("u"), "/", true, false, false),
+        (Some("root"), "/anything", true, true, true),
+        (Some("nobody"), "/foo/a", false, false, false),
+        // guest: created on enable with /* both ways
+        (None, "/x", false, true, true),
+        (None, "/x", true, false, true),
+    ];
+    for &(user, key, recursive, write, want) in table {
+        check(&s, user, key, recursive, write, want);
+    }
+    let mut s = s;
+    let revoke = AuthCommand::PutRole(Role {
+        role: "guest".into(),
+        revoke: Some(Permissions {
+            kv: RwPermission {
+                read: None,
+                write: Some(vec!["/*".into()]),
+            },
+        }),
+        ..Default::default()
+    });
+    assert_eq!(s.apply(&revoke).map(|a| a.status), Ok(200));
+    check(&s, None, "/x", false, true, false);
+    check(&s, None, "/x", false, false, true);
+    // Authenticated users never fall back to guest.
+    check(&s, Some("u"), "/x", false, false, false);
+}
+
+#[test]
+fn api_answers() {
+    let mut s = AuthState::default();
+    let r = |s: &mut AuthState, c: AuthCommand| match s.apply(&c) {
+        Ok(a) => format!("{} {}", a.status, a.body.trim_end()),
+        Err(e) => format!("{} {}", e.status, e.message),
+    };
+    assert_eq!(
+        r(&mut s, AuthCommand::Enable),
+        "409 auth: No root user available, please create one"
+    );
+    assert_eq!(
+        r(&mut s, put_user("u", None)),
+        r#"201 {"user":"u","roles":null}"#
+    );
+    assert_eq!(
+        r(&mut s, put_user("v", Some(&["x"]))),
+        r#"200 {"user":"v","roles":["x"]}"#
+    );
+    assert_eq!(
+        s.get_user("v").unwrap_err().message,
+        "auth: Role x does not exist."
+    );
+    assert_eq!(
+        r(&mut s, put_user("root", None)),
+        r#"201 {"user":"root","roles":["root"]}"#
+    );
+    assert_eq!(r(&mut s, AuthCommand::Enable), "200 ");
+    assert_eq!(r(&mut s, AuthCommand::Enable), "409 auth: already enabled");
+    assert_eq!(
+        r(&mut s, AuthCommand::DeleteUser("root".into())),
+        "403 auth: Cannot delete root user while auth is enabled."
+    );
+    assert_eq!(
+        r(&mut s, AuthCommand::DeleteUser("x".into())),
+        "404 auth: User x does not exist"
+    );
+    assert_eq!(
+        r(&mut s, AuthCommand::DeleteRole("x".into())),
+        "404 auth: Role x doesn't exist."
+    );
+    assert_eq!(
+        r(&mut s, put_role("root", &[], &[])),
+        "403 auth: Cannot modify role root: is root role."
+    );
+    let empty = AuthCommand::PutRole(Role {
+        role: "e".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        r(&mut s, empty),
+        r#"201 {"role":"e","permissions":{"kv":{"read":null,"write":null}}}"#
+    );
+    let rev = |read: &str| {
+        AuthCommand::PutRole(Role {
+            role: "e".into(),
+            revoke: Some(Permissions {
+                kv: RwPermission {
+                    read: Some(vec![read.into()]),
+                    write: None,
+                },
+            }),
+            ..Default::default()
+        })
+    };
+    assert_eq!(
+        r(&mut s, rev("/x")),
+        r#"200 {"role":"e","permissions":{"kv":{"read":[],"write":[]}}}"#
+    );
+    assert_eq!(
+        r(&mut s, rev("/x")),
+        "400 auth: Role not updated. Use grant/revoke to update the role."
+    );
+    let grant_user = |g: &str| AuthCommand::PutUser {
+        user: "u".into(),
+        password_hash: None,
+        roles: None,
+        grant: Some(vec![g.into()]),
+        revoke: None,
+    };
+    assert_eq!(
+        r(&mut s, grant_user("e")),
+        r#"200 {"user":"u","roles":["e"]}"#
+    );
+    assert_eq!(
+        r(&mut s, grant_user("e")),
+        "409 auth: Granting duplicate role e for user u"
+    );
+    assert_eq!(
+        s.list_roles().unwrap().body.trim_end(),
+        r#"{"roles":[{"role":"e","permissions":{"kv":{"read":[],"write":[]}}},{"role":"guest","permissions":{"kv":{"read":["/*"],"write":["/*"]}}},{"role":"root","permissions":{"kv":{"read":["/*"],"write":["/*"]}}}]}"#
+    );
+}
+
+#[test]
+fn basic_auth_header() {
+    assert_eq!(
+        basic_auth("Basic cm9vdDpwdw=="),
+        Some(("root".into(), "pw".into()))
+    );
+    assert_eq!(
+        basic_auth("basic cm9vdDpwdw=="),
+        Some(("root".into(), "pw".into()))
+    );
+    assert_eq!(basic_auth("Bearer x"), None);
+    assert_eq!(basic_auth("Basic !!"), None);
+}
