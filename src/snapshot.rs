@@ -7,6 +7,7 @@
 //! store_len u64 | store bytes (ringd-store's snapshot encoding)
 //! events u32 | { len u32 | event bytes (ringd-store's event encoding) } * events
 //! membership_len u32 | membership JSON (`members::Membership`)    -- version 2 and later
+//! auth_len u32 | auth JSON (`auth::AuthState`)                      -- version 3 and later
 //! crc32c u32 over every preceding byte
 //! ```
 //! The same bytes are what a leader sends a follower that needs a snapshot (the
@@ -20,7 +21,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"RINGSNAP";
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 /// A decoded snapshot file, before its parts are turned into a store and events.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub struct SnapshotFile {
     pub events: Vec<Vec<u8>>,
     /// The membership at `raft_index` (None in version 1 files, from before clusters).
     pub membership: Option<Vec<u8>>,
+    /// The v2 auth state at `raft_index` (None before version 3: auth did not exist).
+    pub auth: Option<Vec<u8>>,
 }
 
 fn name(index: u64) -> String {
@@ -45,9 +48,14 @@ pub fn encode(
     store: &[u8],
     events: &[Vec<u8>],
     membership: &[u8],
+    auth: &[u8],
 ) -> Vec<u8> {
     let mut buf = Vec::with_capacity(
-        store.len() + membership.len() + 64 + events.iter().map(|e| e.len() + 4).sum::<usize>(),
+        store.len()
+            + membership.len()
+            + auth.len()
+            + 64
+            + events.iter().map(|e| e.len() + 4).sum::<usize>(),
     );
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
@@ -62,6 +70,8 @@ pub fn encode(
     }
     buf.extend_from_slice(&(membership.len() as u32).to_le_bytes());
     buf.extend_from_slice(membership);
+    buf.extend_from_slice(&(auth.len() as u32).to_le_bytes());
+    buf.extend_from_slice(auth);
     let crc = crc32c::crc32c(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
     buf
@@ -75,8 +85,9 @@ pub fn write(
     store: &[u8],
     events: &[Vec<u8>],
     membership: &[u8],
+    auth: &[u8],
 ) -> std::io::Result<PathBuf> {
-    let buf = encode(raft_index, raft_term, store, events, membership);
+    let buf = encode(raft_index, raft_term, store, events, membership, auth);
     write_encoded(dir, raft_index, &buf)
 }
 
@@ -188,6 +199,12 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<SnapshotFile, String> {
     } else {
         None
     };
+    let auth = if version >= 3 {
+        let len = u32_of(take(4)?) as usize;
+        Some(take(len)?.to_vec())
+    } else {
+        None
+    };
     if pos != body.len() {
         return Err(bad("trailing bytes"));
     }
@@ -198,6 +215,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<SnapshotFile, String> {
         store,
         events,
         membership,
+        auth,
     })
 }
 
@@ -256,10 +274,12 @@ mod tests {
             b"store-bytes",
             &[b"e1".to_vec(), b"e2".to_vec()],
             b"{}",
+            b"{\"enabled\":false}",
         )
         .unwrap();
         let s = read(&p).unwrap();
         assert_eq!(s.membership.as_deref(), Some(&b"{}"[..]));
+        assert_eq!(s.auth.as_deref(), Some(&b"{\"enabled\":false}"[..]));
         assert_eq!(
             (s.raft_index, s.raft_term, s.store.as_slice()),
             (42, 3, &b"store-bytes"[..])
@@ -274,6 +294,20 @@ mod tests {
         fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
         assert!(read(&p).is_err());
         let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn version_2_files_load_without_auth() {
+        let d = tmpdir("v2");
+        let v3 = encode(7, 1, b"s", &[], b"{}", b"");
+        // A version 2 file is a version 3 one without the (empty) auth section.
+        let mut body = v3[..v3.len() - 8].to_vec();
+        body[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32c::crc32c(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        let s = decode(&body, &d).unwrap();
+        assert_eq!((s.raft_index, s.auth), (7, None));
+        assert_eq!(s.membership.as_deref(), Some(&b"{}"[..]));
     }
 
     #[test]
@@ -299,7 +333,7 @@ mod tests {
     fn list_is_newest_first_and_prunes() {
         let d = tmpdir("list");
         for i in [1u64, 300, 20] {
-            write(&d, i, 1, b"s", &[], b"").unwrap();
+            write(&d, i, 1, b"s", &[], b"", b"").unwrap();
         }
         fs::write(d.join("0000000000000400.snap.tmp"), b"partial").unwrap();
         let l: Vec<u64> = list(&d).unwrap().iter().map(|x| x.0).collect();

@@ -456,6 +456,7 @@ impl World {
             id,
             membership: self.membership.clone(),
             store: Store::new(),
+            auth: Default::default(),
             snapshot_index: 0,
             snapshot_term: 0,
             entries: rec.entries,

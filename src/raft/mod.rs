@@ -25,6 +25,7 @@
 //! only as ticks and as the stamps (write times, absolute expirations) already in proposed
 //! commands. The same code runs under the deterministic simulator (tests/sim.rs).
 
+use crate::auth::{AuthCommand, AuthOutcome, AuthState};
 use crate::limits::{RAFT_MEM_LOG_KEEP, RECENT_PROPOSALS_MAX};
 use crate::members::{Member, Membership};
 use raft::eraftpb::{
@@ -64,6 +65,7 @@ const ENVELOPE_V1: u8 = 0x80;
 const TAG_COMMAND: u8 = 0;
 const TAG_PUBLISH: u8 = 1;
 const TAG_UPDATE_PEERS: u8 = 2;
+const TAG_AUTH: u8 = 3;
 
 /// Who asked for an entry: the member that took the client request, and its sequence number
 /// there. Sequence numbers start at a value the caller gives at each start (the raft shard
@@ -87,6 +89,8 @@ pub enum Payload {
     },
     /// New peer URLs for a member (`PUT /v2/members/<id>`); no voter changes.
     UpdatePeers { id: u64, peer_urls: Vec<String> },
+    /// A change to the v2 auth state (users, roles, the enabled flag).
+    Auth(AuthCommand),
 }
 
 /// Encodes an entry payload with its request id.
@@ -107,6 +111,10 @@ pub fn encode_payload(id: RequestId, payload: &Payload, out: &mut Vec<u8>) {
         Payload::UpdatePeers { id, peer_urls } => {
             out.push(TAG_UPDATE_PEERS);
             let _ = serde_json::to_writer(&mut *out, &(id, peer_urls));
+        }
+        Payload::Auth(cmd) => {
+            out.push(TAG_AUTH);
+            let _ = serde_json::to_writer(&mut *out, cmd);
         }
     }
 }
@@ -141,6 +149,9 @@ pub fn decode_payload(data: &[u8]) -> Result<(Option<RequestId>, Payload), Strin
                 serde_json::from_slice(body).map_err(|e| format!("update entry: {e}"))?;
             Payload::UpdatePeers { id, peer_urls }
         }
+        Some(&TAG_AUTH) => {
+            Payload::Auth(serde_json::from_slice(body).map_err(|e| format!("auth entry: {e}"))?)
+        }
         other => return Err(format!("unknown entry tag {other:?}")),
     };
     Ok((Some(id), payload))
@@ -169,6 +180,8 @@ pub struct StepOutput<T> {
     pub members: Vec<T>,
     /// The membership changed (a conf change, a publish, a peer URL update).
     pub membership_changed: bool,
+    /// This member's auth requests now applied, with their answers.
+    pub auth: Vec<(T, AuthOutcome)>,
     /// A snapshot from the leader replaced the store: the caller rebuilds what it derived from
     /// the old one (the event history, the TTL schedule).
     pub snapshot_installed: bool,
@@ -183,6 +196,7 @@ impl<T> Default for StepOutput<T> {
             persisted_entries: 0,
             members: Vec::new(),
             membership_changed: false,
+            auth: Vec::new(),
             snapshot_installed: false,
         }
     }
@@ -213,6 +227,7 @@ pub struct SnapshotData {
     pub store: Store,
     pub events: Vec<Arc<Event>>,
     pub membership: Membership,
+    pub auth: AuthState,
 }
 
 /// Encoding and decoding of snapshot payloads, injected so the replica stays free of the
@@ -307,6 +322,8 @@ pub struct Replica<T> {
     node: RawNode<ReplicaStorage>,
     store: Store,
     membership: Membership,
+    /// The v2 auth state, shared with the published view (copied on write).
+    auth: Arc<AuthState>,
     applied_index: u64,
     ticks: u64,
     request_timeout_ticks: u64,
@@ -356,6 +373,8 @@ pub struct Bootstrap {
     /// The membership as of `membership.applied_index` (the data dir's record of it).
     pub membership: Membership,
     pub store: Store,
+    /// The auth state as of the snapshot (replay rebuilds the rest from the log).
+    pub auth: AuthState,
     /// Raft index and term the store's snapshot covers (0, 0 for a new member).
     pub snapshot_index: u64,
     pub snapshot_term: u64,
@@ -431,6 +450,7 @@ impl<T> Replica<T> {
             node,
             store: b.store,
             membership: b.membership,
+            auth: Arc::new(b.auth),
             applied_index: b.snapshot_index,
             ticks: 0,
             request_timeout_ticks: b.request_timeout_ticks.max(1),
@@ -482,6 +502,10 @@ impl<T> Replica<T> {
 
     pub fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    pub fn auth(&self) -> &Arc<AuthState> {
+        &self.auth
     }
 
     /// This member applied its own removal: it must stop (etcd exits 0).
@@ -872,6 +896,7 @@ impl<T> Replica<T> {
             .extend(data.events.into_iter().filter(|e| e.index() > before));
         self.store = data.store;
         self.membership = data.membership;
+        self.auth = Arc::new(data.auth);
         self.applied_index = index;
         Ok(())
     }
@@ -979,8 +1004,17 @@ impl<T> Replica<T> {
             // on the wire: an undecodable one is a bug. Refuse to diverge silently.
             Err(err) => panic!("undecodable log entry at raft index {}: {err}", e.index),
         };
-        let is_membership = !matches!(payload, Payload::Command(_));
+        let is_membership = !matches!(payload, Payload::Command(_) | Payload::Auth(_));
         let result = match payload {
+            Payload::Auth(cmd) => {
+                let outcome = Arc::make_mut(&mut self.auth).apply(&cmd);
+                if let Some(id) = id.filter(|id| id.member == self.id()) {
+                    if let Some((_, token)) = self.pending.remove(&id.seq) {
+                        out.auth.push((token, outcome));
+                    }
+                }
+                return;
+            }
             Payload::Command(Command::Expire { cutoff }) => {
                 let before = out.events.len();
                 out.events

@@ -43,6 +43,8 @@ pub struct Published {
     pub state: &'static str,
     /// The leader's view of its followers: (id, matched raft index, recently active).
     pub followers: Vec<(u64, u64, bool)>,
+    /// The v2 auth state: users, roles, whether checks are on.
+    pub auth: Arc<crate::auth::AuthState>,
 }
 
 impl Published {
@@ -61,6 +63,7 @@ impl Published {
                 raft::StateRole::PreCandidate => "StatePreCandidate",
             },
             followers: replica.progress(),
+            auth: replica.auth().clone(),
         }
     }
 }
@@ -111,6 +114,8 @@ pub struct Reply {
     pub raft_term: u64,
     /// The answer to a `Proposal::Member` (None for keys requests).
     pub member: Option<crate::members::MemberOutcome>,
+    /// The answer to a `Proposal::Auth` (None otherwise).
+    pub auth: Option<crate::auth::AuthOutcome>,
 }
 
 /// A request to the raft shard.
@@ -123,6 +128,11 @@ pub enum Proposal {
     /// A members API change (add, remove, update peer URLs).
     Member {
         change: crate::members::MemberChange,
+        reply: ReplyTo,
+    },
+    /// A v2 auth API change, password already hashed; answered once applied here.
+    Auth {
+        cmd: crate::auth::AuthCommand,
         reply: ReplyTo,
     },
     /// quorum=true: answered by the raft shard after every earlier write is applied.

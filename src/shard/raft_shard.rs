@@ -24,6 +24,7 @@ use super::peer::PeerIn;
 use super::recovery::{write_membership, Recovered};
 use super::snapshotter::Snapshotter;
 use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ReplyTo, ShardMsg, Shared};
+use crate::auth::{http_err, AuthOutcome};
 use crate::limits::{PEER_INBOX_CAPACITY, PENDING_REQUESTS_MAX, PROPOSAL_BATCH_MAX};
 use crate::members::{member_id_at, Member, MemberChange, MemberError, MemberOutcome};
 use crate::raft::{HardState, LogEntry, Payload, Replica};
@@ -42,6 +43,8 @@ pub enum Token {
     Client(ReplyTo),
     /// A members API change; an add answers with the member it added.
     Member(ReplyTo, Option<crate::members::Member>),
+    /// A v2 auth API change: answered with what applying it said.
+    Auth(ReplyTo),
     /// A `quorum=true` GET, answered from the store once its read index is applied.
     Read {
         key: String,
@@ -54,7 +57,10 @@ pub enum Token {
 impl Token {
     fn reply_to(&self) -> ReplyTo {
         match self {
-            Token::Client(r) | Token::Member(r, _) | Token::Read { reply: r, .. } => *r,
+            Token::Client(r)
+            | Token::Member(r, _)
+            | Token::Auth(r)
+            | Token::Read { reply: r, .. } => *r,
         }
     }
 }
@@ -210,6 +216,7 @@ pub(super) struct Drained {
     pub reads: Vec<Token>,
     pub events: Vec<Arc<Event>>,
     pub members: Vec<Token>,
+    pub auth: Vec<(Token, AuthOutcome)>,
     pub membership_changed: bool,
     /// Raft index of a snapshot installed from the leader (0: none).
     pub snapshot_installed: u64,
@@ -251,11 +258,13 @@ pub(super) fn drive(
             && out.persisted_entries == 0
             && out.reads.is_empty()
             && out.members.is_empty()
+            && out.auth.is_empty()
             && !out.membership_changed
             && !out.snapshot_installed;
         d.applied.extend(out.applied);
         d.reads.extend(out.reads);
         d.members.extend(out.members);
+        d.auth.extend(out.auth);
         d.events.extend(out.events);
         d.membership_changed |= out.membership_changed;
         if out.snapshot_installed {
@@ -376,6 +385,8 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
                 shared.proposals_failed.fetch_add(1, Ordering::Relaxed);
                 let member = matches!(token, Token::Member(..))
                     .then(|| Err(MemberError::new(500, "etcdserver: request timed out")));
+                let auth = matches!(token, Token::Auth(..))
+                    .then(|| Err(http_err(500, "etcdserver: request timed out")));
                 replies.push(
                     token.reply_to(),
                     Reply {
@@ -383,6 +394,7 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
                         raft_index: replica.applied_index(),
                         raft_term: replica.term(),
                         member,
+                        auth,
                     },
                 );
             }
@@ -444,6 +456,18 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
             }
         }
         answer(&replica, drained.applied, drained.reads, &mut replies);
+        for (token, outcome) in drained.auth {
+            replies.push(
+                token.reply_to(),
+                Reply {
+                    result: Err(timeout_error(&replica)),
+                    raft_index: replica.applied_index(),
+                    raft_term: replica.term(),
+                    member: None,
+                    auth: Some(outcome),
+                },
+            );
+        }
         for token in drained.members {
             if let Token::Member(reply, added) = token {
                 replies.push(reply, member_reply(&replica, Ok(added)));
@@ -506,7 +530,8 @@ fn propose(replica: &mut Replica<Token>, p: Proposal, now: u64, replies: &mut Ou
         let reply = match &p {
             Proposal::Write { reply, .. }
             | Proposal::QuorumGet { reply, .. }
-            | Proposal::Member { reply, .. } => *reply,
+            | Proposal::Member { reply, .. }
+            | Proposal::Auth { reply, .. } => *reply,
         };
         replies.push(
             reply,
@@ -515,6 +540,7 @@ fn propose(replica: &mut Replica<Token>, p: Proposal, now: u64, replies: &mut Ou
                 raft_index: replica.applied_index(),
                 raft_term: replica.term(),
                 member: None,
+                auth: None,
             },
         );
         return;
@@ -539,6 +565,9 @@ fn propose(replica: &mut Replica<Token>, p: Proposal, now: u64, replies: &mut Ou
             sorted,
             reply,
         }),
+        Proposal::Auth { cmd, reply } => {
+            replica.propose_payload(Payload::Auth(cmd), Some(Token::Auth(reply)));
+        }
         // Handled by `member_change` before this is called.
         Proposal::Member { reply, .. } => replies.push(
             reply,
@@ -553,6 +582,7 @@ fn member_reply(replica: &Replica<Token>, outcome: MemberOutcome) -> Reply {
         raft_index: replica.applied_index(),
         raft_term: replica.term(),
         member: Some(outcome),
+        auth: None,
     }
 }
 
@@ -685,6 +715,7 @@ fn answer(
                 raft_index: a.raft_index,
                 raft_term: a.raft_term,
                 member: None,
+                auth: None,
             },
         );
     }
@@ -711,6 +742,7 @@ fn answer(
                 raft_index: replica.applied_index(),
                 raft_term: replica.term(),
                 member: None,
+                auth: None,
             },
         );
     }

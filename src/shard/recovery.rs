@@ -5,6 +5,7 @@
 
 use super::raft_shard::{drive, BatchStats, Token};
 use super::unix_now_ns;
+use crate::auth::AuthState;
 use crate::members::Membership;
 use crate::raft::{Bootstrap, Replica};
 use crate::wal::{Wal, WAL_SEGMENT_BYTES};
@@ -108,6 +109,7 @@ pub fn recover(data_dir: &Path, start: Start) -> Result<Recovered, String> {
     std::fs::create_dir_all(&paths.snap)
         .map_err(|e| format!("cannot create {}: {e}", paths.snap.display()))?;
     let mut store = Store::new();
+    let mut auth = AuthState::default();
     let mut history: Vec<Arc<Event>> = Vec::new();
     let (mut snap_index, mut snap_term) = (0, 0);
     let snaps =
@@ -129,6 +131,8 @@ pub fn recover(data_dir: &Path, start: Start) -> Result<Recovered, String> {
             .map(|b| Event::decode(b).map(Arc::new))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("snapshot {} events: {e}", path.display()))?;
+        auth = decode_auth(file.auth.as_deref())
+            .map_err(|e| format!("snapshot {}: {e}", path.display()))?;
         snap_index = file.raft_index;
         snap_term = file.raft_term;
         tracing::info!(snapshot = %path.display(), raft_index = snap_index, keys = store.node_count(), "loaded snapshot");
@@ -168,6 +172,7 @@ pub fn recover(data_dir: &Path, start: Start) -> Result<Recovered, String> {
         id,
         membership,
         store,
+        auth,
         snapshot_index: snap_index,
         snapshot_term: snap_term,
         entries: rec.entries,
@@ -212,7 +217,16 @@ fn decode_transfer(bytes: &[u8]) -> Result<crate::raft::SnapshotData, String> {
         store,
         events,
         membership,
+        auth: decode_auth(file.auth.as_deref())?,
     })
+}
+
+/// The auth section of a snapshot (absent before format 3: auth was empty then).
+fn decode_auth(bytes: Option<&[u8]>) -> Result<AuthState, String> {
+    match bytes {
+        None => Ok(AuthState::default()),
+        Some(b) => serde_json::from_slice(b).map_err(|e| format!("auth section: {e}")),
+    }
 }
 
 /// The size of new log segments: `WAL_SEGMENT_BYTES`, or `RINGD_WAL_SEGMENT_BYTES` (a

@@ -39,6 +39,7 @@ struct WriteJob {
     source: ringd_store::SnapshotSource,
     events: Vec<Vec<u8>>,
     membership: Vec<u8>,
+    auth: Vec<u8>,
     voters: Vec<u64>,
     /// Hand the encoded bytes back: a follower needs this snapshot (raft-rs asked).
     transfer: bool,
@@ -92,6 +93,7 @@ impl Snapshotter {
                         source,
                         events,
                         membership,
+                        auth,
                         voters,
                         transfer,
                     } = match job {
@@ -118,7 +120,8 @@ impl Snapshotter {
                     let started = Instant::now();
                     let mut store = Vec::new();
                     source.snapshot(&mut store);
-                    let buf = crate::snapshot::encode(index, term, &store, &events, &membership);
+                    let buf =
+                        crate::snapshot::encode(index, term, &store, &events, &membership, &auth);
                     let res = crate::snapshot::write_encoded(&dir, index, &buf)
                         .map(|_| {
                             tracing::info!(
@@ -192,6 +195,8 @@ impl Snapshotter {
             source: replica.store().snapshot_source(),
             events,
             membership: replica.membership().encode(),
+            // Strings and maps: serializing cannot fail.
+            auth: serde_json::to_vec(&**replica.auth()).unwrap_or_default(),
             voters: point.voters,
             transfer,
         }));

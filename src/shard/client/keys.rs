@@ -80,6 +80,7 @@ pub(super) async fn propose(ctx: &Rc<ShardCtx>, make: impl FnOnce(ReplyTo) -> Pr
             raft_index: crate::raft::RaftIndex(0),
             raft_term: 0,
             member: None,
+            auth: None,
         };
     }
     slot.wait().await

@@ -147,6 +147,7 @@ async fn dispatch_loop(ctx: Rc<ShardCtx>, inbox: flume::Receiver<ShardMsg>) {
                     raft_index: crate::raft::RaftIndex(0),
                     raft_term: 0,
                     member: None,
+                    auth: None,
                 });
             }
         }
