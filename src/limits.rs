@@ -87,3 +87,11 @@ const _: () = assert!(PROPOSAL_BATCH_MAX <= PEER_QUEUE_MESSAGES_MAX);
 /// Request ids of forwarded proposals a leader remembers, to drop a proposal that arrives
 /// twice (about 1.5 MB at the maximum).
 pub const RECENT_PROPOSALS_MAX: usize = 65536;
+
+/// Verified credentials a client shard remembers (keyed hashes of user and password, never
+/// the password): a hit skips bcrypt (~50 ms at etcd's cost 10). Each entry is ~40 bytes;
+/// the cache is emptied when full and whenever a password changes or a user is deleted.
+pub const AUTH_CACHE_ENTRIES_MAX: usize = 1024;
+
+/// bcrypt's cost for new passwords: etcd's (Go's `bcrypt.DefaultCost`).
+pub const BCRYPT_COST: u32 = 10;

@@ -73,10 +73,26 @@ pub enum Route {
         content_type: Option<String>,
         body: Vec<u8>,
     },
-    AuthEnable,
-    AuthOther,
+    /// A `/v2/auth` request with an allowed method (etcd's authHandler).
+    Auth {
+        method: Method,
+        target: AuthTarget,
+        body: Vec<u8>,
+    },
     /// A request Go's server rejects before any handler runs: plain 400, connection closed.
     Malformed,
+}
+
+/// What a `/v2/auth` request names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthTarget {
+    Enable,
+    Users,
+    User(String),
+    Roles,
+    Role(String),
+    /// `/v2/auth/users/a/b`: 400 `Invalid path`, whatever the method.
+    InvalidPath,
 }
 
 pub const KEYS_PREFIX: &str = "/v2/keys";
@@ -164,13 +180,60 @@ pub fn route(req: &Request) -> Route {
         "/v2/stats/self" => allow(GET, "GET", Route::Stats(StatsKind::SelfStats)),
         "/v2/stats/leader" => allow(GET, "GET", Route::Stats(StatsKind::Leader)),
         "/v2/stats/store" => allow(GET, "GET", Route::Stats(StatsKind::Store)),
-        "/v2/auth/enable" => match req.method {
-            Method::Get | Method::Head => Route::AuthEnable,
-            _ => Route::AuthOther,
-        },
-        p if p.starts_with("/v2/auth") => Route::AuthOther,
+        p if p.starts_with("/v2/auth/") => auth_route(req, p),
         _ => Route::NotFound,
     }
+}
+
+/// etcd's auth mux: `/v2/auth/enable`, `/v2/auth/{users,roles}` and the subtrees under them
+/// (a name, or `Invalid path` for deeper paths); method checks as etcd's `allowMethod`.
+fn auth_route(req: &Request, path: &str) -> Route {
+    let sub = &path["/v2/auth".len()..];
+    let one_of = |allowed: &'static [Method], allow: &'static str, target: AuthTarget| {
+        if allowed.contains(&req.method) {
+            Route::Auth {
+                method: req.method.clone(),
+                target,
+                body: req.body.clone(),
+            }
+        } else {
+            Route::MethodNotAllowed {
+                allow: Some(allow),
+                cluster_id: false,
+            }
+        }
+    };
+    const ONE: &[Method] = &[Method::Get, Method::Put, Method::Delete];
+    const BASE: &[Method] = &[Method::Get];
+    if sub == "/enable" {
+        return one_of(ONE, "GET,PUT,DELETE", AuthTarget::Enable);
+    }
+    for (base, is_users) in [("/users", true), ("/roles", false)] {
+        let Some(rest) = sub.strip_prefix(base) else {
+            continue;
+        };
+        let rest = match rest.strip_prefix('/') {
+            Some(r) => r.trim_end_matches('/'),
+            None if rest.is_empty() => "",
+            None => continue,
+        };
+        let base_target = if is_users {
+            AuthTarget::Users
+        } else {
+            AuthTarget::Roles
+        };
+        return match rest {
+            "" => one_of(BASE, "GET", base_target),
+            r if r.contains('/') => Route::Auth {
+                method: req.method.clone(),
+                target: AuthTarget::InvalidPath,
+                body: Vec::new(),
+            },
+            name if is_users => one_of(ONE, "GET,PUT,DELETE", AuthTarget::User(name.to_string())),
+            name => one_of(ONE, "GET,PUT,DELETE", AuthTarget::Role(name.to_string())),
+        };
+    }
+    Route::NotFound
 }
 
 fn escape_location(p: &str) -> String {

@@ -6,7 +6,7 @@ use super::ShardCtx;
 use crate::http::members::parse_member_request;
 use crate::http::parse::Method;
 use crate::http::render;
-use crate::http::response::{json, message_response, redirect, respond};
+use crate::http::response::{json, redirect, respond};
 use crate::http::route::{Route, StatsKind};
 use crate::members::{MemberChange, MemberError};
 use crate::shard::Proposal;
@@ -126,13 +126,8 @@ pub(super) fn serve_other(
                 body.as_bytes(),
             );
         }
-        Route::AuthEnable => json(out, head, 200, &[], b"{\"enabled\":false}\n"),
-        Route::AuthOther => message_response(
-            out,
-            head,
-            501,
-            "ringd: the v2 auth API is not implemented yet",
-        ),
+        // Answered by `auth::auth_api` before this is called.
+        Route::Auth { .. } => {}
     }
     None
 }

@@ -9,12 +9,15 @@
 use super::admin::{member_change, serve_other};
 use super::keys::keys;
 use super::ShardCtx;
+use crate::auth::AuthState;
+use crate::http::form::unescape;
 use crate::http::parse::{Method, Parsed, Request, RequestParser};
 use crate::http::response;
-use crate::http::route::{route, Route};
+use crate::http::route::{route, KeyOp, KeyRequest, Route, KEYS_PREFIX};
 use crate::limits::RESPONSE_BUFFER_FLUSH_BYTES;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use ringd_store::{Command, Error, ErrorCode};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -117,6 +120,25 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io
     }
 }
 
+/// etcd's `hasKeyPrefixAccess` on the unescaped path after `/v2/keys` (a trailing slash
+/// kept), with the request's `recursive` flag; every verb but GET and HEAD writes.
+fn keys_allowed(ctx: &ShardCtx, auth: &AuthState, req: &Request, kr: &KeyRequest) -> bool {
+    let (raw, _) = req.path_and_query();
+    let path = unescape(raw, false).unwrap_or_default();
+    let key = path.strip_prefix(KEYS_PREFIX).unwrap_or(&path);
+    let recursive = match &kr.op {
+        KeyOp::Get { recursive, .. } | KeyOp::Watch { recursive, .. } => *recursive,
+        KeyOp::Write {
+            cmd: Command::Delete { recursive, .. },
+            ..
+        } => *recursive,
+        KeyOp::Write { .. } => false,
+    };
+    let write = !matches!(req.method, Method::Get | Method::Head);
+    let authz = req.authorization.as_deref();
+    super::auth::key_access(ctx, auth, authz, key, recursive, write)
+}
+
 async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::Result<Flow> {
     let started = Instant::now();
     let head = req.method == Method::Head;
@@ -126,7 +148,29 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
         Flow::Close
     };
     let before = conn.out.len();
+    let auth = ctx.shared.published.load().auth.clone();
     let flow = match route(&req) {
+        Route::Keys(Ok(kr)) if auth.enabled && !keys_allowed(ctx, &auth, &req, &kr) => {
+            let e = Error::new(ErrorCode::Unauthorized, "Insufficient credentials", 0);
+            super::keys::error_response(&mut conn.out, head, &ctx.cid, &e);
+            keep
+        }
+        Route::Auth {
+            method,
+            target,
+            body,
+        } => {
+            let authz = req.authorization.as_deref();
+            super::auth::auth_api(ctx, method, target, &body, authz, head, &mut conn.out).await;
+            keep
+        }
+        Route::Members { ref method, .. }
+            if !matches!(method, Method::Get | Method::Head)
+                && !super::auth::has_root_access(ctx, &auth, req.authorization.as_deref()) =>
+        {
+            super::auth::no_auth(&mut conn.out, head);
+            keep
+        }
         Route::Keys(Ok(kr)) => {
             let f = keys(ctx, kr, conn).await?;
             if f == Flow::Close {

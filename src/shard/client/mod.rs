@@ -12,6 +12,7 @@
 //! streams), `admin` (members, stats, metrics, version, health and every other route).
 
 mod admin;
+mod auth;
 mod conn;
 mod keys;
 mod watch;
@@ -41,6 +42,8 @@ struct ShardCtx {
     next_id: std::cell::Cell<u64>,
     /// X-Etcd-Cluster-Id, rendered once (it is on every keys response).
     cid: String,
+    /// Basic auth credentials verified on this shard (keyed hashes, never passwords).
+    credentials: RefCell<auth::CredentialCache>,
 }
 
 /// A shard-local one-shot: filled by the dispatch task when the raft shard's batch message
@@ -93,6 +96,7 @@ pub fn shard_main(
         let cid = format!("{:x}", shared.cluster_id);
         let ctx = Rc::new(ShardCtx {
             cid,
+            credentials: RefCell::new(auth::CredentialCache::new()),
             id,
             shared,
             mailbox,

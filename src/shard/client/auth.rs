@@ -1,0 +1,225 @@
+//! The v2 auth API (`/v2/auth`, etcd's authHandler) and the credential checks every route
+//! makes once auth is enabled: HTTP basic auth verified with bcrypt, remembered in a bounded
+//! per-shard cache keyed by a keyed hash of user and password (never the password itself).
+//! The permission rules are `crate::auth`'s pure functions over the published state.
+
+use super::keys::propose;
+use super::ShardCtx;
+use crate::auth::{http_err, AuthCommand, AuthOutcome, AuthState, Role};
+use crate::http::parse::Method;
+use crate::http::render;
+use crate::http::response::json;
+use crate::http::route::AuthTarget;
+use crate::limits::{AUTH_CACHE_ENTRIES_MAX, BCRYPT_COST};
+use crate::shard::Proposal;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::rc::Rc;
+
+/// Credentials already verified on this shard, for one version of the credentials.
+pub(super) struct CredentialCache {
+    /// SipHash with this process's random keys: the cache never holds anything from which
+    /// a password could be read back.
+    key: std::collections::hash_map::RandomState,
+    version: u64,
+    verified: HashMap<u64, String>,
+}
+
+impl CredentialCache {
+    pub(super) fn new() -> CredentialCache {
+        CredentialCache {
+            key: Default::default(),
+            version: 0,
+            verified: HashMap::new(),
+        }
+    }
+
+    /// etcd's `CheckPassword` against the published state, through the cache.
+    fn check(&mut self, state: &AuthState, user: &str, password: &str) -> bool {
+        if self.version != state.credentials_version {
+            self.verified.clear();
+            self.version = state.credentials_version;
+        }
+        let Some(u) = state.users.get(user) else {
+            return false;
+        };
+        let h = self.key.hash_one((user, password));
+        if self.verified.get(&h).is_some_and(|v| v == user) {
+            return true;
+        }
+        if !bcrypt::verify(password, &u.password_hash).unwrap_or(false) {
+            return false;
+        }
+        if self.verified.len() >= AUTH_CACHE_ENTRIES_MAX {
+            self.verified.clear();
+        }
+        self.verified.insert(h, user.to_string());
+        true
+    }
+}
+
+/// Who sent a request, once auth is enabled.
+pub(super) enum Caller {
+    /// No Authorization header: the guest role applies.
+    Guest,
+    User(String),
+    /// Credentials that do not check out (unknown user, wrong password, bad header).
+    Refused,
+}
+
+pub(super) fn caller(ctx: &ShardCtx, state: &AuthState, authorization: Option<&str>) -> Caller {
+    let Some(header) = authorization else {
+        return Caller::Guest;
+    };
+    match crate::auth::basic_auth(header) {
+        Some((u, p)) if ctx.credentials.borrow_mut().check(state, &u, &p) => Caller::User(u),
+        _ => Caller::Refused,
+    }
+}
+
+/// etcd's `hasRootAccess`: auth disabled, or root's valid credentials.
+pub(super) fn has_root_access(
+    ctx: &ShardCtx,
+    state: &AuthState,
+    authorization: Option<&str>,
+) -> bool {
+    if !state.enabled {
+        return true;
+    }
+    matches!(caller(ctx, state, authorization), Caller::User(u) if state.is_root(&u))
+}
+
+/// etcd's `writeNoAuth`: the auth and members APIs' 401.
+pub(super) fn no_auth(out: &mut Vec<u8>, head: bool) {
+    let mut b = Vec::new();
+    render::message(&mut b, "Insufficient credentials");
+    json(out, head, 401, &[], &b);
+}
+
+/// etcd's `hasKeyPrefixAccess` for a keys request.
+pub(super) fn key_access(
+    ctx: &ShardCtx,
+    state: &AuthState,
+    authorization: Option<&str>,
+    key: &str,
+    recursive: bool,
+    write: bool,
+) -> bool {
+    if !state.enabled {
+        return true;
+    }
+    match caller(ctx, state, authorization) {
+        Caller::Guest => state.allows(None, key, recursive, write),
+        Caller::User(u) => state.allows(Some(&u), key, recursive, write),
+        Caller::Refused => false,
+    }
+}
+
+/// A user as a request body carries it (`auth.User`).
+#[derive(serde::Deserialize)]
+struct UserIn {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    roles: Option<Vec<String>>,
+    #[serde(default)]
+    grant: Option<Vec<String>>,
+    #[serde(default)]
+    revoke: Option<Vec<String>>,
+}
+
+/// Answers a `/v2/auth` request; changes go through raft and are answered once applied.
+pub(super) async fn auth_api(
+    ctx: &Rc<ShardCtx>,
+    method: Method,
+    target: AuthTarget,
+    body: &[u8],
+    authorization: Option<&str>,
+    head: bool,
+    out: &mut Vec<u8>,
+) {
+    let cid = ctx.cid.clone();
+    let extra = [("X-Etcd-Cluster-Id", cid.as_str())];
+    let state = ctx.shared.published.load().auth.clone();
+    let outcome = match (&method, target) {
+        (_, AuthTarget::InvalidPath) => {
+            let mut b = Vec::new();
+            render::message(&mut b, "Invalid path");
+            return json(out, head, 400, &[], &b);
+        }
+        (Method::Get, AuthTarget::Enable) => {
+            let b = format!("{{\"enabled\":{}}}\n", state.enabled);
+            return json(out, head, 200, &extra, b.as_bytes());
+        }
+        _ if !has_root_access(ctx, &state, authorization) => return no_auth(out, head),
+        (Method::Put, AuthTarget::Enable) => change(ctx, AuthCommand::Enable).await,
+        (_, AuthTarget::Enable) => change(ctx, AuthCommand::Disable).await,
+        (_, AuthTarget::Users) => state.list_users(),
+        (_, AuthTarget::Roles) => state.list_roles(),
+        (Method::Get, AuthTarget::User(name)) => state.get_user(&name),
+        (Method::Get, AuthTarget::Role(name)) => state.get_role(&name),
+        (Method::Delete, AuthTarget::User(name)) => {
+            change(ctx, AuthCommand::DeleteUser(name)).await
+        }
+        (Method::Delete, AuthTarget::Role(name)) => {
+            change(ctx, AuthCommand::DeleteRole(name)).await
+        }
+        (_, AuthTarget::User(name)) => match put_user(&name, body) {
+            Ok(cmd) => change(ctx, cmd).await,
+            Err(e) => Err(e),
+        },
+        (_, AuthTarget::Role(name)) => match serde_json::from_slice::<Role>(body) {
+            Err(_) => Err(http_err(400, "Invalid JSON in request body.")),
+            Ok(r) if r.role != name => Err(http_err(
+                400,
+                "Role JSON name does not match the name in the URL",
+            )),
+            Ok(r) => change(ctx, AuthCommand::PutRole(r)).await,
+        },
+    };
+    match outcome {
+        Ok(a) => json(out, head, a.status, &extra, a.body.as_bytes()),
+        Err(e) => {
+            let mut b = Vec::new();
+            render::message(&mut b, &e.message);
+            json(out, head, e.status, &extra, &b);
+        }
+    }
+}
+
+/// A user PUT's command: the password hashed here, before proposing, so applying is cheap
+/// and every member stores the same hash.
+fn put_user(name: &str, body: &[u8]) -> Result<AuthCommand, crate::auth::AuthError> {
+    let u: UserIn =
+        serde_json::from_slice(body).map_err(|_| http_err(400, "Invalid JSON in request body."))?;
+    if u.user != name {
+        return Err(http_err(
+            400,
+            "User JSON name does not match the name in the URL",
+        ));
+    }
+    let password_hash = if u.password.is_empty() {
+        None
+    } else {
+        let hash = bcrypt::hash(&u.password, BCRYPT_COST)
+            .map_err(|e| http_err(500, &format!("auth: cannot hash the password: {e}")))?;
+        Some(hash)
+    };
+    Ok(AuthCommand::PutUser {
+        user: u.user,
+        password_hash,
+        roles: u.roles,
+        grant: u.grant,
+        revoke: u.revoke,
+    })
+}
+
+async fn change(ctx: &Rc<ShardCtx>, cmd: AuthCommand) -> AuthOutcome {
+    let reply = propose(ctx, |reply| Proposal::Auth { cmd, reply }).await;
+    match reply.auth {
+        Some(outcome) => outcome,
+        None => Err(http_err(500, "etcdserver: request timed out")),
+    }
+}
