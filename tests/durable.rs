@@ -564,3 +564,55 @@ fn history_after_a_restart_renders_the_ttls_of_the_events_time() {
     let node = start(dir.path(), port, &["--snapshot-count", "12"]).unwrap();
     assert_eq!(history(&node.addr), events);
 }
+
+/// The auth state is rebuilt by log replay, and comes back from a snapshot once the entries
+/// that made it are compacted away.
+#[test]
+fn auth_survives_restarts_from_the_log_and_from_a_snapshot() {
+    let dir = TempDir::new("ringd-auth");
+    let port = support::free_port();
+    // root:pw
+    let root = [("Authorization", "Basic cm9vdDpwdw==")];
+    let check = |addr: &str| {
+        assert_eq!(
+            support::get(addr, "/v2/auth/enable").text(),
+            "{\"enabled\":true}\n"
+        );
+        let users = support::request(addr, "GET", "/v2/auth/users", &root, b"");
+        assert_eq!(users.status, 200, "{}", users.text());
+        assert!(
+            users.text().contains("\"user\":\"root\""),
+            "{}",
+            users.text()
+        );
+        let anon = support::get(addr, "/v2/auth/users");
+        assert_eq!(anon.status, 401);
+    };
+    let snap_dir = dir.path().join("data/member/snap");
+    {
+        let node = start(dir.path(), port, &["--snapshot-count", "50"]).unwrap();
+        let put = |path: &str, body: &str| {
+            let r = support::request(&node.addr, "PUT", path, &root, body.as_bytes());
+            assert!(r.status < 300, "PUT {path}: {} {}", r.status, r.text());
+        };
+        put("/v2/auth/users/root", r#"{"user":"root","password":"pw"}"#);
+        put("/v2/auth/enable", "");
+        check(&node.addr);
+    }
+    {
+        let node = start(dir.path(), port, &["--snapshot-count", "50"]).unwrap();
+        check(&node.addr);
+        for i in 0..120 {
+            let r = support::put_form(&node.addr, &format!("/v2/keys/k{i}"), "value=1");
+            assert_eq!(r.status, 201);
+        }
+        // The snapshot thread works in the background: wait for a snapshot file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_dir(&snap_dir).map_or(0, |d| d.count()) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no snapshot written");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let node = start(dir.path(), port, &["--snapshot-count", "50"]).unwrap();
+    check(&node.addr);
+}
