@@ -364,3 +364,86 @@ fn member_list_and_cluster_health() {
         ),
     );
 }
+
+/// `etcdctl user|role|auth` (v2) and `--username`: etcd's output, line for line.
+#[test]
+fn user_role_and_auth_commands() {
+    let s = start();
+    let root = ["--username", "root:pw"];
+    let with = |args: &[&'static str], user: &[&'static str]| -> Vec<&'static str> {
+        user.iter().chain(args).copied().collect()
+    };
+    ok(&s, &["user", "add", "root:pw"], "User root created\n");
+    ok(&s, &["user", "add", "alice:pa"], "User alice created\n");
+    ok(&s, &["user", "get", "alice"], "User: alice\nRoles: \n");
+    ok(&s, &["user", "list"], "alice\nroot\n");
+    ok(&s, &["role", "add", "ra"], "Role ra created\n");
+    ok(
+        &s,
+        &["role", "grant", "ra", "--path", "/x/*", "--readwrite"],
+        "Role ra updated\n",
+    );
+    ok(
+        &s,
+        &["role", "get", "ra"],
+        "Role: ra\nKV Read:\n\t/x/*\nKV Write:\n\t/x/*\n",
+    );
+    ok(
+        &s,
+        &["user", "grant", "alice", "--roles", "ra"],
+        "User alice updated\n",
+    );
+    ok(&s, &["user", "get", "alice"], "User: alice\nRoles:  ra\n");
+    ok(&s, &["role", "list"], "ra\nroot\n");
+    ok(&s, &["auth", "enable"], "Authentication Enabled\n");
+    let alice = ["--username", "alice:pa"];
+    ok(&s, &with(&["set", "/x/a", "1"], &alice), "1\n");
+    ok(&s, &with(&["get", "/x/a"], &alice), "1\n");
+    ok(
+        &s,
+        &with(
+            &["role", "revoke", "guest", "--path", "/*", "--write"],
+            &root,
+        ),
+        "Role guest updated\n",
+    );
+    for args in [
+        with(&["set", "/y", "1"], &[]),
+        with(&["set", "/y", "1"], &alice),
+    ] {
+        let out = etcdctl(&s, &args);
+        assert_eq!(out.code, 4, "{args:?}: {out:?}");
+        support::assert_eq_text(
+            "Error:  110: The request requires user authentication (Insufficient credentials) [0]\n",
+            &out.stderr,
+        );
+    }
+    ok(
+        &s,
+        &with(&["user", "revoke", "alice", "--roles", "ra"], &root),
+        "User alice updated\n",
+    );
+    ok(
+        &s,
+        &with(&["user", "remove", "alice"], &root),
+        "User alice removed\n",
+    );
+    ok(
+        &s,
+        &with(&["role", "remove", "ra"], &root),
+        "Role ra removed\n",
+    );
+    ok(&s, &with(&["role", "list"], &root), "guest\nroot\n");
+    // No terminal to read a new password from: etcdctl sends none, which changes nothing.
+    let out = etcdctl(&s, &with(&["user", "passwd", "root"], &root));
+    assert!(
+        out.stderr.contains("auth: User not updated."),
+        "user passwd: {out:?}"
+    );
+    ok(
+        &s,
+        &with(&["auth", "disable"], &root),
+        "Authentication Disabled\n",
+    );
+    ok(&s, &["set", "/y", "1"], "1\n");
+}
