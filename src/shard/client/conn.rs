@@ -148,9 +148,17 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
         Flow::Close
     };
     let before = conn.out.len();
-    let auth = ctx.shared.published.load().auth.clone();
+    // The auth state only when checks are on: no shared reference count touched otherwise.
+    let auth = {
+        let p = ctx.shared.published.load();
+        p.auth.enabled.then(|| p.auth.clone())
+    };
     let flow = match route(&req) {
-        Route::Keys(Ok(kr)) if auth.enabled && !keys_allowed(ctx, &auth, &req, &kr) => {
+        Route::Keys(Ok(kr))
+            if auth
+                .as_ref()
+                .is_some_and(|a| !keys_allowed(ctx, a, &req, &kr)) =>
+        {
             let e = Error::new(ErrorCode::Unauthorized, "Insufficient credentials", 0);
             super::keys::error_response(&mut conn.out, head, &ctx.cid, &e);
             keep
@@ -166,7 +174,9 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
         }
         Route::Members { ref method, .. }
             if !matches!(method, Method::Get | Method::Head)
-                && !super::auth::has_root_access(ctx, &auth, req.authorization.as_deref()) =>
+                && auth.as_ref().is_some_and(|a| {
+                    !super::auth::has_root_access(ctx, a, req.authorization.as_deref())
+                }) =>
         {
             super::auth::no_auth(&mut conn.out, head);
             keep
