@@ -120,9 +120,26 @@ pub fn http_err(status: u16, message: &str) -> AuthError {
 
 fn answer(status: u16, body: &impl Serialize) -> AuthOutcome {
     // Strings, lists and maps: serializing cannot fail. Go's json.Encoder ends with '\n'.
-    let mut body = serde_json::to_string(body).unwrap_or_default();
+    let mut body = go_escape(&serde_json::to_string(body).unwrap_or_default());
     body.push('\n');
     Ok(AuthAnswer { status, body })
+}
+
+/// Go's encoding/json escapes `<`, `>`, `&`, U+2028 and U+2029 inside strings. None of them
+/// can appear in JSON outside a string, so replacing them in the whole text is exact.
+fn go_escape(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn ok_empty() -> AuthOutcome {

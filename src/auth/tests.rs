@@ -200,3 +200,13 @@ fn basic_auth_header() {
     assert_eq!(basic_auth("Bearer x"), None);
     assert_eq!(basic_auth("Basic !!"), None);
 }
+
+#[test]
+fn bodies_escape_as_go_does() {
+    let mut s = AuthState::default();
+    let a = s.apply(&put_user("a<b&c>", None)).unwrap();
+    assert_eq!(
+        a.body,
+        "{\"user\":\"a\\u003cb\\u0026c\\u003e\",\"roles\":null}\n"
+    );
+}

@@ -703,4 +703,35 @@ mod tests {
             Route::MethodNotAllowed { .. }
         ));
     }
+
+    /// etcd's auth mux: targets, `Invalid path` whatever the method, 405s with etcd's Allow.
+    #[test]
+    fn auth_routes() {
+        let target = |m: Method, t: &str| match route(&req(m, t, None, "")) {
+            Route::Auth { target, .. } => format!("{target:?}"),
+            Route::MethodNotAllowed { allow, .. } => format!("405 {allow:?}"),
+            Route::NotFound => "404".to_string(),
+            other => format!("{other:?}"),
+        };
+        #[rustfmt::skip]
+        let table = [
+            (Method::Get, "/v2/auth/enable", "Enable"),
+            (Method::Delete, "/v2/auth/enable", "Enable"),
+            (Method::Head, "/v2/auth/enable", "405 Some(\"GET,PUT,DELETE\")"),
+            (Method::Get, "/v2/auth/users", "Users"),
+            (Method::Get, "/v2/auth/users/", "Users"),
+            (Method::Put, "/v2/auth/users", "405 Some(\"GET\")"),
+            (Method::Put, "/v2/auth/users/u", "User(\"u\")"),
+            (Method::Get, "/v2/auth/users/u/", "User(\"u\")"),
+            (Method::Post, "/v2/auth/users/u", "405 Some(\"GET,PUT,DELETE\")"),
+            (Method::Post, "/v2/auth/users/a/b", "InvalidPath"),
+            (Method::Get, "/v2/auth/roles/r%2Fx", "InvalidPath"),
+            (Method::Delete, "/v2/auth/roles/r", "Role(\"r\")"),
+            (Method::Get, "/v2/auth/usersx", "404"),
+            (Method::Get, "/v2/auth/nope", "404"),
+        ];
+        for (m, t, want) in table {
+            assert_eq!(target(m.clone(), t), want, "{m:?} {t}");
+        }
+    }
 }

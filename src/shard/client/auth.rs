@@ -223,3 +223,49 @@ async fn change(ctx: &Rc<ShardCtx>, cmd: AuthCommand) -> AuthOutcome {
         None => Err(http_err(500, "etcdserver: request timed out")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::User;
+
+    fn state(hash: &str, version: u64) -> AuthState {
+        let mut s = AuthState {
+            enabled: true,
+            credentials_version: version,
+            ..Default::default()
+        };
+        s.users.insert(
+            "u".into(),
+            User {
+                user: "u".into(),
+                password_hash: hash.into(),
+                roles: None,
+            },
+        );
+        s
+    }
+
+    /// Verified once, then from the cache (which holds no password); a new credentials
+    /// version empties it, so a changed password is checked against the new hash.
+    #[test]
+    fn credential_cache() {
+        let old = bcrypt::hash("p", 4).unwrap();
+        let new = bcrypt::hash("p2", 4).unwrap();
+        let mut c = CredentialCache::new();
+        let s1 = state(&old, 1);
+        assert!(c.check(&s1, "u", "p"));
+        assert!(!c.check(&s1, "u", "bad"));
+        assert!(!c.check(&s1, "nobody", "p"));
+        assert_eq!(c.verified.len(), 1);
+        assert!(c.verified.values().all(|u| u == "u"));
+        // A hit answers without the hash: a state whose hash is garbage still passes.
+        assert!(c.check(&state("garbage", 1), "u", "p"));
+        let s2 = state(&new, 2);
+        assert!(!c.check(&s2, "u", "p"));
+        assert!(c.check(&s2, "u", "p2"));
+        let mut gone = s2.clone();
+        gone.users.clear();
+        assert!(!c.check(&gone, "u", "p2"));
+    }
+}
