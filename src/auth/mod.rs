@@ -185,6 +185,19 @@ struct UserWithRoles {
     roles: Vec<Role>,
 }
 
+/// etcd's `getUser`: the user named root always has the root role, whatever is stored (a
+/// revoke of it is stored, and undone by every read).
+fn with_root_role(u: &User) -> User {
+    let mut u = u.clone();
+    if u.user == ROOT {
+        let roles = u.roles.get_or_insert_with(Vec::new);
+        if !roles.iter().any(|r| r == ROOT) {
+            roles.push(ROOT.to_string());
+        }
+    }
+    u
+}
+
 /// etcd's set values: the union, sorted (never null once merged).
 fn merged(list: &Option<Vec<String>>) -> Vec<String> {
     let mut v = list.clone().unwrap_or_default();
@@ -283,7 +296,7 @@ impl AuthState {
                 "User JSON contains both roles and grant/revoke",
             ));
         }
-        let Some(old) = self.users.get(name) else {
+        let Some(old) = self.users.get(name).map(with_root_role) else {
             return Err(auth_err(404, format!("User {name} does not exist.")));
         };
         let mut current = merged(&old.roles);
@@ -311,7 +324,7 @@ impl AuthState {
             password_hash: hash.clone().unwrap_or_else(|| old.password_hash.clone()),
             roles: Some(current),
         };
-        if *old == new {
+        if old == new {
             return Err(auth_err(
                 400,
                 "User not updated. Use grant/revoke/password to update the user.".into(),
@@ -463,7 +476,7 @@ impl AuthState {
 
     /// `GET /v2/auth/users/<name>`: roles expanded; a missing role is a 404.
     pub fn get_user(&self, name: &str) -> AuthOutcome {
-        let Some(u) = self.users.get(name) else {
+        let Some(u) = self.users.get(name).map(with_root_role) else {
             return Err(auth_err(404, format!("User {name} does not exist.")));
         };
         let mut roles = Vec::new();
@@ -487,6 +500,7 @@ impl AuthState {
         let users: Vec<UserWithRoles> = self
             .users
             .values()
+            .map(with_root_role)
             .map(|u| UserWithRoles {
                 user: u.user.clone(),
                 roles: u
@@ -532,7 +546,7 @@ impl AuthState {
     pub fn is_root(&self, user: &str) -> bool {
         self.users
             .get(user)
-            .is_some_and(|u| u.roles.iter().flatten().any(|r| r == ROOT))
+            .is_some_and(|u| u.user == ROOT || u.roles.iter().flatten().any(|r| r == ROOT))
     }
 
     /// etcd's `hasKeyPrefixAccess` once the credentials are checked: `user` None is a request
@@ -550,13 +564,15 @@ impl AuthState {
         let Some(u) = self.users.get(user) else {
             return false;
         };
-        u.roles.iter().flatten().any(|name| {
-            name == ROOT
-                || self
-                    .roles
-                    .get(name)
-                    .is_some_and(|r| r.permissions.kv.has_access(key, write, recursive))
-        })
+        // The root user always has the root role (`with_root_role`).
+        u.user == ROOT
+            || u.roles.iter().flatten().any(|name| {
+                name == ROOT
+                    || self
+                        .roles
+                        .get(name)
+                        .is_some_and(|r| r.permissions.kv.has_access(key, write, recursive))
+            })
     }
 }
 

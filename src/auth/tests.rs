@@ -210,3 +210,39 @@ fn bodies_escape_as_go_does() {
         "{\"user\":\"a\\u003cb\\u0026c\\u003e\",\"roles\":null}\n"
     );
 }
+
+/// etcd attaches the root role to the root user on every read: revoking it is stored but
+/// changes nothing, and granting it again is a duplicate.
+#[test]
+fn the_root_user_keeps_the_root_role() {
+    let mut s = state(&[put_user("root", None), AuthCommand::Enable]);
+    let revoke = AuthCommand::PutUser {
+        user: "root".into(),
+        password_hash: None,
+        roles: None,
+        grant: None,
+        revoke: Some(vec!["root".into()]),
+    };
+    assert_eq!(
+        s.apply(&revoke).unwrap().body,
+        "{\"user\":\"root\",\"roles\":[]}\n"
+    );
+    assert!(s.is_root("root"));
+    check(&s, Some("root"), "/x", true, true, true);
+    let grant = AuthCommand::PutUser {
+        user: "root".into(),
+        password_hash: None,
+        roles: None,
+        grant: Some(vec!["root".into()]),
+        revoke: None,
+    };
+    assert_eq!(
+        s.apply(&grant).unwrap_err().message,
+        "auth: Granting duplicate role root for user root"
+    );
+    assert!(s
+        .get_user("root")
+        .unwrap()
+        .body
+        .contains("\"role\":\"root\""));
+}
