@@ -589,6 +589,73 @@ impl RwPermission {
     }
 }
 
+/// Decodes a request body as Go's `json.NewDecoder(body).Decode(&v)` does for etcd's auth
+/// types: the first JSON value only (trailing bytes ignored), an object, field names matched
+/// case-insensitively with later members overriding earlier ones, `null` leaving a field unset.
+/// Every field of those types has a lower-case name, so lower-casing the keys in document
+/// order is Go's matching. None: etcd's `Invalid JSON in request body.`.
+pub fn decode_go<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+    let mut values = serde_json::Deserializer::from_slice(body).into_iter::<GoJson>();
+    match values.next() {
+        Some(Ok(GoJson(v @ serde_json::Value::Object(_)))) => serde_json::from_value(v).ok(),
+        _ => None,
+    }
+}
+
+/// A JSON value whose object keys were lower-cased in document order (`decode_go`).
+struct GoJson(serde_json::Value);
+
+impl<'de> Deserialize<'de> for GoJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<GoJson, D::Error> {
+        use serde_json::Value;
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = GoJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<GoJson, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some((k, GoJson(v))) = m.next_entry::<String, GoJson>()? {
+                    let k = k.to_ascii_lowercase();
+                    if v.is_null() {
+                        out.remove(&k);
+                    } else {
+                        out.insert(k, v);
+                    }
+                }
+                Ok(GoJson(Value::Object(out)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<GoJson, A::Error> {
+                let mut out = Vec::new();
+                while let Some(GoJson(v)) = a.next_element()? {
+                    out.push(v);
+                }
+                Ok(GoJson(Value::Array(out)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<GoJson, E> {
+                Ok(GoJson(Value::String(v.to_string())))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<GoJson, E> {
+                Ok(GoJson(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<GoJson, E> {
+                Ok(GoJson(Value::from(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<GoJson, E> {
+                Ok(GoJson(Value::from(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<GoJson, E> {
+                Ok(GoJson(Value::from(v)))
+            }
+            fn visit_unit<E>(self) -> Result<GoJson, E> {
+                Ok(GoJson(Value::Null))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// Go's `Request.BasicAuth`: `Basic <base64(user:password)>`, the scheme case-insensitive.
 pub fn basic_auth(header: &str) -> Option<(String, String)> {
     use base64::Engine as _;

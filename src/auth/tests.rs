@@ -246,3 +246,39 @@ fn the_root_user_keeps_the_root_role() {
         .body
         .contains("\"role\":\"root\""));
 }
+
+/// Request bodies decode as Go's encoding/json decodes them into etcd's types.
+#[test]
+fn bodies_decode_as_go_does() {
+    #[derive(serde::Deserialize)]
+    struct U {
+        #[serde(default)]
+        user: String,
+        #[serde(default)]
+        roles: Option<Vec<String>>,
+    }
+    let user = |body: &str| -> Option<(String, Option<Vec<String>>)> {
+        decode_go::<U>(body.as_bytes()).map(|u| (u.user, u.roles))
+    };
+    let ok = |u: &str, r: Option<&[&str]>| {
+        Some((
+            u.to_string(),
+            r.map(|r| r.iter().map(|s| s.to_string()).collect()),
+        ))
+    };
+    assert_eq!(user(r#"{"user":"a","User":"b"}"#), ok("b", None));
+    assert_eq!(
+        user(r#"{"USER":"a","roles":["x"]} trailing"#),
+        ok("a", Some(&["x"]))
+    );
+    assert_eq!(
+        user(r#"{"user":"a","roles":["x"],"roles":null}"#),
+        ok("a", None)
+    );
+    assert_eq!(user(r#"{"user":"a","other":{"x":1}}"#), ok("a", None));
+    assert_eq!(user(r#"["a"]"#), None);
+    assert_eq!(user(r#"{"user":1}"#), None);
+    assert_eq!(user("xx"), None);
+    let r: Role = decode_go(br#"{"Role":"r","Permissions":{"KV":{"Read":["/a"]}}}"#).unwrap();
+    assert_eq!(r.permissions.kv.read, Some(vec!["/a".to_string()]));
+}

@@ -170,13 +170,13 @@ pub(super) async fn auth_api(
             Ok(cmd) => change(ctx, cmd).await,
             Err(e) => Err(e),
         },
-        (_, AuthTarget::Role(name)) => match serde_json::from_slice::<Role>(body) {
-            Err(_) => Err(http_err(400, "Invalid JSON in request body.")),
-            Ok(r) if r.role != name => Err(http_err(
+        (_, AuthTarget::Role(name)) => match crate::auth::decode_go::<Role>(body) {
+            None => Err(http_err(400, "Invalid JSON in request body.")),
+            Some(r) if r.role != name => Err(http_err(
                 400,
                 "Role JSON name does not match the name in the URL",
             )),
-            Ok(r) => change(ctx, AuthCommand::PutRole(r)).await,
+            Some(r) => change(ctx, AuthCommand::PutRole(r)).await,
         },
     };
     match outcome {
@@ -192,8 +192,8 @@ pub(super) async fn auth_api(
 /// A user PUT's command: the password hashed here, before proposing, so applying is cheap
 /// and every member stores the same hash.
 fn put_user(name: &str, body: &[u8]) -> Result<AuthCommand, crate::auth::AuthError> {
-    let u: UserIn =
-        serde_json::from_slice(body).map_err(|_| http_err(400, "Invalid JSON in request body."))?;
+    let u: UserIn = crate::auth::decode_go(body)
+        .ok_or_else(|| http_err(400, "Invalid JSON in request body."))?;
     if u.user != name {
         return Err(http_err(
             400,
