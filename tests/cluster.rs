@@ -497,6 +497,13 @@ fn a_member_down_while_the_log_was_compacted_catches_up_by_snapshot_and_survives
     let down = (leader + 1) % 3;
     c.kill(down);
     let up = others(3, down);
+    // The auth state travels in the snapshot too (the guest role still lets anyone write).
+    let timeout = Duration::from_secs(20);
+    let root = r#"{"user":"root","password":"pw"}"#;
+    let r = c.members[up[0]].try_request("PUT", "/v2/auth/users/root", root, timeout);
+    assert_eq!(r.map(|r| r.status), Ok(201));
+    let r = c.members[up[1]].try_request("PUT", "/v2/auth/enable", "", timeout);
+    assert_eq!(r.map(|r| r.status), Ok(200));
     for i in 0..300 {
         let r = c.members[up[i % 2]].put(&format!("/v2/keys/c{i}"), &format!("value={i}"));
         assert!(r.status == 201 || r.status == 200, "{}", r.text());
@@ -511,6 +518,11 @@ fn a_member_down_while_the_log_was_compacted_catches_up_by_snapshot_and_survives
     assert!(c.members[down]
         .log_tail()
         .contains("installed a snapshot from the leader"));
+    assert_eq!(
+        c.members[down].get("/v2/auth/enable").text(),
+        "{\"enabled\":true}\n"
+    );
+    assert_eq!(c.members[down].get("/v2/auth/users").status, 401);
     // What it installed is durable: after a kill -9 it restarts from its own snapshot.
     c.kill(down);
     c.isolate(&[down], Link::Cut);
@@ -525,6 +537,7 @@ fn a_member_down_while_the_log_was_compacted_catches_up_by_snapshot_and_survives
             (r.status == 200 && value(&r) == "150").then_some(())
         },
     );
+    assert_eq!(c.members[down].get("/v2/auth/users").status, 401);
     c.heal();
     let r = c.members[down].put("/v2/keys/back", "value=1");
     assert_eq!(r.status, 201, "{}\n{}", r.text(), c.logs());
