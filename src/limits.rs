@@ -95,3 +95,8 @@ pub const AUTH_CACHE_ENTRIES_MAX: usize = 1024;
 
 /// bcrypt's cost for new passwords: etcd's (Go's `bcrypt.DefaultCost`).
 pub const BCRYPT_COST: u32 = 10;
+
+/// bcrypt runs a client shard may have on threads of their own at once (each ~50 ms of CPU);
+/// beyond that the shard runs it inline, so a flood of wrong passwords slows that shard, and
+/// never spawns threads without bound.
+pub const BCRYPT_THREADS_PER_SHARD_MAX: usize = 4;

@@ -10,7 +10,7 @@ use crate::http::parse::Method;
 use crate::http::render;
 use crate::http::response::json;
 use crate::http::route::AuthTarget;
-use crate::limits::{AUTH_CACHE_ENTRIES_MAX, BCRYPT_COST};
+use crate::limits::{AUTH_CACHE_ENTRIES_MAX, BCRYPT_COST, BCRYPT_THREADS_PER_SHARD_MAX};
 use crate::shard::Proposal;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -34,27 +34,68 @@ impl CredentialCache {
         }
     }
 
-    /// etcd's `CheckPassword` against the published state, through the cache.
-    fn check(&mut self, state: &AuthState, user: &str, password: &str) -> bool {
+    /// What the cache knows of `user:password` under `state`: Some(true) verified, Some(false)
+    /// no such user, None: bcrypt must decide (with the hash returned).
+    fn lookup(&mut self, state: &AuthState, user: &str, password: &str) -> Result<bool, String> {
         if self.version != state.credentials_version {
             self.verified.clear();
             self.version = state.credentials_version;
         }
         let Some(u) = state.users.get(user) else {
-            return false;
+            return Ok(false);
         };
         let h = self.key.hash_one((user, password));
         if self.verified.get(&h).is_some_and(|v| v == user) {
-            return true;
+            return Ok(true);
         }
-        if !bcrypt::verify(password, &u.password_hash).unwrap_or(false) {
-            return false;
+        Err(u.password_hash.clone())
+    }
+
+    /// Records a verification made against credentials version `version`.
+    fn remember(&mut self, version: u64, user: &str, password: &str) {
+        if version != self.version {
+            return; // the credentials changed while bcrypt ran
         }
         if self.verified.len() >= AUTH_CACHE_ENTRIES_MAX {
             self.verified.clear();
         }
+        let h = self.key.hash_one((user, password));
         self.verified.insert(h, user.to_string());
-        true
+    }
+}
+
+/// Counts a shard's bcrypt threads running; decremented even if the waiting task is dropped.
+struct Running<'a>(&'a std::cell::Cell<usize>);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Runs bcrypt (`f`, ~50 ms of CPU at cost 10) on a thread of its own, so the shard's other
+/// connections are served meanwhile. At most `BCRYPT_THREADS_PER_SHARD_MAX` per shard: beyond
+/// that (a flood of wrong passwords) it runs here, which slows this shard down, not the
+/// machine. `failed`: the answer when no thread can be started.
+async fn bcrypt_off_executor<T: Send + 'static>(
+    ctx: &ShardCtx,
+    f: impl FnOnce() -> T + Send + 'static,
+    failed: T,
+) -> T {
+    if ctx.bcrypt_running.get() >= BCRYPT_THREADS_PER_SHARD_MAX {
+        return f();
+    }
+    ctx.bcrypt_running.set(ctx.bcrypt_running.get() + 1);
+    let _running = Running(&ctx.bcrypt_running);
+    let (tx, rx) = flume::bounded(1);
+    let spawned = std::thread::Builder::new()
+        .name("bcrypt".to_string())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    match spawned {
+        Ok(_) => rx.recv_async().await.unwrap_or(failed),
+        Err(_) => failed,
     }
 }
 
@@ -67,26 +108,48 @@ pub(super) enum Caller {
     Refused,
 }
 
-pub(super) fn caller(ctx: &ShardCtx, state: &AuthState, authorization: Option<&str>) -> Caller {
+/// etcd's `userFromBasicAuth` (CheckPassword through the cache).
+pub(super) async fn caller(
+    ctx: &ShardCtx,
+    state: &AuthState,
+    authorization: Option<&str>,
+) -> Caller {
     let Some(header) = authorization else {
         return Caller::Guest;
     };
-    match crate::auth::basic_auth(header) {
-        Some((u, p)) if ctx.credentials.borrow_mut().check(state, &u, &p) => Caller::User(u),
-        _ => Caller::Refused,
+    let Some((user, password)) = crate::auth::basic_auth(header) else {
+        return Caller::Refused;
+    };
+    let lookup = ctx.credentials.borrow_mut().lookup(state, &user, &password);
+    let ok = match lookup {
+        Ok(known) => known,
+        Err(hash) => {
+            let p = password.clone();
+            let ok = bcrypt_off_executor(
+                ctx,
+                move || bcrypt::verify(p, &hash).unwrap_or(false),
+                false,
+            )
+            .await;
+            if ok {
+                let version = state.credentials_version;
+                ctx.credentials
+                    .borrow_mut()
+                    .remember(version, &user, &password);
+            }
+            ok
+        }
+    };
+    if ok {
+        Caller::User(user)
+    } else {
+        Caller::Refused
     }
 }
 
 /// etcd's `hasRootAccess`: auth disabled, or root's valid credentials.
-pub(super) fn has_root_access(
-    ctx: &ShardCtx,
-    state: &AuthState,
-    authorization: Option<&str>,
-) -> bool {
-    if !state.enabled {
-        return true;
-    }
-    matches!(caller(ctx, state, authorization), Caller::User(u) if state.is_root(&u))
+pub(super) fn has_root_access(state: &AuthState, who: Option<&Caller>) -> bool {
+    !state.enabled || matches!(who, Some(Caller::User(u)) if state.is_root(u))
 }
 
 /// etcd's `writeNoAuth`: the auth and members APIs' 401.
@@ -98,20 +161,16 @@ pub(super) fn no_auth(out: &mut Vec<u8>, head: bool) {
 
 /// etcd's `hasKeyPrefixAccess` for a keys request.
 pub(super) fn key_access(
-    ctx: &ShardCtx,
     state: &AuthState,
-    authorization: Option<&str>,
+    who: &Caller,
     key: &str,
     recursive: bool,
     write: bool,
 ) -> bool {
-    if !state.enabled {
-        return true;
-    }
-    match caller(ctx, state, authorization) {
+    match who {
         Caller::Guest => state.allows(None, key, recursive, write),
-        Caller::User(u) => state.allows(Some(&u), key, recursive, write),
-        Caller::Refused => false,
+        Caller::User(u) => state.allows(Some(u), key, recursive, write),
+        Caller::Refused => !state.enabled,
     }
 }
 
@@ -143,6 +202,13 @@ pub(super) async fn auth_api(
     let cid = ctx.cid.clone();
     let extra = [("X-Etcd-Cluster-Id", cid.as_str())];
     let state = ctx.shared.published.load().auth.clone();
+    let public = target == AuthTarget::InvalidPath
+        || (method == Method::Get && target == AuthTarget::Enable);
+    let who = if state.enabled && !public {
+        Some(caller(ctx, &state, authorization).await)
+    } else {
+        None
+    };
     let outcome = match (&method, target) {
         (_, AuthTarget::InvalidPath) => {
             let mut b = Vec::new();
@@ -153,7 +219,7 @@ pub(super) async fn auth_api(
             let b = format!("{{\"enabled\":{}}}\n", state.enabled);
             return json(out, head, 200, &extra, b.as_bytes());
         }
-        _ if !has_root_access(ctx, &state, authorization) => return no_auth(out, head),
+        _ if !has_root_access(&state, who.as_ref()) => return no_auth(out, head),
         (Method::Put, AuthTarget::Enable) => change(ctx, AuthCommand::Enable).await,
         (_, AuthTarget::Enable) => change(ctx, AuthCommand::Disable).await,
         (_, AuthTarget::Users) => state.list_users(),
@@ -166,7 +232,7 @@ pub(super) async fn auth_api(
         (Method::Delete, AuthTarget::Role(name)) => {
             change(ctx, AuthCommand::DeleteRole(name)).await
         }
-        (_, AuthTarget::User(name)) => match put_user(&name, body) {
+        (_, AuthTarget::User(name)) => match put_user(ctx, &name, body).await {
             Ok(cmd) => change(ctx, cmd).await,
             Err(e) => Err(e),
         },
@@ -191,7 +257,11 @@ pub(super) async fn auth_api(
 
 /// A user PUT's command: the password hashed here, before proposing, so applying is cheap
 /// and every member stores the same hash.
-fn put_user(name: &str, body: &[u8]) -> Result<AuthCommand, crate::auth::AuthError> {
+async fn put_user(
+    ctx: &ShardCtx,
+    name: &str,
+    body: &[u8],
+) -> Result<AuthCommand, crate::auth::AuthError> {
     let u: UserIn = crate::auth::decode_go(body)
         .ok_or_else(|| http_err(400, "Invalid JSON in request body."))?;
     if u.user != name {
@@ -203,8 +273,14 @@ fn put_user(name: &str, body: &[u8]) -> Result<AuthCommand, crate::auth::AuthErr
     let password_hash = if u.password.is_empty() {
         None
     } else {
-        let hash = bcrypt::hash(&u.password, BCRYPT_COST)
-            .map_err(|e| http_err(500, &format!("auth: cannot hash the password: {e}")))?;
+        let password = u.password.clone();
+        let hash = bcrypt_off_executor(
+            ctx,
+            move || bcrypt::hash(password, BCRYPT_COST).map_err(|e| e.to_string()),
+            Err("no thread to hash on".to_string()),
+        )
+        .await
+        .map_err(|e| http_err(500, &format!("auth: cannot hash the password: {e}")))?;
         Some(hash)
     };
     Ok(AuthCommand::PutUser {
@@ -246,26 +322,25 @@ mod tests {
         s
     }
 
-    /// Verified once, then from the cache (which holds no password); a new credentials
-    /// version empties it, so a changed password is checked against the new hash.
+    /// What bcrypt verified is remembered (under a keyed hash, no password); a new credentials
+    /// version empties the cache, so a changed password is checked against the new hash.
     #[test]
     fn credential_cache() {
-        let old = bcrypt::hash("p", 4).unwrap();
-        let new = bcrypt::hash("p2", 4).unwrap();
         let mut c = CredentialCache::new();
-        let s1 = state(&old, 1);
-        assert!(c.check(&s1, "u", "p"));
-        assert!(!c.check(&s1, "u", "bad"));
-        assert!(!c.check(&s1, "nobody", "p"));
-        assert_eq!(c.verified.len(), 1);
+        let s1 = state("h1", 1);
+        assert_eq!(c.lookup(&s1, "u", "p"), Err("h1".to_string()));
+        assert_eq!(c.lookup(&s1, "nobody", "p"), Ok(false));
+        c.remember(1, "u", "p");
+        assert_eq!(c.lookup(&s1, "u", "p"), Ok(true));
+        assert_eq!(c.lookup(&s1, "u", "bad"), Err("h1".to_string()));
         assert!(c.verified.values().all(|u| u == "u"));
-        // A hit answers without the hash: a state whose hash is garbage still passes.
-        assert!(c.check(&state("garbage", 1), "u", "p"));
-        let s2 = state(&new, 2);
-        assert!(!c.check(&s2, "u", "p"));
-        assert!(c.check(&s2, "u", "p2"));
+        let s2 = state("h2", 2);
+        assert_eq!(c.lookup(&s2, "u", "p"), Err("h2".to_string()));
+        // A verification made under the old version is not remembered under the new one.
+        c.remember(1, "u", "p");
+        assert_eq!(c.lookup(&s2, "u", "p"), Err("h2".to_string()));
         let mut gone = s2.clone();
         gone.users.clear();
-        assert!(!c.check(&gone, "u", "p2"));
+        assert_eq!(c.lookup(&gone, "u", "p"), Ok(false));
     }
 }

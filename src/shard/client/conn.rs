@@ -7,6 +7,7 @@
 //! `RESPONSE_BUFFER_FLUSH_BYTES`). A framing error is answered and closes the connection.
 
 use super::admin::{member_change, serve_other};
+use super::auth::Caller;
 use super::keys::keys;
 use super::ShardCtx;
 use crate::auth::AuthState;
@@ -122,7 +123,7 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io
 
 /// etcd's `hasKeyPrefixAccess` on the unescaped path after `/v2/keys` (a trailing slash
 /// kept), with the request's `recursive` flag; every verb but GET and HEAD writes.
-fn keys_allowed(ctx: &ShardCtx, auth: &AuthState, req: &Request, kr: &KeyRequest) -> bool {
+fn keys_allowed(auth: &AuthState, who: &Caller, req: &Request, kr: &KeyRequest) -> bool {
     let (raw, _) = req.path_and_query();
     let path = unescape(raw, false).unwrap_or_default();
     let key = path.strip_prefix(KEYS_PREFIX).unwrap_or(&path);
@@ -135,8 +136,7 @@ fn keys_allowed(ctx: &ShardCtx, auth: &AuthState, req: &Request, kr: &KeyRequest
         KeyOp::Write { .. } => false,
     };
     let write = !matches!(req.method, Method::Get | Method::Head);
-    let authz = req.authorization.as_deref();
-    super::auth::key_access(ctx, auth, authz, key, recursive, write)
+    super::auth::key_access(auth, who, key, recursive, write)
 }
 
 async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::Result<Flow> {
@@ -153,11 +153,25 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
         let p = ctx.shared.published.load();
         p.auth.enabled.then(|| p.auth.clone())
     };
-    let flow = match route(&req) {
+    let route = route(&req);
+    // Credentials are checked (bcrypt on a cache miss) only where etcd checks them.
+    let needs_credentials = match &route {
+        Route::Keys(Ok(_)) => true,
+        Route::Members { method, .. } => !matches!(method, Method::Get | Method::Head),
+        _ => false,
+    };
+    let who = match &auth {
+        Some(a) if needs_credentials => {
+            Some(super::auth::caller(ctx, a, req.authorization.as_deref()).await)
+        }
+        _ => None,
+    };
+    let flow = match route {
         Route::Keys(Ok(kr))
             if auth
                 .as_ref()
-                .is_some_and(|a| !keys_allowed(ctx, a, &req, &kr)) =>
+                .zip(who.as_ref())
+                .is_some_and(|(a, w)| !keys_allowed(a, w, &req, &kr)) =>
         {
             let e = Error::new(ErrorCode::Unauthorized, "Insufficient credentials", 0);
             super::keys::error_response(&mut conn.out, head, &ctx.cid, &e);
@@ -174,9 +188,9 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
         }
         Route::Members { ref method, .. }
             if !matches!(method, Method::Get | Method::Head)
-                && auth.as_ref().is_some_and(|a| {
-                    !super::auth::has_root_access(ctx, a, req.authorization.as_deref())
-                }) =>
+                && auth
+                    .as_ref()
+                    .is_some_and(|a| !super::auth::has_root_access(a, who.as_ref())) =>
         {
             super::auth::no_auth(&mut conn.out, head);
             keep

@@ -44,6 +44,8 @@ struct ShardCtx {
     cid: String,
     /// Basic auth credentials verified on this shard (keyed hashes, never passwords).
     credentials: RefCell<auth::CredentialCache>,
+    /// bcrypt threads this shard is waiting for (bounded).
+    bcrypt_running: std::cell::Cell<usize>,
 }
 
 /// A shard-local one-shot: filled by the dispatch task when the raft shard's batch message
@@ -97,6 +99,7 @@ pub fn shard_main(
         let ctx = Rc::new(ShardCtx {
             cid,
             credentials: RefCell::new(auth::CredentialCache::new()),
+            bcrypt_running: std::cell::Cell::new(0),
             id,
             shared,
             mailbox,
