@@ -155,6 +155,8 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
     let mut backoff = BACKOFF_MIN;
     let mut was_connected = true;
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // A message taken from the queue for a connection that had to be redialled first.
+    let mut carried: Option<Message> = None;
     loop {
         let membership = ctx.shared.membership.load_full();
         let Some(url) = peer_url(&membership, to) else {
@@ -172,7 +174,7 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
                 }
                 was_connected = false;
                 // What queued meanwhile is stale: drop it and let raft probe later.
-                if rx.drain().count() > 0 {
+                if rx.drain().count() > 0 || carried.take().is_some() {
                     let _ = ctx.inbox.try_send(PeerIn::Unreachable(to));
                 }
                 monoio::time::sleep(backoff).await;
@@ -191,12 +193,19 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
         was_connected = true;
         let mut stream = stream;
         let reason = loop {
-            let Ok(first) = rx.recv_async().await else {
-                return;
+            let first = match carried.take() {
+                Some(m) => m,
+                None => match rx.recv_async().await {
+                    Ok(m) => m,
+                    Err(_) => return,
+                },
             };
-            // The member's URL may have changed (PUT /v2/members): redial the new one.
+            // The member's URL may have changed (PUT /v2/members): redial the new one, and
+            // send this message there (it may be a forwarded proposal: losing it would leave
+            // its client waiting for the timeout).
             let current = peer_url(&ctx.shared.membership.load(), to);
             if current.as_deref() != Some(url.as_str()) {
+                carried = Some(first);
                 break "peer URL changed".to_string();
             }
             buf.clear();
