@@ -76,6 +76,22 @@ impl Stream {
         }
     }
 
+    /// Ends a TLS session with close_notify (as Go's `Close` does), so clients tell a complete
+    /// response from a truncated one. Plain TCP: nothing to say.
+    pub async fn close(&mut self) {
+        match self {
+            Stream::Plain(_) => {}
+            Stream::Server(t) => {
+                t.conn.send_close_notify();
+                let _ = t.send_pending().await;
+            }
+            Stream::Client(t) => {
+                t.conn.send_close_notify();
+                let _ = t.send_pending().await;
+            }
+        }
+    }
+
     /// A read that may be cancelled without losing bytes (watches wait on it beside their
     /// watcher). Plaintext read is appended to `out`; Ok(0): the peer closed.
     pub async fn cancelable_read_into(

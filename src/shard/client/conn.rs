@@ -61,7 +61,7 @@ impl Conn {
     }
 }
 
-pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, accepted: Accepted) -> std::io::Result<()> {
+pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, accepted: Accepted) {
     let mut conn = Conn {
         stream: accepted.stream,
         client_cn: accepted.client_cn,
@@ -69,6 +69,13 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, accepted: Accepted) -> std::i
         start: 0,
         out: Vec::with_capacity(4096),
     };
+    if serve_requests(ctx, &mut conn).await.is_ok() {
+        conn.stream.close().await;
+    }
+}
+
+/// The connection's loop: read, frame, answer, flush; Ok when it ends cleanly.
+async fn serve_requests(ctx: &Rc<ShardCtx>, conn: &mut Conn) -> std::io::Result<()> {
     let mut parser = RequestParser::new(ctx.shared.max_request_bytes);
     loop {
         loop {
@@ -76,7 +83,7 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, accepted: Accepted) -> std::i
             conn.start += n;
             match parsed {
                 Parsed::Request(req) => {
-                    if handle(ctx, req, &mut conn).await? == Flow::Close {
+                    if handle(ctx, req, conn).await? == Flow::Close {
                         return conn.flush().await;
                     }
                     if conn.out.len() >= RESPONSE_BUFFER_FLUSH_BYTES {

@@ -181,7 +181,7 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, tls: Option<Accep
                         Some(tls) => tls.accept(stream, remote).await,
                     };
                     if let Some(a) = accepted {
-                        let _ = serve_conn(&ctx2, a).await;
+                        serve_conn(&ctx2, a).await;
                     }
                     ctx2.connections.set(ctx2.connections.get() - 1);
                     ctx2.shared.counters[ctx2.id]
