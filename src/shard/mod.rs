@@ -263,7 +263,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
             tracing::info!("existing data dir: --initial-cluster* flags are ignored");
             (id, m)
         }
-        None if cfg.join_existing => join_existing(&cfg)?,
+        None if cfg.join_existing => join_existing(&cfg, tls.dial.as_ref())?,
         None => initial_membership(&cfg),
     };
     if !membership.members.contains_key(&self_id) {
@@ -458,14 +458,17 @@ fn tls_setup(cfg: &Resolved) -> Result<TlsSides, String> {
 /// `--initial-cluster-state existing`: learns the cluster from the peers named in
 /// `--initial-cluster` (etcd's GET /members on their peer URLs), and finds this member in it
 /// by its advertised peer URLs (it was added with `etcdctl member add`).
-fn join_existing(cfg: &Resolved) -> Result<(u64, Membership), String> {
+fn join_existing(
+    cfg: &Resolved,
+    tls: Option<&tls::Connector>,
+) -> Result<(u64, Membership), String> {
     let mut errors = Vec::new();
     for (name, urls) in &cfg.initial_cluster {
         if name == &cfg.name {
             continue;
         }
         for url in urls {
-            match fetch_members(url) {
+            match fetch_members(url, tls) {
                 Ok((cluster_id, members)) => {
                     let mut mine = cfg.advertise_peer_urls.clone();
                     mine.sort();
@@ -505,8 +508,8 @@ fn join_existing(cfg: &Resolved) -> Result<(u64, Membership), String> {
 }
 
 /// GET /members on a peer URL: the cluster id (X-Etcd-Cluster-Id) and the members.
-fn fetch_members(url: &str) -> Result<(u64, Vec<Member>), String> {
-    use std::io::{Read, Write};
+fn fetch_members(url: &str, tls: Option<&tls::Connector>) -> Result<(u64, Vec<Member>), String> {
+    use std::io::Read;
     let host = url
         .split_once("://")
         .map_or(url, |(_, r)| r)
@@ -516,18 +519,24 @@ fn fetch_members(url: &str) -> Result<(u64, Vec<Member>), String> {
         .next()
         .ok_or("no address")?;
     let timeout = std::time::Duration::from_secs(2);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    let s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET /members HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.take(16 << 20)
-        .read_to_end(&mut buf)
-        .map_err(|e| e.to_string())?;
+    let request = format!("GET /members HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let buf = if url.starts_with("https://") {
+        let tls = tls.ok_or("https peer URL but no peer TLS configured")?;
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        tls.blocking_exchange(s, name, request.as_bytes(), 16 << 20)?
+    } else {
+        use std::io::Write;
+        let mut s = s;
+        s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.take(16 << 20)
+            .read_to_end(&mut buf)
+            .map_err(|e| e.to_string())?;
+        buf
+    };
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text.split_once("\r\n\r\n").ok_or("bad response")?;
     if !head.starts_with("HTTP/1.1 200") {

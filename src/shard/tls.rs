@@ -447,6 +447,35 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// A blocking exchange for start-up (`--initial-cluster-state existing` reads the members
+    /// from a peer): sends `request`, reads the answer to its end (at most `limit` bytes).
+    pub fn blocking_exchange(
+        &self,
+        tcp: std::net::TcpStream,
+        host: &str,
+        request: &[u8],
+        limit: u64,
+    ) -> Result<Vec<u8>, String> {
+        let name = ServerName::try_from(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+        )
+        .map_err(|e| format!("{host}: not a TLS server name: {e}"))?;
+        let conn = ClientConnection::new(self.config.clone(), name).map_err(|e| e.to_string())?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        s.write_all(request).map_err(|e| format!("TLS: {e}"))?;
+        let mut buf = Vec::new();
+        match s.take(limit).read_to_end(&mut buf) {
+            Ok(_) => Ok(buf),
+            // A peer that closes without close_notify after a complete answer.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !buf.is_empty() => Ok(buf),
+            Err(e) => Err(format!("TLS: {e}")),
+        }
+    }
+}
+
 /// A certificate and key from files, re-read when the files change (checked at most once a
 /// second, at a handshake): a renewed certificate is served to the next connections without a
 /// restart. A file that cannot be loaded (half written, expired) is logged and the previous
