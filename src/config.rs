@@ -501,6 +501,46 @@ mod tests {
     }
 
     #[test]
+    fn https_urls_need_their_tls_flags() {
+        let https = [
+            "--listen-client-urls",
+            "https://127.0.0.1:1,http://127.0.0.1:2",
+        ];
+        let e = parse(&https).unwrap().resolve().unwrap_err();
+        assert!(e.contains("--cert-file, --key-file"), "{e}");
+        let files = ["--cert-file", "c.pem", "--key-file", "k.pem"];
+        let c = parse(&[&https[..], &files[..]].concat())
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(c.client_tls.cert_file.as_deref(), Some("c.pem"));
+        assert!(!c.client_tls.client_cert_auth);
+        // --client-cert-auth names no CA by itself.
+        let e = parse(&[&https[..], &files[..], &["--client-cert-auth"][..]].concat())
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(e.contains("--trusted-ca-file"), "{e}");
+        assert!(parse(&[&https[..], &["--auto-tls"][..]].concat())
+            .unwrap()
+            .resolve()
+            .is_ok());
+        let peers = [
+            "--listen-peer-urls",
+            "https://127.0.0.1:3",
+            "--initial-advertise-peer-urls",
+            "https://127.0.0.1:3",
+        ];
+        let e = parse(&peers).unwrap().resolve().unwrap_err();
+        assert!(e.contains("--peer-cert-file"), "{e}");
+        let c = parse(&[&peers[..], &["--peer-auto-tls=true"][..]].concat())
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(c.peer_tls.auto_tls);
+    }
+
+    #[test]
     fn several_listen_urls() {
         let c = parse(&[
             "--listen-client-urls",

@@ -572,15 +572,46 @@ struct TlsCluster {
 fn tls_cluster(pki: &Pki, foreign: Option<usize>) -> TlsCluster {
     let other = ca("a foreign CA");
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let initial: Vec<String> = ports
+    let mut c = TlsCluster {
+        members: Vec::new(),
+        clients: Vec::new(),
+    };
+    for (i, &(client, peer)) in ports.iter().enumerate() {
+        let signer = if foreign == Some(i) { &other } else { &pki.ca };
+        c.start_member(
+            pki,
+            i,
+            (client, peer),
+            &initial_cluster(&ports),
+            "new",
+            signer,
+        );
+    }
+    c
+}
+
+/// `--initial-cluster` of members m0.. with https peer URLs on these ports.
+fn initial_cluster(ports: &[(u16, u16)]) -> String {
+    let members: Vec<String> = ports
         .iter()
         .enumerate()
         .map(|(i, (_, peer))| format!("m{i}=https://127.0.0.1:{peer}"))
         .collect();
-    let mut members = Vec::new();
-    let mut clients = Vec::new();
-    for (i, (client, peer)) in ports.iter().enumerate() {
-        let signer = if foreign == Some(i) { &other } else { &pki.ca };
+    members.join(",")
+}
+
+impl TlsCluster {
+    /// Starts member `m<i>` with a peer certificate `signer` signed, http client URL, https
+    /// peer URL, `--peer-client-cert-auth` and the test CA.
+    fn start_member(
+        &mut self,
+        pki: &Pki,
+        i: usize,
+        (client, peer): (u16, u16),
+        initial: &str,
+        state: &str,
+        signer: &Ca,
+    ) {
         let (c, k) = leaf(
             pki.dir.path(),
             &format!("peer{i}"),
@@ -604,7 +635,9 @@ fn tls_cluster(pki: &Pki, foreign: Option<usize>) -> TlsCluster {
             "--initial-advertise-peer-urls",
             &peer_url,
             "--initial-cluster",
-            &initial.join(","),
+            initial,
+            "--initial-cluster-state",
+            state,
             "--heartbeat-interval",
             "50",
             "--election-timeout",
@@ -620,10 +653,10 @@ fn tls_cluster(pki: &Pki, foreign: Option<usize>) -> TlsCluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        members.push(spawn(pki.dir.path(), &format!("m{i}"), &args, &[]));
-        clients.push(format!("127.0.0.1:{client}"));
+        self.members
+            .push(spawn(pki.dir.path(), &format!("m{i}"), &args, &[]));
+        self.clients.push(format!("127.0.0.1:{client}"));
     }
-    TlsCluster { members, clients }
 }
 
 /// PUTs until the cluster commits it (bounded): a leader was elected over TLS.
@@ -691,4 +724,88 @@ fn a_member_with_a_foreign_peer_certificate_is_refused() {
         logs.contains("rejected TLS connection") && logs.contains("port=\"peer\""),
         "{logs}"
     );
+}
+
+#[test]
+fn a_member_joins_a_cluster_over_peer_tls() {
+    let pki = Pki::new();
+    let ports = [(free_port(), free_port()), (free_port(), free_port())];
+    let mut c = TlsCluster {
+        members: Vec::new(),
+        clients: Vec::new(),
+    };
+    c.start_member(
+        &pki,
+        0,
+        ports[0],
+        &initial_cluster(&ports[..1]),
+        "new",
+        &pki.ca,
+    );
+    put_until_committed(&mut c, 0, "before");
+    let body = format!(r#"{{"peerURLs":["https://127.0.0.1:{}"]}}"#, ports[1].1);
+    let added = support::request_timeout(
+        &c.clients[0],
+        "POST",
+        "/v2/members",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(added.status, 201, "{}", added.text());
+    // The new member reads the members from m0's peer port over https, then catches up.
+    c.start_member(
+        &pki,
+        1,
+        ports[1],
+        &initial_cluster(&ports),
+        "existing",
+        &pki.ca,
+    );
+    assert!(wait_key(&c, 1, "before"), "{}", c.members[1].log());
+    put_until_committed(&mut c, 1, "after");
+    assert!(wait_key(&c, 0, "after"));
+}
+
+#[test]
+fn watches_pipelining_and_large_bodies_over_https() {
+    let pki = Pki::new();
+    let (mut p, tls, http) = one_member(&pki, &refs(&server_flags(&pki)), &[]);
+    wait_ready(&mut p, &http);
+    let cfg = client_config(&pki.path("ca.pem"), None, all_versions());
+    // A value of 1 MiB crosses many TLS records both ways.
+    let value = "v".repeat(1 << 20);
+    let put = https(&tls, &cfg, "PUT", "/v2/keys/big", &format!("value={value}")).unwrap();
+    assert_eq!(put.status, 201);
+    let got = https(&tls, &cfg, "GET", "/v2/keys/big", "").unwrap();
+    assert!(got.body.contains(&value));
+    // A long poll over https, with a request pipelined behind it while it waits: the watch
+    // reads the socket as it waits (a cancelled TLS read must lose no byte).
+    let tcp = TcpStream::connect(&tls).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.write_all(format!("GET /v2/keys/w?wait=true HTTP/1.1\r\nHost: {tls}\r\n\r\n").as_bytes())
+        .unwrap();
+    s.flush().unwrap();
+    // The watch's headers arrive at once (etcd flushes them): then it is waiting.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    s.write_all(
+        format!("GET /version HTTP/1.1\r\nHost: {tls}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    s.flush().unwrap();
+    support::put_form(&http, "/v2/keys/w", "value=seen");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains(r#""value":"seen""#), "{rest}");
+    assert!(rest.contains("etcdserver"), "the pipelined request: {rest}");
 }
