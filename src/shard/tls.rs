@@ -368,10 +368,15 @@ impl Acceptor {
         None
     }
 
-    async fn handshake(&self, tcp: TcpStream) -> Result<Accepted, String> {
+    async fn handshake(&self, mut tcp: TcpStream) -> Result<Accepted, String> {
         match first_byte(&tcp).await {
             Ok(Some(TLS_HANDSHAKE_RECORD)) => {}
-            Ok(Some(_)) => return Err("not TLS (plaintext on an https port?)".to_string()),
+            Ok(Some(_)) => {
+                // Take what was sent (Go's TLS reader does), so the close is a FIN rather than
+                // a reset: curl then says "Empty reply from server", as with etcd.
+                let _ = tcp.read(Vec::with_capacity(CIPHERTEXT_READ_BYTES)).await;
+                return Err("not TLS (plaintext on an https port?)".to_string());
+            }
             Ok(None) => return Err("closed before the handshake".to_string()),
             Err(e) => return Err(e.to_string()),
         }
