@@ -13,8 +13,7 @@ use crate::http::parse::{Method, Parsed, Request, RequestParser};
 use crate::http::response;
 use crate::http::route::{route, Route};
 use crate::limits::RESPONSE_BUFFER_FLUSH_BYTES;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use crate::shard::tls::{Accepted, Stream};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,11 @@ pub(super) enum Flow {
 }
 
 pub(super) struct Conn {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
+    /// The CN of the client certificate under `--client-cert-auth`: the v2 user of requests
+    /// without an Authorization header (WIRE.md, "TLS and client certificates").
+    #[allow(dead_code)] // read by the v2 auth work (issue 10)
+    pub(super) client_cn: Option<String>,
     /// Bytes read and not yet parsed are `inbuf[start..]`.
     pub(super) inbuf: Vec<u8>,
     pub(super) start: usize,
@@ -58,13 +61,21 @@ impl Conn {
     }
 }
 
-pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io::Result<()> {
+pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, accepted: Accepted) {
     let mut conn = Conn {
-        stream,
+        stream: accepted.stream,
+        client_cn: accepted.client_cn,
         inbuf: Vec::with_capacity(4096),
         start: 0,
         out: Vec::with_capacity(4096),
     };
+    if serve_requests(ctx, &mut conn).await.is_ok() {
+        conn.stream.close().await;
+    }
+}
+
+/// The connection's loop: read, frame, answer, flush; Ok when it ends cleanly.
+async fn serve_requests(ctx: &Rc<ShardCtx>, conn: &mut Conn) -> std::io::Result<()> {
     let mut parser = RequestParser::new(ctx.shared.max_request_bytes);
     loop {
         loop {
@@ -72,7 +83,7 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io
             conn.start += n;
             match parsed {
                 Parsed::Request(req) => {
-                    if handle(ctx, req, &mut conn).await? == Flow::Close {
+                    if handle(ctx, req, conn).await? == Flow::Close {
                         return conn.flush().await;
                     }
                     if conn.out.len() >= RESPONSE_BUFFER_FLUSH_BYTES {
@@ -98,10 +109,8 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io
         }
         let len = conn.inbuf.len();
         let buf = std::mem::take(&mut conn.inbuf);
-        let read = conn
-            .stream
-            .read(monoio::buf::IoBufMut::slice_mut(buf, len..));
-        let (res, slice) = if parser.is_idle() && len == 0 {
+        let read = conn.stream.read_into(buf);
+        let (res, buf) = if parser.is_idle() && len == 0 {
             read.await
         } else {
             match monoio::time::timeout(PARTIAL_REQUEST_TIMEOUT, read).await {
@@ -109,7 +118,7 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io
                 Err(_) => return Ok(()),
             }
         };
-        conn.inbuf = slice.into_inner();
+        conn.inbuf = buf;
         match res {
             Ok(0) | Err(_) => return Ok(()),
             Ok(_) => {}
