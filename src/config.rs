@@ -98,6 +98,51 @@ pub struct Config {
           num_args = 0..=1, default_missing_value = "true")]
     pub strict_reconfig_check: bool,
 
+    /// Path to the client server TLS certificate file.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<String>,
+
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<String>,
+
+    /// Enable client certificate authentication (the certificate's CN is the v2 user).
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", default_value = "false", value_parser = parse_go_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: bool,
+
+    /// Path to the client server TLS trusted CA cert file (clients must show a certificate
+    /// it signed).
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<String>,
+
+    /// Client TLS using generated (self-signed) certificates.
+    #[arg(long, env = "ETCD_AUTO_TLS", default_value = "false", value_parser = parse_go_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub auto_tls: bool,
+
+    /// Path to the peer server TLS certificate file.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<String>,
+
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<String>,
+
+    /// Enable peer client certificate authentication.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", default_value = "false", value_parser = parse_go_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: bool,
+
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<String>,
+
+    /// Peer TLS using generated (self-signed) certificates.
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", default_value = "false", value_parser = parse_go_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub peer_auto_tls: bool,
+
     /// Number of client shards (executor threads); default: one per core, less the core the
     /// raft shard (the single writer) runs on.
     #[arg(long, env = "RINGD_SHARDS")]
@@ -185,6 +230,46 @@ pub fn parse_urls(list: &str) -> Result<Vec<String>, String> {
     Ok(urls)
 }
 
+/// The TLS flags of one port (client or peer).
+#[derive(Clone, Debug, Default)]
+pub struct TlsSettings {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub trusted_ca_file: Option<String>,
+    pub client_cert_auth: bool,
+    pub auto_tls: bool,
+}
+
+impl TlsSettings {
+    /// The certificate and key files (for `--auto-tls`, set once they are generated).
+    pub fn files(&self) -> Result<(&std::path::Path, &std::path::Path), String> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => Ok((std::path::Path::new(c), std::path::Path::new(k))),
+            _ => Err("a TLS certificate and key are needed".to_string()),
+        }
+    }
+
+    /// Checks the flags of a port whose URLs are https (`prefix`: "" or "peer-").
+    fn check(&self, prefix: &str, url: &str) -> Result<(), String> {
+        if self.files().is_err() && !self.auto_tls {
+            return Err(format!(
+                "TLS key/cert (--{prefix}cert-file, --{prefix}key-file) must be provided for {url} with HTTPS scheme"
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(format!(
+                "--{prefix}cert-file and --{prefix}key-file go together"
+            ));
+        }
+        if self.client_cert_auth && self.trusted_ca_file.is_none() {
+            return Err(format!(
+                "--{prefix}client-cert-auth needs --{prefix}trusted-ca-file (the CA client certificates must be signed by)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The resolved configuration: the flags checked and turned into what the server uses.
 #[derive(Clone, Debug)]
 pub struct Resolved {
@@ -206,6 +291,9 @@ pub struct Resolved {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
+    /// TLS on the client URLs that are https, and on the peer URLs that are https.
+    pub client_tls: TlsSettings,
+    pub peer_tls: TlsSettings,
 }
 
 impl Config {
@@ -226,12 +314,16 @@ impl Config {
             .iter()
             .map(|u| ListenUrl::parse(u))
             .collect::<Result<Vec<_>, _>>()?;
+        let client_tls = TlsSettings {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+            auto_tls: self.auto_tls,
+        };
         for url in &listen_client {
             if url.scheme == "https" {
-                return Err(format!(
-                    "https listen URL {}:{} given but TLS is not supported yet",
-                    url.host, url.port
-                ));
+                client_tls.check("", &format!("client url https://{}:{}", url.host, url.port))?;
             }
             url.socket_addr()?;
         }
@@ -241,12 +333,19 @@ impl Config {
             .iter()
             .map(|u| ListenUrl::parse(u))
             .collect::<Result<Vec<_>, _>>()?;
+        let peer_tls = TlsSettings {
+            cert_file: self.peer_cert_file.clone(),
+            key_file: self.peer_key_file.clone(),
+            trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+            auto_tls: self.peer_auto_tls,
+        };
         for url in &listen_peer {
             if url.scheme == "https" {
-                return Err(format!(
-                    "https peer URL {}:{} given but TLS is not supported yet",
-                    url.host, url.port
-                ));
+                peer_tls.check(
+                    "peer-",
+                    &format!("peer url https://{}:{}", url.host, url.port),
+                )?;
             }
             url.socket_addr()?;
         }
@@ -318,6 +417,8 @@ impl Config {
             heartbeat_interval_ms: self.heartbeat_interval,
             election_timeout_ms: self.election_timeout,
             snapshot_count: self.snapshot_count,
+            client_tls,
+            peer_tls,
         })
     }
 }
@@ -397,6 +498,46 @@ mod tests {
             .unwrap()
             .resolve()
             .is_err());
+    }
+
+    #[test]
+    fn https_urls_need_their_tls_flags() {
+        let https = [
+            "--listen-client-urls",
+            "https://127.0.0.1:1,http://127.0.0.1:2",
+        ];
+        let e = parse(&https).unwrap().resolve().unwrap_err();
+        assert!(e.contains("--cert-file, --key-file"), "{e}");
+        let files = ["--cert-file", "c.pem", "--key-file", "k.pem"];
+        let c = parse(&[&https[..], &files[..]].concat())
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(c.client_tls.cert_file.as_deref(), Some("c.pem"));
+        assert!(!c.client_tls.client_cert_auth);
+        // --client-cert-auth names no CA by itself.
+        let e = parse(&[&https[..], &files[..], &["--client-cert-auth"][..]].concat())
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(e.contains("--trusted-ca-file"), "{e}");
+        assert!(parse(&[&https[..], &["--auto-tls"][..]].concat())
+            .unwrap()
+            .resolve()
+            .is_ok());
+        let peers = [
+            "--listen-peer-urls",
+            "https://127.0.0.1:3",
+            "--initial-advertise-peer-urls",
+            "https://127.0.0.1:3",
+        ];
+        let e = parse(&peers).unwrap().resolve().unwrap_err();
+        assert!(e.contains("--peer-cert-file"), "{e}");
+        let c = parse(&[&peers[..], &["--peer-auto-tls=true"][..]].concat())
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(c.peer_tls.auto_tls);
     }
 
     #[test]

@@ -151,7 +151,7 @@ proptest! {
         let (reqs, _) = frame(&req, req.len());
         for (target, _) in reqs {
             let mut p = RequestParser::new(4096);
-            let line = format!("GET {target} HTTP/1.1\r\n\r\n");
+            let line = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
             if let (_, Parsed::Request(r)) = p.parse(line.as_bytes()) {
                 if let Route::Redirect { location: loc, .. } = route(&r) {
                     prop_assert!(loc.starts_with('/'));

@@ -166,8 +166,10 @@ fn oversized_headers_and_garbage_get_4xx_and_the_server_lives_on() {
     assert!(read_to_close(&mut c).starts_with("HTTP/1.1 400"));
 
     let mut c = connect(&s);
-    c.write_all(b"PUT /v2/keys/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nnothex\r\n")
-        .unwrap();
+    c.write_all(
+        b"PUT /v2/keys/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nnothex\r\n",
+    )
+    .unwrap();
     assert!(read_to_close(&mut c).starts_with("HTTP/1.1 400"));
 
     assert_eq!(s.get("/version").status, 200);
@@ -200,7 +202,7 @@ fn slow_and_half_closed_clients_do_not_stall_others() {
 fn connection_close_and_http10_are_honoured() {
     let s = Server::ringd(&[]);
     let mut c = connect(&s);
-    c.write_all(b"GET /version HTTP/1.1\r\nConnection: close\r\n\r\n")
+    c.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     assert!(read_to_close(&mut c).contains("etcdcluster"));
     let mut c = connect(&s);

@@ -222,13 +222,16 @@ impl RequestParser {
         let mut chunked = false;
         let mut expect_continue = false;
         let mut keep_alive = version == 1;
+        let mut hosts = 0;
         for h in parsed.headers.iter() {
             let value = match std::str::from_utf8(h.value) {
                 Ok(v) => v.trim(),
                 Err(_) => return (0, HeadOutcome::Done(err(400, "Bad Request"))),
             };
             let name = h.name;
-            if name.eq_ignore_ascii_case("content-length") {
+            if name.eq_ignore_ascii_case("host") {
+                hosts += 1;
+            } else if name.eq_ignore_ascii_case("content-length") {
                 let len = match value.parse::<usize>() {
                     Ok(l) if value.bytes().all(|b| b.is_ascii_digit()) => l,
                     _ => return (0, HeadOutcome::Done(err(400, "Bad Request"))),
@@ -263,8 +266,17 @@ impl RequestParser {
                 }
             }
         }
-        if chunked && content_length.is_some() {
+        // Go's order: two Host headers fail with the head, a missing one after the framing
+        // headers were checked; HTTP/1.0 needs none.
+        if hosts > 1 || (chunked && content_length.is_some()) {
             return (0, HeadOutcome::Done(err(400, "Bad Request")));
+        }
+        let connect = matches!(&method, Method::Other(m) if m == "CONNECT");
+        if hosts == 0 && version == 1 && !connect {
+            return (
+                0,
+                HeadOutcome::Done(err(400, "Bad Request: missing required Host header")),
+            );
         }
         let req = Request {
             method,
@@ -416,7 +428,7 @@ mod tests {
 
     #[test]
     fn pipelined_requests_in_any_split() {
-        let input = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPUT /b?x=1 HTTP/1.1\r\nContent-Length: 7\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\nvalue=1POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        let input = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPUT /b?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\nvalue=1POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
         for step in [1, 2, 3, 7, 1000] {
             let (reqs, e) = check(input, step);
             assert!(e.is_none(), "step {step}: {e:?}");
@@ -432,7 +444,10 @@ mod tests {
     fn keep_alive_rules() {
         let (r, _) = check(b"GET / HTTP/1.0\r\n\r\n", 100);
         assert!(!r[0].keep_alive);
-        let (r, _) = check(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 100);
+        let (r, _) = check(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            100,
+        );
         assert!(!r[0].keep_alive);
         let (r, _) = check(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 100);
         assert!(r[0].keep_alive);
@@ -440,22 +455,25 @@ mod tests {
 
     #[test]
     fn limits_and_garbage() {
-        let (_, e) = check(b"PUT / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n", 100);
+        let (_, e) = check(
+            b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n",
+            100,
+        );
         assert_eq!(e.unwrap().status, 413);
         let (_, e) = check(b"\x00\x01garbage\r\n\r\n", 100);
         assert_eq!(e.unwrap().status, 400);
         let (_, e) = check(
-            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             100,
         );
         assert_eq!(e.unwrap().status, 400);
         let (_, e) = check(
-            b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n",
+            b"PUT / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n",
             100,
         );
         assert_eq!(e.unwrap().status, 413);
         let (_, e) = check(
-            b"PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             100,
         );
         assert_eq!(e.unwrap().status, 400);
@@ -466,9 +484,36 @@ mod tests {
     }
 
     #[test]
+    fn http_1_1_needs_exactly_one_host_header_as_in_go() {
+        let status = |input: &[u8]| check(input, 100).1.map(|e| (e.status, e.reason));
+        assert_eq!(
+            status(b"GET /v2/keys/a HTTP/1.1\r\n\r\n"),
+            Some((400, "Bad Request: missing required Host header"))
+        );
+        assert_eq!(
+            status(b"GET /v2/keys/a HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"),
+            Some((400, "Bad Request"))
+        );
+        // HTTP/1.0 needs no Host; one Host (any case) is fine.
+        assert_eq!(status(b"GET /v2/keys/a HTTP/1.0\r\n\r\n"), None);
+        assert_eq!(status(b"GET /v2/keys/a HTTP/1.1\r\nHOST: a\r\n\r\n"), None);
+        // etcd 3.4's exact bytes for the missing Host.
+        let mut out = Vec::new();
+        crate::http::response::framing_error(
+            &mut out,
+            check(b"GET / HTTP/1.1\r\n\r\n", 100).1.unwrap(),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 400 Bad Request: missing required Host header\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request: missing required Host header"
+        );
+    }
+
+    #[test]
     fn expect_continue_is_signalled_before_the_body() {
         let mut p = RequestParser::new(100);
-        let head = b"PUT /k HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+        let head =
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
         let (n, parsed) = p.parse(head);
         assert_eq!(n, head.len());
         assert!(matches!(

@@ -29,15 +29,16 @@ pub fn malformed(out: &mut Vec<u8>) {
 
 /// The answer to a request that cannot be framed; the connection closes after it.
 pub fn framing_error(out: &mut Vec<u8>, e: FramingError) {
-    let body = format!("{} {}", e.status, e.reason);
-    write_head(
+    // Go's server writes these bytes itself, before any handler: the status line carries
+    // the reason ("400 Bad Request: missing required Host header"), the body repeats it, and
+    // there is no CORS header, Date or Content-Length (the connection closes).
+    let _ = write!(
         out,
-        e.status,
-        Some("text/plain; charset=utf-8"),
-        &[("Connection", "close")],
-        Some(body.len()),
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Connection: close\r\n\r\n{status} {reason}",
+        status = e.status,
+        reason = e.reason
     );
-    out.extend_from_slice(body.as_bytes());
 }
 
 thread_local! {

@@ -18,6 +18,7 @@ pub mod raft_shard;
 pub mod recovery;
 pub mod runtime;
 pub mod snapshotter;
+pub mod tls;
 
 use crate::config::Resolved;
 use crate::limits::{
@@ -241,6 +242,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         let addr = url.socket_addr()?;
         probe_exclusive(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
     }
+    let tls = tls_setup(&cfg)?;
     let mut listeners = Vec::new();
     for shard in 0..cfg.shards {
         let mut per_shard = Vec::new();
@@ -248,15 +250,19 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
             let addr = url.socket_addr()?;
             let l = bind_reuseport(addr)
                 .map_err(|e| format!("cannot listen on {addr} (shard {shard}): {e}"))?;
-            per_shard.push(l);
+            let acceptor = (url.scheme == "https")
+                .then(|| tls.client.clone())
+                .flatten();
+            per_shard.push((l, acceptor));
         }
         listeners.push(per_shard);
     }
     let mut peer_listeners = Vec::new();
     for url in &cfg.listen_peer {
         let addr = url.socket_addr()?;
-        peer_listeners
-            .push(bind_reuseport(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+        let l = bind_reuseport(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let acceptor = (url.scheme == "https").then(|| tls.peer.clone()).flatten();
+        peer_listeners.push((l, acceptor));
     }
     let data_dir = std::path::Path::new(&cfg.data_dir);
     let record_path = recovery::membership_path(data_dir);
@@ -267,7 +273,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
             tracing::info!("existing data dir: --initial-cluster* flags are ignored");
             (id, m)
         }
-        None if cfg.join_existing => join_existing(&cfg)?,
+        None if cfg.join_existing => join_existing(&cfg, tls.dial.as_ref())?,
         None => initial_membership(&cfg),
     };
     if !membership.members.contains_key(&self_id) {
@@ -365,7 +371,15 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
     let peer_shared = shared.clone();
     let peer = std::thread::Builder::new()
         .name("peer".to_string())
-        .spawn(move || peer::peer_main(peer_shared, peer_listeners, peer_out_rx, peer_in_tx))
+        .spawn(move || {
+            peer::peer_main(
+                peer_shared,
+                peer_listeners,
+                tls.dial,
+                peer_out_rx,
+                peer_in_tx,
+            )
+        })
         .map_err(|e| format!("cannot spawn peer thread: {e}"))?;
     handles.push(peer);
     let raft_shared = shared.clone();
@@ -404,17 +418,67 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
     Err("server threads exited".to_string())
 }
 
+/// The TLS sides of the member: the client port's and the peer port's servers (when some of
+/// their URLs are https) and the peer dialler (when peer TLS is configured).
+struct TlsSides {
+    client: Option<tls::Acceptor>,
+    peer: Option<tls::Acceptor>,
+    dial: Option<tls::Connector>,
+}
+
+/// Loads (or, for `--auto-tls`, generates under `<data-dir>/fixtures`) the certificates, so a
+/// missing, unreadable or expired one fails start-up with its file named.
+fn tls_setup(cfg: &Resolved) -> Result<TlsSides, String> {
+    let hosts = |urls: &[crate::config::ListenUrl]| -> Vec<String> {
+        urls.iter().map(|u| u.host.clone()).collect()
+    };
+    let fixtures = std::path::Path::new(&cfg.data_dir).join("fixtures");
+    let prepare = |s: &crate::config::TlsSettings, kind: &str, hosts: Vec<String>| {
+        let mut s = s.clone();
+        if s.files().is_err() && s.auto_tls {
+            let (cert, key) = tls::auto_tls(&fixtures.join(kind), &hosts)?;
+            s.cert_file = Some(cert.display().to_string());
+            s.key_file = Some(key.display().to_string());
+        }
+        Ok::<_, String>(s)
+    };
+    let client = if cfg.listen_client.iter().any(|u| u.scheme == "https") {
+        let s = prepare(&cfg.client_tls, "client", hosts(&cfg.listen_client))?;
+        Some(tls::acceptor(&s, "client")?)
+    } else {
+        None
+    };
+    let p = &cfg.peer_tls;
+    let peer_configured = p.cert_file.is_some() || p.auto_tls || p.trusted_ca_file.is_some();
+    let https_peers = cfg.listen_peer.iter().any(|u| u.scheme == "https");
+    let (peer, dial) = if https_peers || peer_configured {
+        let s = prepare(p, "peer", hosts(&cfg.listen_peer))?;
+        let peer = if https_peers {
+            Some(tls::acceptor(&s, "peer")?)
+        } else {
+            None
+        };
+        (peer, Some(tls::connector(&s)?))
+    } else {
+        (None, None)
+    };
+    Ok(TlsSides { client, peer, dial })
+}
+
 /// `--initial-cluster-state existing`: learns the cluster from the peers named in
 /// `--initial-cluster` (etcd's GET /members on their peer URLs), and finds this member in it
 /// by its advertised peer URLs (it was added with `etcdctl member add`).
-fn join_existing(cfg: &Resolved) -> Result<(u64, Membership), String> {
+fn join_existing(
+    cfg: &Resolved,
+    tls: Option<&tls::Connector>,
+) -> Result<(u64, Membership), String> {
     let mut errors = Vec::new();
     for (name, urls) in &cfg.initial_cluster {
         if name == &cfg.name {
             continue;
         }
         for url in urls {
-            match fetch_members(url) {
+            match fetch_members(url, tls) {
                 Ok((cluster_id, members)) => {
                     let mut mine = cfg.advertise_peer_urls.clone();
                     mine.sort();
@@ -454,8 +518,8 @@ fn join_existing(cfg: &Resolved) -> Result<(u64, Membership), String> {
 }
 
 /// GET /members on a peer URL: the cluster id (X-Etcd-Cluster-Id) and the members.
-fn fetch_members(url: &str) -> Result<(u64, Vec<Member>), String> {
-    use std::io::{Read, Write};
+fn fetch_members(url: &str, tls: Option<&tls::Connector>) -> Result<(u64, Vec<Member>), String> {
+    use std::io::Read;
     let host = url
         .split_once("://")
         .map_or(url, |(_, r)| r)
@@ -465,18 +529,24 @@ fn fetch_members(url: &str) -> Result<(u64, Vec<Member>), String> {
         .next()
         .ok_or("no address")?;
     let timeout = std::time::Duration::from_secs(2);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    let s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET /members HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.take(16 << 20)
-        .read_to_end(&mut buf)
-        .map_err(|e| e.to_string())?;
+    let request = format!("GET /members HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let buf = if url.starts_with("https://") {
+        let tls = tls.ok_or("https peer URL but no peer TLS configured")?;
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        tls.blocking_exchange(s, name, request.as_bytes(), 16 << 20)?
+    } else {
+        use std::io::Write;
+        let mut s = s;
+        s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.take(16 << 20)
+            .read_to_end(&mut buf)
+            .map_err(|e| e.to_string())?;
+        buf
+    };
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text.split_once("\r\n\r\n").ok_or("bad response")?;
     if !head.starts_with("HTTP/1.1 200") {

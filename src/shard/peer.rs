@@ -12,11 +12,11 @@
 //!
 //! The raft shard never waits on this thread: it hands messages over with `try_send`.
 
+use super::tls::{Acceptor, Connector, Stream};
 use super::Shared;
 use crate::http::response::{json, message_response, peer_stream_request, respond};
 use crate::limits::{PEER_MESSAGE_BYTES_MAX, PEER_QUEUE_MESSAGES_MAX};
 use crate::members::Membership;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
@@ -51,12 +51,15 @@ struct PeerCtx {
     writers: RefCell<HashMap<u64, flume::Sender<Message>>>,
     /// Last time a cluster-id mismatch was logged, per remote IP (rate limit).
     mismatch_logged: RefCell<HashMap<std::net::IpAddr, Instant>>,
+    /// Dials https peer URLs (None: no peer TLS configured).
+    tls: Option<Connector>,
 }
 
 /// Runs the peer executor until the process exits.
 pub fn peer_main(
     shared: Arc<Shared>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, Option<Acceptor>)>,
+    tls: Option<Connector>,
     outgoing: flume::Receiver<Message>,
     inbox: flume::Sender<PeerIn>,
 ) {
@@ -67,11 +70,12 @@ pub fn peer_main(
             inbox,
             writers: RefCell::new(HashMap::new()),
             mismatch_logged: RefCell::new(HashMap::new()),
+            tls,
         });
-        for l in listeners {
+        for (l, tls) in listeners {
             match TcpListener::from_std(l) {
                 Ok(l) => {
-                    monoio::spawn(accept_loop(ctx.clone(), l));
+                    monoio::spawn(accept_loop(ctx.clone(), l, tls));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot adopt peer listener"),
             }
@@ -155,6 +159,8 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
     let mut backoff = BACKOFF_MIN;
     let mut was_connected = true;
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // A message taken from the queue for a connection that had to be redialled first.
+    let mut carried: Option<Message> = None;
     loop {
         let membership = ctx.shared.membership.load_full();
         let Some(url) = peer_url(&membership, to) else {
@@ -172,7 +178,7 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
                 }
                 was_connected = false;
                 // What queued meanwhile is stale: drop it and let raft probe later.
-                if rx.drain().count() > 0 {
+                if rx.drain().count() > 0 || carried.take().is_some() {
                     let _ = ctx.inbox.try_send(PeerIn::Unreachable(to));
                 }
                 monoio::time::sleep(backoff).await;
@@ -191,12 +197,19 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
         was_connected = true;
         let mut stream = stream;
         let reason = loop {
-            let Ok(first) = rx.recv_async().await else {
-                return;
+            let first = match carried.take() {
+                Some(m) => m,
+                None => match rx.recv_async().await {
+                    Ok(m) => m,
+                    Err(_) => return,
+                },
             };
-            // The member's URL may have changed (PUT /v2/members): redial the new one.
+            // The member's URL may have changed (PUT /v2/members): redial the new one, and
+            // send this message there (it may be a forwarded proposal: losing it would leave
+            // its client waiting for the timeout).
             let current = peer_url(&ctx.shared.membership.load(), to);
             if current.as_deref() != Some(url.as_str()) {
+                carried = Some(first);
                 break "peer URL changed".to_string();
             }
             buf.clear();
@@ -279,7 +292,7 @@ async fn snapshot_transfer(ctx: &PeerCtx, m: &Message) -> Result<usize, String> 
     let (res, _) = stream.write_all(out).await;
     res.map_err(|e| e.to_string())?;
     // One byte back once the follower checked it and handed it to its raft.
-    let (res, ack) = stream.read(vec![0u8; 1]).await;
+    let (res, ack) = stream.read_into(Vec::with_capacity(1)).await;
     match res {
         Ok(1) if ack[0] == 1 => Ok(payload.len()),
         Ok(_) => Err("the follower closed the snapshot stream".to_string()),
@@ -291,7 +304,7 @@ async fn snapshot_transfer(ctx: &PeerCtx, m: &Message) -> Result<usize, String> 
 /// CRCs; hands the message to the raft shard and acknowledges with one byte.
 async fn read_snapshot(
     ctx: &PeerCtx,
-    mut stream: TcpStream,
+    mut stream: Stream,
     mut buf: Vec<u8>,
     from: u64,
 ) -> Result<(), String> {
@@ -344,16 +357,28 @@ async fn read_snapshot(
 }
 
 /// Connects and performs the stream handshake on `path`; Ok when the peer answered 200.
-async fn dial(ctx: &PeerCtx, url: &str, to: u64, path: &str) -> Result<TcpStream, String> {
+async fn dial(ctx: &PeerCtx, url: &str, to: u64, path: &str) -> Result<Stream, String> {
     let addr = resolve(url).map_err(|e| e.to_string())?;
     let connect = TcpStream::connect(addr);
-    let mut stream = match monoio::time::timeout(HEAD_TIMEOUT, connect).await {
+    let tcp = match monoio::time::timeout(HEAD_TIMEOUT, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("connect timed out".to_string()),
     };
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     let host = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let mut stream = if url.starts_with("https://") {
+        let Some(tls) = &ctx.tls else {
+            return Err("https peer URL but no peer TLS configured (--peer-trusted-ca-file, --peer-cert-file, --peer-key-file or --peer-auto-tls)".to_string());
+        };
+        let name = match host.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+            None => host,
+        };
+        tls.connect(tcp, name).await?
+    } else {
+        Stream::Plain(tcp)
+    };
     let head = peer_stream_request(
         path,
         host,
@@ -382,7 +407,7 @@ async fn dial(ctx: &PeerCtx, url: &str, to: u64, path: &str) -> Result<TcpStream
 }
 
 /// Reads an HTTP response head and its (small) body.
-async fn read_response(stream: &mut TcpStream) -> Result<(u16, String), String> {
+async fn read_response(stream: &mut Stream) -> Result<(u16, String), String> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -418,15 +443,12 @@ async fn read_response(stream: &mut TcpStream) -> Result<(u16, String), String> 
     }
 }
 
-async fn read_more(stream: &mut TcpStream, mut buf: Vec<u8>) -> Result<Vec<u8>, String> {
+async fn read_more(stream: &mut Stream, mut buf: Vec<u8>) -> Result<Vec<u8>, String> {
     let len = buf.len();
     if buf.capacity() - len < 4096 {
         buf.reserve(8192);
     }
-    let (res, slice) = stream
-        .read(monoio::buf::IoBufMut::slice_mut(buf, len..))
-        .await;
-    let buf = slice.into_inner();
+    let (res, buf) = stream.read_into(buf).await;
     match res {
         Ok(0) => Err("connection closed".to_string()),
         Ok(_) => Ok(buf),
@@ -434,13 +456,23 @@ async fn read_more(stream: &mut TcpStream, mut buf: Vec<u8>) -> Result<Vec<u8>, 
     }
 }
 
-async fn accept_loop(ctx: Rc<PeerCtx>, listener: TcpListener) {
+async fn accept_loop(ctx: Rc<PeerCtx>, listener: TcpListener, tls: Option<Acceptor>) {
+    let tls = tls.map(Rc::new);
     loop {
         match listener.accept().await {
-            Ok((stream, addr)) => {
-                let _ = stream.set_nodelay(true);
+            Ok((tcp, addr)) => {
+                let _ = tcp.set_nodelay(true);
                 let ctx = ctx.clone();
+                let tls = tls.clone();
                 monoio::spawn(async move {
+                    // A peer whose certificate is refused is logged (rate-limited) by `tls`.
+                    let stream = match tls {
+                        None => Stream::Plain(tcp),
+                        Some(tls) => match tls.accept(tcp, addr).await {
+                            Some(a) => a.stream,
+                            None => return,
+                        },
+                    };
                     if let Err(e) = serve_peer(&ctx, stream, addr).await {
                         tracing::debug!(remote = %addr, error = %e, "peer connection ended");
                     }
@@ -493,7 +525,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
 
 async fn serve_peer(
     ctx: &PeerCtx,
-    mut stream: TcpStream,
+    mut stream: Stream,
     remote: std::net::SocketAddr,
 ) -> Result<(), String> {
     let mut buf = Vec::with_capacity(4096);
@@ -607,7 +639,7 @@ fn check_handshake(
 /// Reads frames from an accepted stream and hands them to the raft shard.
 async fn read_frames(
     ctx: &PeerCtx,
-    mut stream: TcpStream,
+    mut stream: Stream,
     mut buf: Vec<u8>,
     from: u64,
 ) -> Result<(), String> {

@@ -135,6 +135,18 @@ pub fn recover(data_dir: &Path, start: Start) -> Result<Recovered, String> {
             .map_err(|e| format!("snapshot {}: {e}", path.display()))?;
         snap_index = file.raft_index;
         snap_term = file.raft_term;
+        // A snapshot from the leader can be newer than the membership record (a crash between
+        // installing it and rewriting the record): the newer membership wins.
+        if let Some(m) = file
+            .membership
+            .as_deref()
+            .map(Membership::decode)
+            .transpose()?
+        {
+            if m.applied_index > membership.applied_index && m.members.contains_key(&id) {
+                membership = m;
+            }
+        }
         tracing::info!(snapshot = %path.display(), raft_index = snap_index, keys = store.node_count(), "loaded snapshot");
         break;
     }

@@ -99,6 +99,15 @@ async fn bcrypt_off_executor<T: Send + 'static>(
     }
 }
 
+/// What a request brings to prove who sent it.
+#[derive(Clone, Copy)]
+pub(super) struct Credentials<'a> {
+    /// The Authorization header.
+    pub authorization: Option<&'a str>,
+    /// The verified client certificate's CN (`--client-cert-auth`).
+    pub client_cn: Option<&'a str>,
+}
+
 /// Who sent a request, once auth is enabled.
 pub(super) enum Caller {
     /// No Authorization header: the guest role applies.
@@ -108,14 +117,15 @@ pub(super) enum Caller {
     Refused,
 }
 
-/// etcd's `userFromBasicAuth` (CheckPassword through the cache).
-pub(super) async fn caller(
-    ctx: &ShardCtx,
-    state: &AuthState,
-    authorization: Option<&str>,
-) -> Caller {
-    let Some(header) = authorization else {
-        return Caller::Guest;
+/// etcd's `userFromBasicAuth` (CheckPassword through the cache), or without an
+/// Authorization header `userFromClientCertificate`: under `--client-cert-auth` the verified
+/// client certificate's CN names the user (no password), else the guest role applies.
+pub(super) async fn caller(ctx: &ShardCtx, state: &AuthState, creds: Credentials<'_>) -> Caller {
+    let Some(header) = creds.authorization else {
+        return match creds.client_cn {
+            Some(cn) if state.users.contains_key(cn) => Caller::User(cn.to_string()),
+            _ => Caller::Guest,
+        };
     };
     let Some((user, password)) = crate::auth::basic_auth(header) else {
         return Caller::Refused;
@@ -195,7 +205,7 @@ pub(super) async fn auth_api(
     method: Method,
     target: AuthTarget,
     body: &[u8],
-    authorization: Option<&str>,
+    creds: Credentials<'_>,
     head: bool,
     out: &mut Vec<u8>,
 ) {
@@ -205,7 +215,7 @@ pub(super) async fn auth_api(
     let public = target == AuthTarget::InvalidPath
         || (method == Method::Get && target == AuthTarget::Enable);
     let who = if state.enabled && !public {
-        Some(caller(ctx, &state, authorization).await)
+        Some(caller(ctx, &state, creds).await)
     } else {
         None
     };

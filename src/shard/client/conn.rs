@@ -7,7 +7,7 @@
 //! `RESPONSE_BUFFER_FLUSH_BYTES`). A framing error is answered and closes the connection.
 
 use super::admin::{member_change, serve_other};
-use super::auth::Caller;
+use super::auth::{Caller, Credentials};
 use super::keys::keys;
 use super::ShardCtx;
 use crate::auth::AuthState;
@@ -16,8 +16,7 @@ use crate::http::parse::{Method, Parsed, Request, RequestParser};
 use crate::http::response;
 use crate::http::route::{route, KeyOp, KeyRequest, Route, KEYS_PREFIX};
 use crate::limits::RESPONSE_BUFFER_FLUSH_BYTES;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use crate::shard::tls::{Accepted, Stream};
 use ringd_store::{Command, Error, ErrorCode};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -33,7 +32,10 @@ pub(super) enum Flow {
 }
 
 pub(super) struct Conn {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
+    /// The CN of the client certificate under `--client-cert-auth`: the v2 user of requests
+    /// without an Authorization header (WIRE.md, "TLS and client certificates").
+    pub(super) client_cn: Option<String>,
     /// Bytes read and not yet parsed are `inbuf[start..]`.
     pub(super) inbuf: Vec<u8>,
     pub(super) start: usize,
@@ -62,13 +64,21 @@ impl Conn {
     }
 }
 
-pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io::Result<()> {
+pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, accepted: Accepted) {
     let mut conn = Conn {
-        stream,
+        stream: accepted.stream,
+        client_cn: accepted.client_cn,
         inbuf: Vec::with_capacity(4096),
         start: 0,
         out: Vec::with_capacity(4096),
     };
+    if serve_requests(ctx, &mut conn).await.is_ok() {
+        conn.stream.close().await;
+    }
+}
+
+/// The connection's loop: read, frame, answer, flush; Ok when it ends cleanly.
+async fn serve_requests(ctx: &Rc<ShardCtx>, conn: &mut Conn) -> std::io::Result<()> {
     let mut parser = RequestParser::new(ctx.shared.max_request_bytes);
     loop {
         loop {
@@ -76,7 +86,7 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io
             conn.start += n;
             match parsed {
                 Parsed::Request(req) => {
-                    if handle(ctx, req, &mut conn).await? == Flow::Close {
+                    if handle(ctx, req, conn).await? == Flow::Close {
                         return conn.flush().await;
                     }
                     if conn.out.len() >= RESPONSE_BUFFER_FLUSH_BYTES {
@@ -102,10 +112,8 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io
         }
         let len = conn.inbuf.len();
         let buf = std::mem::take(&mut conn.inbuf);
-        let read = conn
-            .stream
-            .read(monoio::buf::IoBufMut::slice_mut(buf, len..));
-        let (res, slice) = if parser.is_idle() && len == 0 {
+        let read = conn.stream.read_into(buf);
+        let (res, buf) = if parser.is_idle() && len == 0 {
             read.await
         } else {
             match monoio::time::timeout(PARTIAL_REQUEST_TIMEOUT, read).await {
@@ -113,7 +121,7 @@ pub(super) async fn serve_conn(ctx: &Rc<ShardCtx>, stream: TcpStream) -> std::io
                 Err(_) => return Ok(()),
             }
         };
-        conn.inbuf = slice.into_inner();
+        conn.inbuf = buf;
         match res {
             Ok(0) | Err(_) => return Ok(()),
             Ok(_) => {}
@@ -154,6 +162,10 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
         p.auth.enabled.then(|| p.auth.clone())
     };
     let route = route(&req);
+    let creds = Credentials {
+        authorization: req.authorization.as_deref(),
+        client_cn: conn.client_cn.as_deref(),
+    };
     // Credentials are checked (bcrypt on a cache miss) only where etcd checks them.
     let needs_credentials = match &route {
         Route::Keys(Ok(_)) => true,
@@ -161,9 +173,7 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
         _ => false,
     };
     let who = match &auth {
-        Some(a) if needs_credentials => {
-            Some(super::auth::caller(ctx, a, req.authorization.as_deref()).await)
-        }
+        Some(a) if needs_credentials => Some(super::auth::caller(ctx, a, creds).await),
         _ => None,
     };
     let flow = match route {
@@ -182,8 +192,8 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
             target,
             body,
         } => {
-            let authz = req.authorization.as_deref();
-            super::auth::auth_api(ctx, method, target, &body, authz, head, &mut conn.out).await;
+            let out = &mut conn.out;
+            super::auth::auth_api(ctx, method, target, &body, creds, head, out).await;
             keep
         }
         Route::Members { ref method, .. }

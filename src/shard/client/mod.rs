@@ -20,6 +20,7 @@ mod watch;
 use conn::serve_conn;
 
 use crate::limits::CONNECTIONS_PER_SHARD_MAX;
+use crate::shard::tls::{Accepted, Acceptor, Stream};
 use crate::shard::{Proposal, Reply, ShardMsg, Shared};
 use crate::watch::registry::Registry;
 use monoio::net::TcpListener;
@@ -80,7 +81,7 @@ impl ReplySlot {
 pub fn shard_main(
     id: usize,
     shared: Arc<Shared>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, Option<super::tls::Acceptor>)>,
     mailbox: flume::Sender<Proposal>,
     events: flume::Receiver<ShardMsg>,
 ) {
@@ -110,9 +111,9 @@ pub fn shard_main(
         });
         monoio::spawn(dispatch_loop(ctx.clone(), events));
         let mut tasks = Vec::new();
-        for l in listeners {
+        for (l, tls) in listeners {
             match TcpListener::from_std(l) {
-                Ok(l) => tasks.push(monoio::spawn(accept_loop(ctx.clone(), l))),
+                Ok(l) => tasks.push(monoio::spawn(accept_loop(ctx.clone(), l, tls))),
                 Err(e) => tracing::error!(shard = id, error = %e, "cannot adopt listener"),
             }
         }
@@ -161,10 +162,13 @@ async fn dispatch_loop(ctx: Rc<ShardCtx>, inbox: flume::Receiver<ShardMsg>) {
     }
 }
 
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
+/// Accepts connections; on an https listener each is served after its TLS handshake (a
+/// failed one is logged by `tls` and closed).
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, tls: Option<Acceptor>) {
+    let tls = tls.map(Rc::new);
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, remote)) => {
                 if ctx.connections.get() >= CONNECTIONS_PER_SHARD_MAX {
                     drop(stream);
                     continue;
@@ -175,8 +179,18 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
                     .connections
                     .fetch_add(1, Ordering::Relaxed);
                 let ctx2 = ctx.clone();
+                let tls = tls.clone();
                 monoio::spawn(async move {
-                    let _ = serve_conn(&ctx2, stream).await;
+                    let accepted = match tls {
+                        None => Some(Accepted {
+                            stream: Stream::Plain(stream),
+                            client_cn: None,
+                        }),
+                        Some(tls) => tls.accept(stream, remote).await,
+                    };
+                    if let Some(a) = accepted {
+                        serve_conn(&ctx2, a).await;
+                    }
                     ctx2.connections.set(ctx2.connections.get() - 1);
                     ctx2.shared.counters[ctx2.id]
                         .connections

@@ -9,7 +9,7 @@ use super::keys::error_response;
 use super::ShardCtx;
 use crate::http::response::{chunk, last_chunk, message_response, write_head};
 use crate::limits::REQUEST_HEADER_BYTES_MAX;
-use monoio::io::{CancelableAsyncReadRent, Canceller};
+use monoio::io::Canceller;
 use ringd_store::Event;
 use std::future::Future;
 use std::pin::pin;
@@ -152,38 +152,37 @@ async fn wait_event(conn: &mut Conn, rx: &flume::Receiver<Arc<Event>>) -> Wake {
             };
         }
         let canceller = Canceller::new();
-        let mut read = pin!(conn
-            .stream
-            .cancelable_read(Vec::with_capacity(1024), canceller.handle()));
-        let mut recv = pin!(rx.recv_async());
-        let which = std::future::poll_fn(|cx| {
-            if let Poll::Ready(v) = recv.as_mut().poll(cx) {
-                return Poll::Ready(Either::Left(v));
-            }
-            if let Poll::Ready(v) = read.as_mut().poll(cx) {
-                return Poll::Ready(Either::Right(v));
-            }
-            Poll::Pending
-        })
-        .await;
-        match which {
-            Either::Left(ev) => {
-                canceller.cancel();
-                let (res, buf) = read.await;
-                match res {
-                    Ok(0) => return Wake::Closed,
-                    Ok(n) => conn.inbuf.extend_from_slice(&buf[..n]),
-                    Err(_) => {}
+        let mut got = Vec::new();
+        let (event, read) = {
+            let mut read = pin!(conn
+                .stream
+                .cancelable_read_into(&mut got, canceller.handle()));
+            let mut recv = pin!(rx.recv_async());
+            let which = std::future::poll_fn(|cx| {
+                if let Poll::Ready(v) = recv.as_mut().poll(cx) {
+                    return Poll::Ready(Either::Left(v));
                 }
-                return match ev {
-                    Ok(ev) => Wake::Event(ev),
-                    Err(_) => Wake::WatcherGone,
-                };
+                if let Poll::Ready(v) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Either::Right(v));
+                }
+                Poll::Pending
+            })
+            .await;
+            match which {
+                Either::Left(ev) => {
+                    // The read is cancelled; what it got before is kept (TLS: decrypted).
+                    canceller.cancel();
+                    (Some(ev), read.await)
+                }
+                Either::Right(res) => (None, res),
             }
-            Either::Right((res, buf)) => match res {
-                Ok(0) | Err(_) => return Wake::Closed,
-                Ok(n) => conn.inbuf.extend_from_slice(&buf[..n]),
-            },
+        };
+        conn.inbuf.extend_from_slice(&got);
+        match (event, read) {
+            (_, Ok(0)) | (None, Err(_)) => return Wake::Closed,
+            (Some(Ok(ev)), _) => return Wake::Event(ev),
+            (Some(Err(_)), _) => return Wake::WatcherGone,
+            (None, Ok(_)) => {}
         }
     }
 }
