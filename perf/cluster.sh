@@ -12,8 +12,8 @@
 #   qget-follower  loadgen qget --keys K --no-preload   on a follower (quorum=true)
 #
 # Around every run it reads the CPU time (utime+stime, /proc/PID/stat) of every member of both
-# clusters, loadgen's and the machine's busy time; server CPU per request is SUMMED over the
-# members of the cluster under load. Then the failover: a writer (perf/failover.py) starts a
+# clusters, loadgen's and the machine's busy and irq+softirq time; server CPU per request is
+# SUMMED over the members of the cluster under load. Then the failover: a writer (perf/failover.py) starts a
 # PUT every 5 ms on the surviving members, the leader gets kill -9, and the time to the first
 # acknowledged write sent after the kill is recorded; the killed member is restarted and the
 # cluster settles before the next one (--failovers times per server, alternating).
@@ -216,6 +216,7 @@ member_ticks() { # server: every member's CPU ticks, space-separated
   echo "$out"
 }
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
+irq() { awk '/^cpu /{print $7+$8; exit}' /proc/stat; } # irq + softirq: loopback TCP and block I/O completions
 children_ticks() { # parses bash's `times` output saved in $1: children's user+sys, in ticks
   awk -v hz="$HZ" 'NR==2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] }
     printf "%d\n", t * hz + 0.5 }' "$1"
@@ -272,21 +273,21 @@ for w in ${WORKLOADS//,/ }; do
         rm -f "$out"
         cmd="loadgen $(workload_args "$w" "$c") --url $u --threads $THREADS --duration $DUR --quiet --json $out"
         f0=$(member_fsyncs "$s")
-        e0=$(member_ticks etcd) r0=$(member_ticks ringd) b0=$(busy) t0=$(date +%s.%N)
+        e0=$(member_ticks etcd) r0=$(member_ticks ringd) b0=$(busy) q0=$(irq) t0=$(date +%s.%N)
         times >"$RUN/times0"
         rc=0
         # shellcheck disable=SC2086
         "$TMP/"$cmd >"$RUN/$w-$c-$s-$r.out" 2>&1 || rc=$?
         times >"$RUN/times1"
-        t1=$(date +%s.%N) b1=$(busy) e1=$(member_ticks etcd) r1=$(member_ticks ringd)
+        t1=$(date +%s.%N) b1=$(busy) q1=$(irq) e1=$(member_ticks etcd) r1=$(member_ticks ringd)
         f1=$(member_fsyncs "$s")
         L2=$(roles "$s" | cut -d' ' -f1 || true)
         lg=$(($(children_ticks "$RUN/times1") - $(children_ticks "$RUN/times0")))
         wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
         ed=$(delta "$e0" "$e1") rd=$(delta "$r0" "$r1") fd=$(delta "$f0" "$f1")
-        printf '{"workload":"%s","conns":%d,"server":"%s","round":%d,"rc":%d,"json":"%s","cmd":"%s","hz":%d,"wall_s":%s,"etcd_ticks":%s,"ringd_ticks":%s,"fsyncs":%s,"leader":%d,"target":%d,"leader_after":%d,"loadgen_ticks":%d,"busy_ticks":%d}\n' \
+        printf '{"workload":"%s","conns":%d,"server":"%s","round":%d,"rc":%d,"json":"%s","cmd":"%s","hz":%d,"wall_s":%s,"etcd_ticks":%s,"ringd_ticks":%s,"fsyncs":%s,"leader":%d,"target":%d,"leader_after":%d,"loadgen_ticks":%d,"busy_ticks":%d,"irq_ticks":%d}\n' \
           "$w" "$c" "$s" "$r" "$rc" "$out" "${cmd//$RUN\//}" "$HZ" "$wall" "$(jlist "$ed")" "$(jlist "$rd")" "$(jlist "$fd")" \
-          "$L" "$T" "${L2:-0}" "$lg" $((b1 - b0)) >>"$RUN/runs.jsonl"
+          "$L" "$T" "${L2:-0}" "$lg" $((b1 - b0)) $((q1 - q0)) >>"$RUN/runs.jsonl"
         summary=$(python3 -c 'import json,sys
 try:
     d = json.load(open(sys.argv[1])); l = d["latency_us"]

@@ -48,8 +48,11 @@ def load(run_dir):
             except ValueError:
                 pass
         servers = sum(r["etcd_ticks"]) + sum(r["ringd_ticks"])
-        busy = r["busy_ticks"] - servers - r["loadgen_ticks"]
-        r["others_pct"] = max(0.0, 100.0 * busy / r["hz"] / (r["wall_s"] * meta["nproc"]))
+        irq = r.get("irq_ticks", 0)
+        busy = r["busy_ticks"] - servers - r["loadgen_ticks"] - irq
+        share = lambda t: max(0.0, 100.0 * t / r["hz"] / (r["wall_s"] * meta["nproc"]))  # noqa: E731
+        r["others_pct"] = share(busy)
+        r["irq_pct"] = share(irq)
         r["member_ticks"] = r[f"{r['server']}_ticks"]
     path = os.path.join(run_dir, "failovers.jsonl")
     failovers = [json.loads(l) for l in open(path) if l.strip()] if os.path.exists(path) else []
@@ -87,6 +90,9 @@ def aggregate(runs):
         out["leader_fsyncs"] = lf
         out["reqs_per_leader_fsync"] = reqs / lf if lf else None
     out["others_pct"] = max(r["others_pct"] for r in ok)
+    out["irq_pct"] = statistics.median(r["irq_pct"] for r in ok)
+    if reqs:
+        out["irq_us"] = sum(r.get("irq_ticks", 0) for r in ok) / hz * 1e6 / reqs
     for r in ok:
         out["errors"] += r["result"]["errors"]
         for k, v in r["result"].get("errors_by_kind", {}).items():
@@ -162,7 +168,9 @@ def build(run_dir, out_md):
         "leader's log (group commit; etcd: `etcd_disk_wal_fsync_duration_seconds_count`, ringd: "
         "`ringd_wal_fsyncs_total`); ratio = ringd/etcd. `others` = the largest share of the machine's CPU "
         "used by other processes (neither cluster nor loadgen) during one of the point's runs: above ~10 % "
-        "the point was disturbed.\n")
+        "the point was disturbed. `softirq` = the machine's irq+softirq time per request (loopback TCP of "
+        "clients and peers, block I/O completions), in no process's utime+stime and so in neither "
+        "server's CPU column: work both clusters cause, shared with loadgen.\n")
 
     # ---- against the targets
     c = 64 if 64 in meta["connections"] else max(meta["connections"])
@@ -245,7 +253,7 @@ def build(run_dir, out_md):
         L.append(f"## {w}: {NAMES[w]}\n")
         head = ("| conns | etcd req/s | ringd req/s | ratio | etcd p50 | ringd p50 | ratio | etcd p99 | ringd p99 | "
                 "ratio | etcd CPU us/req (leader + followers) | ringd CPU us/req (leader + followers) | ratio | "
-                "req/fsync etcd / ringd | others | errors |")
+                "req/fsync etcd / ringd | softirq us/req etcd / ringd | others | errors |")
         L.append(head)
         L.append("|" + "---|" * (head.count("|") - 1))
         for c in conns:
@@ -270,7 +278,7 @@ def build(run_dir, out_md):
                 lat(e.get("p50")), lat(r.get("p50")), ratio(r.get("p50"), e.get("p50")),
                 lat(e.get("p99")), lat(r.get("p99")), ratio(r.get("p99"), e.get("p99")),
                 split(e), split(r), ratio(r.get("cpu_us"), e.get("cpu_us")),
-                f"{rpf(e)} / {rpf(r)}", f"{others:.0f} %", f"**⚠ {t}**" if t else "0"]) + " |")
+                f"{rpf(e)} / {rpf(r)}", f"{cpu(e.get('irq_us'))} / {cpu(r.get('irq_us'))}", f"{others:.0f} %", f"**⚠ {t}**" if t else "0"]) + " |")
         L.append("")
 
     # ---- failover
@@ -309,9 +317,10 @@ def build(run_dir, out_md):
 
     # ---- every run
     L.append("## Every run\n")
-    L.append(f"CPU per member in us/req, member 1..{n} (L = leader, T = the member loadgen talked to).\n")
-    L.append("| # | workload | conns | server | round | target | req/s | p50 | p99 | p99.9 | max | CPU us/req (sum) | per member | leader fsyncs | others | errors |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    L.append(f"CPU per member in us/req, member 1..{n} (L = leader, T = the member loadgen talked to); "
+             "softirq and others as shares of the machine.\n")
+    L.append("| # | workload | conns | server | round | target | req/s | p50 | p99 | p99.9 | max | CPU us/req (sum) | per member | leader fsyncs | softirq | others | errors |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(runs, 1):
         res = r["result"]
         names = meta["members_by_server"][r["server"]]
@@ -328,10 +337,10 @@ def build(run_dir, out_md):
             L.append(f"| {i} | {r['workload']} | {r['conns']} | {r['server']} | {r['round']} | {target} | "
                      f"{num(res['requests_per_sec'])} | {lat(l['p50'])} | {lat(l['p99'])} | {lat(l['p999'])} | "
                      f"{lat(l['max'])} | {cpu(per(sum(r['member_ticks'])))} | {members} | "
-                     f"{r['fsyncs'][r['leader'] - 1]:,} | {r['others_pct']:.0f} % | {err} |")
+                     f"{r['fsyncs'][r['leader'] - 1]:,} | {r['irq_pct']:.0f} % | {r['others_pct']:.0f} % | {err} |")
         else:
             L.append(f"| {i} | {r['workload']} | {r['conns']} | {r['server']} | {r['round']} | {target} | "
-                     f"**⚠ FAILED (loadgen exit {r['rc']})** | | | | | | | | {r['others_pct']:.0f} % | |")
+                     f"**⚠ FAILED (loadgen exit {r['rc']})** | | | | | | | | {r['irq_pct']:.0f} % | {r['others_pct']:.0f} % | |")
     L.append("")
     open(out_md, "w").write("\n".join(L))
     print(out_md)
