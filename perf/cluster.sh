@@ -22,7 +22,7 @@
 # .json beside it. perf/compare.sh --cluster N runs this script. See perf/README.md.
 #
 # Usage: perf/cluster.sh [--members 3|5] [--duration SECS] [--rounds N] [--connections 64]
-#                        [--workloads put-leader,put-follower,qget-follower] [--threads N]
+#                        [--workloads put-leader,put-follower,qget-follower|none] [--threads N]
 #                        [--keys N] [--failovers N] [--heartbeat-interval MS]
 #                        [--election-timeout MS] [--out DIR] [--quick] [--keep] [--no-build]
 set -euo pipefail
@@ -65,6 +65,7 @@ for v in "$DUR" "$ROUNDS" "$THREADS" "$KEYS" "$HB" "$ET" ${CONNS//,/ }; do
 done
 [[ $FAILOVERS =~ ^[0-9]+$ ]] || { echo "cluster.sh: --failovers '$FAILOVERS' is not a number" >&2; exit 2; }
 [[ $MEMBERS == 3 || $MEMBERS == 5 ]] || { echo "cluster.sh: --members is 3 or 5" >&2; exit 2; }
+[ "$WORKLOADS" = none ] && WORKLOADS="" # failovers only
 for w in ${WORKLOADS//,/ }; do
   [[ ,$ALL_WORKLOADS, == *,$w,* ]] || { echo "cluster.sh: unknown workload '$w' (known: $ALL_WORKLOADS)" >&2; exit 2; }
 done
@@ -92,6 +93,7 @@ cp "$CARGO_TARGET/release/ringd" "$CARGO_TARGET/release/loadgen" "$TMP/"
 RINGD=$TMP/ringd LOADGEN=$TMP/loadgen
 RUN=$TMP/run
 mkdir -p "$RUN"
+: >"$RUN/runs.jsonl"
 
 # ---- the two clusters ---------------------------------------------------------------------------
 # member i (1-based) of server s: NAME[s,i], URL[s,i] (client), CMD[s,i], PID[s,i]
@@ -238,7 +240,7 @@ delta() { # "a b c" "x y z" -> "x-a y-b z-c"
 
 # ---- preload, through the leader ----------------------------------------------------------------
 PRELOAD_CMDS=()
-for s in $SERVERS; do
+for s in ${WORKLOADS:+$SERVERS}; do
   rl=$(wait_roles "$s"); read -r L _ <<<"$rl"
   cmd="loadgen preload --url ${URL[$s,$L]} --keys $KEYS --threads $THREADS --quiet --json $RUN/preload-$s.json"
   PRELOAD_CMDS+=("$cmd")
@@ -343,7 +345,7 @@ json.dump({
     "date": "$(date -u +%Y-%m-%d)", "started": "$STARTED", "finished": "$(date -u '+%Y-%m-%d %H:%M:%S UTC')",
     "quick": $QUICK == 1, "members": $MEMBERS, "duration": $DUR, "rounds": $ROUNDS, "threads": $THREADS,
     "keys": $KEYS, "failovers": $FAILOVERS, "heartbeat_ms": $HB, "election_ms": $ET,
-    "workloads": "$WORKLOADS".split(","), "connections": [int(c) for c in "$CONNS".split(",")],
+    "workloads": [w for w in "$WORKLOADS".split(",") if w], "connections": [int(c) for c in "$CONNS".split(",")],
     "nproc": $NPROC, "kernel": "$(uname -sr)",
     "cpu": "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)",
     "memory": "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)",
@@ -353,7 +355,7 @@ json.dump({
     "loadgen": "$("$LOADGEN" --version)", "rustc": "$(rustc --version)",
     "members_by_server": $NAMES_JSON,
     "invocation": "$INVOCATION", "server_cmds": $CMDS_JSON,
-    "preload_cmds": [c.replace("$RUN/", "") for c in """$(printf '%s\n' "${PRELOAD_CMDS[@]}")""".splitlines()],
+    "preload_cmds": [c.replace("$RUN/", "") for c in """$(printf '%s\n' "${PRELOAD_CMDS[@]}")""".splitlines() if c],
     "failover_cmd": "$FAILOVER_CMD",
 }, open(sys.argv[1], "w"), indent=1)
 PY
