@@ -89,6 +89,14 @@ CARGO_TARGET=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 # copies, so that a rebuild by someone else during the run cannot change the binaries under test
 TMP=$(mktemp -d /var/tmp/ringd-cluster.XXXXXX)
+declare -A PID # member i of server s: PID[s,i]
+cleanup() {
+  for k in "${!PID[@]}"; do kill "${PID[$k]}" 2>/dev/null || true; done
+  for k in "${!PID[@]}"; do wait "${PID[$k]}" 2>/dev/null || true; done
+  if [ $KEEP = 1 ]; then echo "== kept $TMP" >&2; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 cp "$CARGO_TARGET/release/ringd" "$CARGO_TARGET/release/loadgen" "$TMP/"
 RINGD=$TMP/ringd LOADGEN=$TMP/loadgen
 RUN=$TMP/run
@@ -97,15 +105,8 @@ mkdir -p "$RUN"
 
 # ---- the two clusters ---------------------------------------------------------------------------
 # member i (1-based) of server s: NAME[s,i], URL[s,i] (client), CMD[s,i], PID[s,i]
-declare -A NAME URL CMD PID
+declare -A NAME URL CMD
 SERVERS="etcd ringd"
-cleanup() {
-  for k in "${!PID[@]}"; do kill "${PID[$k]}" 2>/dev/null || true; done
-  for k in "${!PID[@]}"; do wait "${PID[$k]}" 2>/dev/null || true; done
-  if [ $KEEP = 1 ]; then echo "== kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # four free ports on each 127.0.0.i (etcd client, etcd peer, ringd client, ringd peer), all distinct
 read -r -a PORTS <<<"$(python3 - "$MEMBERS" <<'PY'
