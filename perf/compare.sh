@@ -17,6 +17,10 @@
 #                        [--workloads get,get-random,put,mixed,qget,watch] [--threads N]
 #                        [--keys N] [--out DIR] [--no-readme] [--quick] [--readme-only] [--keep]
 #                        [--no-build] [--server-cpus LIST --loadgen-cpus LIST]
+#        perf/compare.sh --cluster 3|5 [perf/cluster.sh's flags]
+#
+# --cluster N runs perf/cluster.sh --members N: N-member clusters of both, PUT via the leader
+# and via a follower, quorum GET on a follower, kill -9 of the leader (see its --help).
 #
 # --server-cpus/--loadgen-cpus (taskset -c lists, e.g. 1 and 0, or 2-3 and 0-1) pin both
 # servers to one set of CPUs and loadgen to another, so the load generator no longer takes
@@ -28,6 +32,15 @@ export LC_ALL=C
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 INVOCATION="perf/compare.sh${*:+ $*}"
+
+# --cluster N: the 3- or 5-member comparison, perf/cluster.sh (the other flags go with it)
+ARGS=("$@")
+for i in "${!ARGS[@]}"; do
+  if [ "${ARGS[$i]}" = --cluster ]; then
+    REST=("${ARGS[@]:0:$i}" "${ARGS[@]:$((i + 2))}")
+    CLUSTER_INVOCATION=$INVOCATION exec perf/cluster.sh --members "${ARGS[$((i + 1))]:-}" "${REST[@]}"
+  fi
+done
 
 ALL_WORKLOADS="get,get-random,put,mixed,qget,watch"
 DUR="" CONNS="" ROUNDS="" WORKLOADS="" THREADS=2 KEYS=10000 OUT="" README=1 QUICK=0 README_ONLY=0 KEEP=0 BUILD=1
