@@ -437,6 +437,11 @@ impl<T> Replica<T> {
             check_quorum: true,
             max_inflight_msgs: 256,
             max_size_per_msg: 1 << 20,
+            // A batch of proposals goes to each follower as one append, not one append per
+            // request: followers received 2.0 append messages per client write without it,
+            // 0.08 with it; CPU per write summed over 3 members -20 %, p99 7 -> 4.8 ms
+            // (perf/results/2026-12-06-cluster-notes.md).
+            batch_append: true,
             ..Config::default()
         };
         cfg.validate().map_err(|e| format!("raft config: {e}"))?;
