@@ -296,7 +296,10 @@ mod model {
     enum Verb {
         Get,
         RecursiveGet,
-        Set,
+        /// etcd passes the request's `recursive` flag whatever the method.
+        Set {
+            recursive: bool,
+        },
         Delete {
             recursive: bool,
         },
@@ -304,7 +307,9 @@ mod model {
             recursive: bool,
         },
         /// In-order create: a POST on the directory's key.
-        Post,
+        Post {
+            recursive: bool,
+        },
     }
 
     impl Verb {
@@ -314,8 +319,9 @@ mod model {
             match self {
                 Verb::Get => (false, false),
                 Verb::RecursiveGet => (true, false),
-                Verb::Set | Verb::Post => (false, true),
-                Verb::Delete { recursive } => (recursive, true),
+                Verb::Set { recursive } | Verb::Post { recursive } | Verb::Delete { recursive } => {
+                    (recursive, true)
+                }
                 Verb::Watch { recursive } => (recursive, false),
             }
         }
@@ -428,10 +434,10 @@ mod model {
         prop_oneof![
             Just(Verb::Get),
             Just(Verb::RecursiveGet),
-            Just(Verb::Set),
+            any::<bool>().prop_map(|recursive| Verb::Set { recursive }),
             any::<bool>().prop_map(|recursive| Verb::Delete { recursive }),
             any::<bool>().prop_map(|recursive| Verb::Watch { recursive }),
-            Just(Verb::Post),
+            any::<bool>().prop_map(|recursive| Verb::Post { recursive }),
         ]
     }
 
