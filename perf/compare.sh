@@ -16,11 +16,19 @@
 # Usage: perf/compare.sh [--duration SECS] [--connections 1,16,64,256] [--rounds N]
 #                        [--workloads get,get-random,put,mixed,qget,watch] [--threads N]
 #                        [--keys N] [--out DIR] [--no-readme] [--quick] [--readme-only] [--keep]
-#                        [--no-build] [--server-cpus LIST --loadgen-cpus LIST]
+#                        [--no-build] [--server-cpus LIST --loadgen-cpus LIST] [--tls] [--auth]
 #        perf/compare.sh --cluster 3|5 [perf/cluster.sh's flags]
 #
 # --cluster N runs perf/cluster.sh --members N: N-member clusters of both, PUT via the leader
 # and via a follower, quorum GET on a follower, kill -9 of the leader (see its --help).
+#
+# --tls serves both over https (a throw-away CA and server certificate made with openssl; loadgen
+# trusts it with --cacert and reuses its connections, as over http); by default GET and PUT at
+# 64 connections. --auth enables v2 auth on both after the preload (a root user; the guest role
+# keeps etcd's default read/write on /*), by default GET at 64 connections: loadgen cannot send
+# basic auth (it has no user option), so these requests take etcd's guest path (the permission
+# check on every request, no password check). Both leave README.md alone and write their results
+# under perf/results/tls, perf/results/auth or perf/results/tls-auth.
 #
 # --server-cpus/--loadgen-cpus (taskset -c lists, e.g. 1 and 0, or 2-3 and 0-1) pin both
 # servers to one set of CPUs and loadgen to another, so the load generator no longer takes
@@ -44,7 +52,7 @@ done
 
 ALL_WORKLOADS="get,get-random,put,mixed,qget,watch"
 DUR="" CONNS="" ROUNDS="" WORKLOADS="" THREADS=2 KEYS=10000 OUT="" README=1 QUICK=0 README_ONLY=0 KEEP=0 BUILD=1
-SERVER_CPUS="" LOADGEN_CPUS=""
+SERVER_CPUS="" LOADGEN_CPUS="" TLS=0 AUTH=0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -63,6 +71,8 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --server-cpus) SERVER_CPUS=$2; shift ;;
     --loadgen-cpus) LOADGEN_CPUS=$2; shift ;;
+    --tls) TLS=1 ;;
+    --auth) AUTH=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -71,6 +81,13 @@ done
 if [ $QUICK = 1 ]; then
   # smoke run: 2 s points, one round, 16 and 64 connections, results aside, README untouched
   DUR=${DUR:-2} CONNS=${CONNS:-16,64} ROUNDS=${ROUNDS:-1} OUT=${OUT:-perf/results/quick} README=0
+fi
+MODE=""
+if [ $TLS = 1 ] || [ $AUTH = 1 ]; then
+  # the https and auth points: their own results directory, README.md untouched
+  MODE=$([ $TLS = 1 ] && echo tls)$([ $TLS = 1 ] && [ $AUTH = 1 ] && echo -)$([ $AUTH = 1 ] && echo auth)
+  CONNS=${CONNS:-64} OUT=${OUT:-perf/results/$MODE} README=0
+  if [ $AUTH = 1 ]; then WORKLOADS=${WORKLOADS:-get}; else WORKLOADS=${WORKLOADS:-get,put}; fi
 fi
 DUR=${DUR:-10} CONNS=${CONNS:-1,16,64,256} ROUNDS=${ROUNDS:-2}
 WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS} OUT=${OUT:-perf/results}
@@ -240,7 +257,9 @@ def build(run_dir, out_md):
 
     L = []
     quick = " (quick smoke run)" if meta["quick"] else ""
-    L.append(f"# ringd vs etcd 3.4, {meta['date']}{quick}\n")
+    modes = {"tls": "https", "auth": "auth enabled, guest requests", "tls-auth": "https, auth enabled, guest requests"}
+    mode = f", {modes[meta['mode']]}" if meta.get("mode") else ""
+    L.append(f"# ringd vs etcd 3.4, {meta['date']}{mode}{quick}\n")
     bad = [(k, trouble(p)) for k, p in sorted(agg.items()) if trouble(p)]
     if bad:
         L.append("> **WARNING: NOT A CLEAN RUN. These points had errors or failed runs; their figures are not comparable:**")
@@ -418,6 +437,7 @@ if [ $README_ONLY = 1 ]; then report readme "$OUT"; exit 0; fi
 
 need curl curl
 need etcd etcd-server
+if [ $TLS = 1 ]; then need openssl openssl; fi
 
 # ---- build ---------------------------------------------------------------------------------------
 if [ $BUILD = 1 ]; then
@@ -430,6 +450,23 @@ CARGO_TARGET=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
 TMP=$(mktemp -d "${TMPDIR:-/var/tmp}/ringd-compare.XXXXXX")
 cp "$CARGO_TARGET/release/ringd" "$CARGO_TARGET/release/loadgen" "$TMP/"
 RINGD=$TMP/ringd LOADGEN=$TMP/loadgen
+
+SCHEME=http CURL_TLS=() LG_TLS="" CERT_FLAGS=""
+if [ $TLS = 1 ]; then
+  # a throw-away CA and a v3 server certificate for 127.0.0.1 (rustls refuses v1 certificates)
+  (
+    cd "$TMP"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -subj /CN=compare-ca -keyout ca.key -out ca.pem
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=server \
+      -keyout server.key -out server.csr
+    printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile ext -out server.pem
+  ) >"$TMP/openssl.log" 2>&1 || { cat "$TMP/openssl.log" >&2; echo "compare.sh: openssl failed" >&2; exit 1; }
+  SCHEME=https CURL_TLS=(--cacert "$TMP/ca.pem") LG_TLS=" --cacert $TMP/ca.pem"
+  CERT_FLAGS=" --cert-file $TMP/server.pem --key-file $TMP/server.key"
+fi
 
 EPID="" RPID=""
 cleanup() {
@@ -447,11 +484,11 @@ while True:
     if p not in (2379, 2380): print(p); break'
 }
 EP=$(free_port) EPP=$(free_port) RP=$(free_port) RPP=$(free_port)
-EURL=http://127.0.0.1:$EP RURL=http://127.0.0.1:$RP
+EURL=$SCHEME://127.0.0.1:$EP RURL=$SCHEME://127.0.0.1:$RP
 server_flags() { # name client_port peer_port data_dir
-  echo "--name $1 --data-dir $4 --listen-client-urls http://127.0.0.1:$2 --advertise-client-urls http://127.0.0.1:$2" \
+  echo "--name $1 --data-dir $4 --listen-client-urls $SCHEME://127.0.0.1:$2 --advertise-client-urls $SCHEME://127.0.0.1:$2" \
     "--listen-peer-urls http://127.0.0.1:$3 --initial-advertise-peer-urls http://127.0.0.1:$3" \
-    "--initial-cluster $1=http://127.0.0.1:$3"
+    "--initial-cluster $1=http://127.0.0.1:$3$CERT_FLAGS"
 }
 PIN_DESC=${SRV_PIN[*]:+${SRV_PIN[*]} }
 ETCD_CMD="${PIN_DESC}etcd --enable-v2=true $(server_flags etcd "$EP" "$EPP" "$TMP/etcd.data")"
@@ -466,12 +503,12 @@ RPID=$!
 for u in $EURL $RURL; do
   ok=0
   for _ in $(seq 200); do # 20 s at most: up, and writable (etcd elects itself leader first)
-    if curl -sf -m 2 "$u/version" >/dev/null &&
-      curl -sf -m 2 -XPUT "$u/v2/keys/compare/ready" -d value=1 >/dev/null; then ok=1; break; fi
+    if curl -sf -m 2 "${CURL_TLS[@]}" "$u/version" >/dev/null &&
+      curl -sf -m 2 "${CURL_TLS[@]}" -XPUT "$u/v2/keys/compare/ready" -d value=1 >/dev/null; then ok=1; break; fi
     sleep 0.1
   done
   if [ $ok = 0 ]; then
-    echo "compare.sh: $u did not come up; logs:" >&2; tail -20 "$TMP"/*.log >&2; exit 1
+    echo "compare.sh: $u did not come up; logs:" >&2; tail -n 20 "$TMP"/*.log >&2; exit 1
   fi
 done
 echo "== etcd pid $EPID on $EURL, ringd pid $RPID on $RURL, temp dir $TMP" >&2
@@ -490,12 +527,23 @@ mkdir -p "$RUN"
 PRELOAD_CMDS=()
 for s in etcd ringd; do
   u=$EURL; [ $s = ringd ] && u=$RURL
-  cmd="loadgen preload --url $u --keys $KEYS --threads $THREADS --quiet --json $RUN/preload-$s.json"
+  cmd="loadgen preload --url $u$LG_TLS --keys $KEYS --threads $THREADS --quiet --json $RUN/preload-$s.json"
   PRELOAD_CMDS+=("$cmd")
   echo "== $cmd" >&2
   # shellcheck disable=SC2086
   "${LG_PIN[@]}" "$TMP/"$cmd >"$RUN/preload-$s.out" 2>&1 || { cat "$RUN/preload-$s.out" >&2; echo "compare.sh: preload of $s failed" >&2; exit 1; }
 done
+if [ $AUTH = 1 ]; then
+  # a root user, then auth on; the guest role created by enabling keeps read/write on /*
+  for u in $EURL $RURL; do
+    curl -sf -m 5 "${CURL_TLS[@]}" -XPUT "$u/v2/auth/users/root" -d '{"user":"root","password":"compare"}' >/dev/null || true
+    curl -sf -m 5 "${CURL_TLS[@]}" -XPUT "$u/v2/auth/enable" >/dev/null || true
+    if [ "$(curl -s -m 5 "${CURL_TLS[@]}" "$u/v2/auth/enable")" != '{"enabled":true}' ]; then
+      echo "compare.sh: enabling auth on $u failed" >&2; exit 1
+    fi
+  done
+  echo "== auth enabled on both (root user; loadgen's requests are guest requests)" >&2
+fi
 
 workload_args() { # workload connections
   case "$1" in
@@ -521,7 +569,7 @@ for w in ${WORKLOADS//,/ }; do
         u=$EURL pid=$EPID; [ $s = ringd ] && u=$RURL pid=$RPID
         out=$RUN/$w-$c-$s-$r.json
         rm -f "$out"
-        cmd="loadgen $(workload_args "$w" "$c") --url $u --threads $THREADS --duration $DUR --quiet --json $out"
+        cmd="loadgen $(workload_args "$w" "$c") --url $u$LG_TLS --threads $THREADS --duration $DUR --quiet --json $out"
         e0=$(ticks $EPID) r0=$(ticks $RPID) b0=$(busy) t0=$(date +%s.%N)
         times >"$RUN/times0"
         rc=0
@@ -543,7 +591,7 @@ except Exception as e:
         note=""; [ $rc = 0 ] || note="  ** loadgen exit $rc: $(tail -c 300 "$RUN/$w-$c-$s-$r.out" | tr '\n' ' ') **"
         printf '[%3d/%d] %-10s c=%-3s %-5s r%d  %s  cpu %d ticks%s\n' "$n" "$((NW * NC * ROUNDS * 2))" "$w" "$c" "$s" "$r" "$summary" "$sv" "$note" >&2
         kill -0 $EPID 2>/dev/null && kill -0 $RPID 2>/dev/null || {
-          echo "compare.sh: a server died; logs:" >&2; tail -20 "$TMP"/*.log >&2; exit 1; }
+          echo "compare.sh: a server died; logs:" >&2; tail -n 20 "$TMP"/*.log >&2; exit 1; }
       done
     done
   done
@@ -557,7 +605,7 @@ python3 - "$RUN/meta.json" <<PY
 import json, sys
 json.dump({
     "date": "$(date -u +%Y-%m-%d)", "started": "$STARTED", "finished": "$(date -u '+%Y-%m-%d %H:%M:%S UTC')",
-    "quick": $QUICK == 1, "duration": $DUR, "rounds": $ROUNDS, "threads": $THREADS, "keys": $KEYS,
+    "quick": $QUICK == 1, "mode": "$MODE", "duration": $DUR, "rounds": $ROUNDS, "threads": $THREADS, "keys": $KEYS,
     "workloads": "$WORKLOADS".split(","), "connections": [int(c) for c in "$CONNS".split(",")],
     "nproc": $NPROC, "kernel": "$(uname -sr)",
     "cpu": "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)",

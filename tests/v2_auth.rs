@@ -117,6 +117,15 @@ fn users_roles_enable_and_key_permissions() {
         ("PUT", "/v2/auth/roles/guest", ROOT, r#"{"role":"guest","revoke":{"kv":{"write":["/*"]}}}"#, 200, "{\"role\":\"guest\",\"permissions\":{\"kv\":{\"read\":[\"/*\"],\"write\":[]}}}\n"),
         ("PUT", "/v2/keys/b", NONE, "value=1", 401, ANY),
         ("GET", "/v2/keys/a", NONE, "", 200, ANY),
+        // A write's `recursive` flag counts too (etcd passes rr.Recursive whatever the method):
+        // an exact write pattern does not grant a PUT or POST with recursive=true.
+        ("PUT", "/v2/auth/roles/x", ROOT, r#"{"role":"x","permissions":{"kv":{"read":[],"write":["/x","/y*"]}}}"#, 201, ANY),
+        ("PUT", "/v2/auth/users/v", ROOT, r#"{"user":"v","password":"p","roles":["x"]}"#, 200, ANY),
+        ("PUT", "/v2/keys/x", "v:p", "value=1", 201, ANY),
+        ("PUT", "/v2/keys/x?recursive=true", "v:p", "value=1", 401, ANY),
+        ("PUT", "/v2/keys/x", "v:p", "value=1&recursive=true", 401, ANY),
+        ("POST", "/v2/keys/x?recursive=true", "v:p", "value=1", 401, ANY),
+        ("PUT", "/v2/keys/y?recursive=true", "v:p", "value=1", 201, ANY),
         // Members: reads open, writes root only.
         ("GET", "/v2/members", NONE, "", 200, ANY),
         ("DELETE", "/v2/members/1234", "u:p", "", 401, r#"{"message":"Insufficient credentials"}"#),

@@ -282,3 +282,253 @@ fn bodies_decode_as_go_does() {
     let r: Role = decode_go(br#"{"Role":"r","Permissions":{"KV":{"Read":["/a"]}}}"#).unwrap();
     assert_eq!(r.permissions.kv.read, Some(vec!["/a".to_string()]));
 }
+
+/// A model check of `allows` against an independent transcription of etcd's v2 rules
+/// (`etcdserver/api/v2http/client_auth.go` hasKeyPrefixAccess/hasGuestAccess and
+/// `etcdserver/api/v2auth/auth.go` getUser, Role.HasKeyAccess/HasRecursiveAccess,
+/// simpleMatch/prefixMatch), over random roles, users, callers, keys and verbs.
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A keys request as the keys handler sees it.
+    #[derive(Clone, Copy, Debug)]
+    enum Verb {
+        Get,
+        RecursiveGet,
+        /// etcd passes the request's `recursive` flag whatever the method.
+        Set {
+            recursive: bool,
+        },
+        Delete {
+            recursive: bool,
+        },
+        Watch {
+            recursive: bool,
+        },
+        /// In-order create: a POST on the directory's key.
+        Post {
+            recursive: bool,
+        },
+    }
+
+    impl Verb {
+        /// etcd: the key is the path after `/v2/keys`, `recursive` is the request's flag,
+        /// and every method but GET and HEAD needs write access.
+        fn check(self) -> (bool, bool) {
+            match self {
+                Verb::Get => (false, false),
+                Verb::RecursiveGet => (true, false),
+                Verb::Set { recursive } | Verb::Post { recursive } | Verb::Delete { recursive } => {
+                    (recursive, true)
+                }
+                Verb::Watch { recursive } => (recursive, false),
+            }
+        }
+    }
+
+    /// etcd's `simpleMatch`: a trailing `*` is a prefix, anything else exact. (An empty
+    /// pattern makes etcd index out of range, a panic net/http turns into a dropped
+    /// connection; no access is the closest answer.)
+    fn simple_match(pat: &str, key: &str) -> bool {
+        if pat.is_empty() {
+            return false;
+        }
+        match pat.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => key == pat,
+        }
+    }
+
+    /// etcd's `prefixMatch`: only `*` patterns grant a recursive request.
+    fn prefix_match(pat: &str, key: &str) -> bool {
+        pat.strip_suffix('*')
+            .is_some_and(|prefix| key.starts_with(prefix))
+    }
+
+    struct ModelRole {
+        name: String,
+        read: Vec<String>,
+        write: Vec<String>,
+    }
+
+    struct ModelUser {
+        name: String,
+        roles: Vec<String>,
+    }
+
+    struct Model {
+        enabled: bool,
+        users: Vec<ModelUser>,
+        roles: Vec<ModelRole>,
+    }
+
+    impl Model {
+        fn role_allows(&self, name: &str, key: &str, recursive: bool, write: bool) -> bool {
+            // GetRole("root") is the built-in root role, whose Has*Access is always true.
+            if name == "root" {
+                return true;
+            }
+            let Some(r) = self.roles.iter().find(|r| r.name == name) else {
+                return false; // GetRole error: `continue`
+            };
+            let list = if write { &r.write } else { &r.read };
+            list.iter().any(|p| {
+                if recursive {
+                    prefix_match(p, key)
+                } else {
+                    simple_match(p, key)
+                }
+            })
+        }
+
+        /// `caller` None: no Authorization header. Some: credentials already valid (an
+        /// unknown user cannot have valid credentials).
+        fn allows(&self, caller: Option<&str>, key: &str, verb: Verb) -> bool {
+            if !self.enabled {
+                return true;
+            }
+            let (recursive, write) = verb.check();
+            let Some(name) = caller else {
+                // hasGuestAccess: HasKeyAccess, the recursive flag ignored.
+                return self.role_allows("guest", key, false, write);
+            };
+            let Some(u) = self.users.iter().find(|u| u.name == name) else {
+                return false;
+            };
+            // getUser: the user named root always has the root role.
+            let mut roles = u.roles.clone();
+            if u.name == "root" {
+                roles.push("root".into());
+            }
+            roles
+                .iter()
+                .any(|r| self.role_allows(r, key, recursive, write))
+        }
+    }
+
+    const NAMES: &[&str] = &["root", "guest", "a", "b", "c"];
+    const KEYS: &[&str] = &[
+        "/", "/a", "/a/", "/a/b", "/a/b/c", "/ab", "/abc", "/b", "/b/a", "/_x", "/a*",
+    ];
+
+    fn name() -> impl Strategy<Value = String> {
+        proptest::sample::select(NAMES).prop_map(String::from)
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        proptest::sample::select(KEYS).prop_map(String::from)
+    }
+
+    /// A key, a key with `*`, a bare `*`, or empty.
+    fn pattern() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => key(),
+            4 => key().prop_map(|k| format!("{k}*")),
+            1 => Just("*".to_string()),
+            1 => Just(String::new()),
+        ]
+    }
+
+    fn verb() -> impl Strategy<Value = Verb> {
+        prop_oneof![
+            Just(Verb::Get),
+            Just(Verb::RecursiveGet),
+            any::<bool>().prop_map(|recursive| Verb::Set { recursive }),
+            any::<bool>().prop_map(|recursive| Verb::Delete { recursive }),
+            any::<bool>().prop_map(|recursive| Verb::Watch { recursive }),
+            any::<bool>().prop_map(|recursive| Verb::Post { recursive }),
+        ]
+    }
+
+    fn patterns() -> impl Strategy<Value = Option<Vec<String>>> {
+        proptest::option::weighted(0.9, proptest::collection::vec(pattern(), 0..4))
+    }
+
+    type RoleDraw = (String, Option<Vec<String>>, Option<Vec<String>>);
+    type UserDraw = (String, Option<Vec<String>>);
+
+    fn draw() -> impl Strategy<Value = (bool, Vec<RoleDraw>, Vec<UserDraw>)> {
+        (
+            proptest::bool::weighted(0.9),
+            proptest::collection::vec((name(), patterns(), patterns()), 0..5),
+            proptest::collection::vec(
+                (
+                    name(),
+                    proptest::option::weighted(0.9, proptest::collection::vec(name(), 0..4)),
+                ),
+                0..5,
+            ),
+        )
+    }
+
+    /// The same draw as ringd's state (built directly, so states the API would refuse, a
+    /// stored role named root or a root user stored without the root role, occur too) and
+    /// as the model. Later duplicates replace earlier ones in both.
+    fn build(enabled: bool, roles: &[RoleDraw], users: &[UserDraw]) -> (AuthState, Model) {
+        let mut s = AuthState {
+            enabled,
+            ..AuthState::default()
+        };
+        let mut m = Model {
+            enabled,
+            users: Vec::new(),
+            roles: Vec::new(),
+        };
+        for (name, read, write) in roles {
+            let role = Role {
+                role: name.clone(),
+                permissions: Permissions {
+                    kv: RwPermission {
+                        read: read.clone(),
+                        write: write.clone(),
+                    },
+                },
+                grant: None,
+                revoke: None,
+            };
+            s.roles.insert(name.clone(), role);
+            m.roles.retain(|r| r.name != *name);
+            m.roles.push(ModelRole {
+                name: name.clone(),
+                read: read.clone().unwrap_or_default(),
+                write: write.clone().unwrap_or_default(),
+            });
+        }
+        for (name, roles) in users {
+            let user = User {
+                user: name.clone(),
+                password_hash: "h".into(),
+                roles: roles.clone(),
+            };
+            s.users.insert(name.clone(), user);
+            m.users.retain(|u| u.name != *name);
+            m.users.push(ModelUser {
+                name: name.clone(),
+                roles: roles.clone().unwrap_or_default(),
+            });
+        }
+        (s, m)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn allows_matches_etcds_rules(
+            (enabled, roles, users) in draw(),
+            requests in proptest::collection::vec(
+                (proptest::option::weighted(0.8, name()), key(), verb()),
+                1..16,
+            ),
+        ) {
+            let (s, m) = build(enabled, &roles, &users);
+            for (caller, key, verb) in &requests {
+                let (recursive, write) = verb.check();
+                let got = s.allows(caller.as_deref(), key, recursive, write);
+                let want = m.allows(caller.as_deref(), key, *verb);
+                prop_assert_eq!(got, want, "caller {:?} key {} {:?}", caller, key, verb);
+            }
+        }
+    }
+}

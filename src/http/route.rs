@@ -35,6 +35,9 @@ pub struct KeyRequest {
     pub op: KeyOp,
     pub no_value_on_success: bool,
     pub head: bool,
+    /// The `recursive` flag whatever the method: etcd's auth check (`hasKeyPrefixAccess` with
+    /// `rr.Recursive`) wants a `*` pattern for a PUT or POST with `recursive=true` too.
+    pub recursive: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -465,6 +468,7 @@ fn keys_request(req: &Request, rest: &str, query: &str) -> Result<KeyRequest, Er
         op,
         no_value_on_success,
         head,
+        recursive,
     })
 }
 

@@ -14,10 +14,10 @@ use crate::auth::AuthState;
 use crate::http::form::unescape;
 use crate::http::parse::{Method, Parsed, Request, RequestParser};
 use crate::http::response;
-use crate::http::route::{route, KeyOp, KeyRequest, Route, KEYS_PREFIX};
+use crate::http::route::{route, KeyRequest, Route, KEYS_PREFIX};
 use crate::limits::RESPONSE_BUFFER_FLUSH_BYTES;
 use crate::shard::tls::{Accepted, Stream};
-use ringd_store::{Command, Error, ErrorCode};
+use ringd_store::{Error, ErrorCode};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -130,21 +130,14 @@ async fn serve_requests(ctx: &Rc<ShardCtx>, conn: &mut Conn) -> std::io::Result<
 }
 
 /// etcd's `hasKeyPrefixAccess` on the unescaped path after `/v2/keys` (a trailing slash
-/// kept), with the request's `recursive` flag; every verb but GET and HEAD writes.
+/// kept), with the request's `recursive` flag whatever the verb (a PUT or POST with
+/// `recursive=true` needs a `*` pattern, as in etcd); every verb but GET and HEAD writes.
 fn keys_allowed(auth: &AuthState, who: &Caller, req: &Request, kr: &KeyRequest) -> bool {
     let (raw, _) = req.path_and_query();
     let path = unescape(raw, false).unwrap_or_default();
     let key = path.strip_prefix(KEYS_PREFIX).unwrap_or(&path);
-    let recursive = match &kr.op {
-        KeyOp::Get { recursive, .. } | KeyOp::Watch { recursive, .. } => *recursive,
-        KeyOp::Write {
-            cmd: Command::Delete { recursive, .. },
-            ..
-        } => *recursive,
-        KeyOp::Write { .. } => false,
-    };
     let write = !matches!(req.method, Method::Get | Method::Head);
-    super::auth::key_access(auth, who, key, recursive, write)
+    super::auth::key_access(auth, who, key, kr.recursive, write)
 }
 
 async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::Result<Flow> {
