@@ -55,6 +55,23 @@ pub struct Member {
 }
 
 impl Member {
+    /// Member `i` (not started): 127.0.0.(i+1), free ports, its log and data dir in `dir`.
+    fn slot(i: usize, dir: &std::path::Path) -> Member {
+        let ip = format!("127.0.0.{}", i + 1);
+        Member {
+            index: i,
+            name: format!("m{}", i + 1),
+            client_port: free_port_on(&ip),
+            peer_port: free_port_on(&ip),
+            proxy_port: 0,
+            ip,
+            id: String::new(),
+            child: None,
+            log: dir.join(format!("m{}.log", i + 1)),
+            data_dir: dir.join(format!("m{}", i + 1)),
+        }
+    }
+
     pub fn addr(&self) -> String {
         format!("{}:{}", self.ip, self.client_port)
     }
@@ -188,20 +205,7 @@ impl Cluster {
         let ids: Ids = Arc::default();
         let mut members = Vec::new();
         for i in 0..n {
-            let ip = format!("127.0.0.{}", i + 1);
-            let member = Member {
-                index: i,
-                name: format!("m{}", i + 1),
-                client_port: free_port_on(&ip),
-                peer_port: free_port_on(&ip),
-                proxy_port: 0,
-                ip,
-                id: String::new(),
-                child: None,
-                log: dir.path().join(format!("m{}.log", i + 1)),
-                data_dir: dir.path().join(format!("m{}", i + 1)),
-            };
-            members.push(member);
+            members.push(Member::slot(i, dir.path()));
         }
         for i in 0..n {
             let proxy = start_proxy(&members, i, links.clone(), ids.clone());
@@ -279,19 +283,7 @@ impl Cluster {
     /// A new member slot (not started): its own loopback address, ports and link proxy.
     pub fn add_slot(&mut self) -> usize {
         let i = self.members.len();
-        let ip = format!("127.0.0.{}", i + 1);
-        self.members.push(Member {
-            index: i,
-            name: format!("m{}", i + 1),
-            client_port: free_port_on(&ip),
-            peer_port: free_port_on(&ip),
-            proxy_port: 0,
-            ip,
-            id: String::new(),
-            child: None,
-            log: self.dir.path().join(format!("m{}.log", i + 1)),
-            data_dir: self.dir.path().join(format!("m{}", i + 1)),
-        });
+        self.members.push(Member::slot(i, self.dir.path()));
         let proxy = start_proxy(&self.members, i, self.links.clone(), self.ids.clone());
         self.members[i].proxy_port = proxy;
         i
