@@ -85,7 +85,8 @@ fi
 MODE=""
 if [ $TLS = 1 ] || [ $AUTH = 1 ]; then
   # the https and auth points: their own results directory, README.md untouched
-  MODE=$([ $TLS = 1 ] && echo tls)$([ $TLS = 1 ] && [ $AUTH = 1 ] && echo -)$([ $AUTH = 1 ] && echo auth)
+  # (if/fi, not &&: under set -e a false test as the last command of the assignment exits)
+  if [ $TLS = 1 ] && [ $AUTH = 1 ]; then MODE=tls-auth; elif [ $TLS = 1 ]; then MODE=tls; else MODE=auth; fi
   CONNS=${CONNS:-64} OUT=${OUT:-perf/results/$MODE} README=0
   if [ $AUTH = 1 ]; then WORKLOADS=${WORKLOADS:-get}; else WORKLOADS=${WORKLOADS:-get,put}; fi
 fi
