@@ -42,8 +42,6 @@ pub struct Published {
     /// stats name it (`StateLeader`, `StateFollower`, `StateCandidate`, `StatePreCandidate`).
     pub leader: u64,
     pub state: &'static str,
-    /// The leader's view of its followers: (id, matched raft index, recently active).
-    pub followers: Vec<(u64, u64, bool)>,
     /// The v2 auth state: users, roles, whether checks are on.
     pub auth: Arc<crate::auth::AuthState>,
 }
@@ -63,7 +61,6 @@ impl Published {
                 raft::StateRole::Candidate => "StateCandidate",
                 raft::StateRole::PreCandidate => "StatePreCandidate",
             },
-            followers: replica.progress(),
             auth: replica.auth().clone(),
         }
     }

@@ -95,18 +95,29 @@ pub(super) struct RoundTrips {
     appends_sent: u64,
 }
 
+/// One append message into a rate window of /v2/stats/self (received or sent).
+fn record_append(
+    shared: &Shared,
+    m: &Message,
+    window: impl FnOnce(
+        &mut (crate::stats::RateWindow, crate::stats::RateWindow),
+    ) -> &mut crate::stats::RateWindow,
+) {
+    let size = u64::from(protobuf::Message::compute_size(m));
+    let mut rates = shared
+        .append_rates
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    window(&mut rates).push(unix_now_ns(), size);
+}
+
 impl RoundTrips {
     fn sent(&mut self, shared: &Shared, m: &Message) {
         use raft::eraftpb::MessageType::{MsgAppend, MsgHeartbeat};
         let t = m.get_msg_type();
         if t == MsgAppend {
             self.appends_sent += 1;
-            let size = u64::from(protobuf::Message::compute_size(m));
-            let mut rates = shared
-                .append_rates
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            rates.1.push(unix_now_ns(), size);
+            record_append(shared, m, |rates| &mut rates.1);
         }
         if t == MsgAppend || t == MsgHeartbeat {
             self.sent_at.entry(m.to).or_insert_with(Instant::now);
@@ -119,12 +130,7 @@ impl RoundTrips {
         let t = m.get_msg_type();
         if t == MsgAppend {
             shared.appends_received.fetch_add(1, Ordering::Relaxed);
-            let size = u64::from(protobuf::Message::compute_size(m));
-            let mut rates = shared
-                .append_rates
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            rates.0.push(unix_now_ns(), size);
+            record_append(shared, m, |rates| &mut rates.0);
         }
         if t != MsgAppendResponse && t != MsgHeartbeatResponse {
             return;
