@@ -342,7 +342,7 @@ pub struct Replica<T> {
     /// Proposals made while no leader was known (raft-rs would drop them): proposed as soon
     /// as one is, unless their request timed out meanwhile. (seq, encoded payload)
     unsent: Vec<(u64, Vec<u8>)>,
-    /// Request ids of the forwarded proposals this member appended as leader, newest last.
+    /// Request ids of the forwarded proposals this member received, newest last.
     recent_ids: std::collections::HashSet<(u64, u64)>,
     recent_order: std::collections::VecDeque<(u64, u64)>,
 }
@@ -530,20 +530,6 @@ impl<T> Replica<T> {
             + self.reads_ready.iter().map(|(_, w)| w.len()).sum::<usize>()
     }
 
-    /// The leader's view of each follower: (id, matched index, recently active), for stats.
-    pub fn progress(&self) -> Vec<(u64, u64, bool)> {
-        if !self.is_leader() {
-            return Vec::new();
-        }
-        self.node
-            .raft
-            .prs()
-            .iter()
-            .filter(|(id, _)| **id != self.id())
-            .map(|(id, p)| (*id, p.matched, p.recent_active))
-            .collect()
-    }
-
     /// Drops raft's in-memory copy of the log up to `index` (after a snapshot).
     pub fn compact(&mut self, index: u64) {
         let index = index.min(self.applied_index);
@@ -700,10 +686,13 @@ impl<T> Replica<T> {
 
     /// A raft message from a peer.
     pub fn step_message(&mut self, mut m: Message) {
-        if m.get_msg_type() == raft::eraftpb::MessageType::MsgPropose && self.is_leader() {
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgPropose {
             // A forwarded proposal that arrives twice (a network that duplicates, a retry)
-            // must not be appended twice: a CAS or an in-order POST would apply twice. The
-            // leader remembers the request ids it appended recently and drops repeats.
+            // must not be appended twice: a CAS or an in-order POST would apply twice. Every
+            // copy of a message goes to the member it was addressed to, so that member drops
+            // the request ids it has seen, leader or not: a copy that reaches an old leader
+            // after it stepped down would otherwise be forwarded to the new one and appended
+            // again (simulation seed 15096).
             let mut entries: Vec<Entry> = m.take_entries().into();
             entries.retain(|e| self.first_sight(e));
             if entries.is_empty() {
@@ -739,7 +728,7 @@ impl<T> Replica<T> {
         self.node.transfer_leader(to);
     }
 
-    /// Whether a forwarded entry's request id is new to this leader (entries without one,
+    /// Whether a forwarded entry's request id is new to this member (entries without one,
     /// conf changes and leader no-ops, always are).
     fn first_sight(&mut self, e: &Entry) -> bool {
         if e.get_entry_type() != EntryType::EntryNormal || e.data.first() != Some(&ENVELOPE_V1) {
