@@ -480,9 +480,17 @@ impl Drop for Cluster {
 /// Starts the proxy in front of member `to`; returns its port.
 fn start_proxy(members: &[Member], to: usize, links: Links, ids: Ids) -> u16 {
     let ip = members[to].ip.clone();
-    let listener =
-        TcpListener::bind((ip.as_str(), 0)).unwrap_or_else(|e| panic!("proxy bind: {e}"));
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let bind = || TcpListener::bind((ip.as_str(), 0)).unwrap_or_else(|e| panic!("proxy bind: {e}"));
+    let port_of = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or(0);
+    // The member's own ports were picked free and released, so the kernel may hand one of
+    // them to the proxy (the member then cannot bind it): take another while holding this.
+    let mut listener = bind();
+    let taken = [members[to].client_port, members[to].peer_port];
+    while taken.contains(&port_of(&listener)) {
+        let next = bind();
+        listener = next;
+    }
+    let port = port_of(&listener);
     let upstream = format!("{}:{}", ip, members[to].peer_port);
     // The proxy maps the handshake's X-Ringd-From (an id) to a member index: from the ids
     // the cluster learned, or else through the advertised URL in some member's /v2/members.
