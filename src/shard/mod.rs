@@ -90,6 +90,14 @@ pub struct Shared {
     /// Set by the raft shard when a shard's queue was full and a batch was dropped for it: the
     /// shard ends its watchers and fails its waiting requests (they may never be answered).
     pub shard_overflow: Box<[std::sync::atomic::AtomicBool]>,
+    /// Per shard: it has watchers (or is registering one), so it wants every batch's events.
+    /// A shard without watchers is not sent (nor woken for) batches that carry no reply for
+    /// it: a follower's client shards sleep through a write load sent to the leader. The
+    /// shard sets it (SeqCst) before it reads the published view; the raft shard reads it
+    /// (SeqCst, after a fence) after it published: either the raft shard sees it set and sends
+    /// the events, or the shard's read sees the view that holds them (and its watcher waits for
+    /// what comes after). Only the shard clears it, when its registry is empty.
+    pub watching: Box<[std::sync::atomic::AtomicBool]>,
     /// When this member last saw a new leader (unix ns), for /v2/stats/self's leaderInfo.
     pub leader_since_ns: std::sync::atomic::AtomicU64,
     /// Raft append messages this member received and sent (/v2/stats/self).
@@ -187,13 +195,21 @@ impl Outbox {
         shards: &[flume::Sender<ShardMsg>],
         events: Option<Arc<[Arc<Event>]>>,
         overflow: &[std::sync::atomic::AtomicBool],
+        watching: &[std::sync::atomic::AtomicBool],
     ) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Pairs with the fence in the client shard's watch: the view holding these events was
+        // stored before this point (see `Shared::watching`).
+        std::sync::atomic::fence(SeqCst);
         for (i, tx) in shards.iter().enumerate() {
             let replies = self
                 .per_shard
                 .get_mut(i)
                 .map(std::mem::take)
                 .unwrap_or_default();
+            let events = events
+                .as_ref()
+                .filter(|_| watching.get(i).is_some_and(|w| w.load(SeqCst)));
             if replies.is_empty() && events.is_none() {
                 continue;
             }
@@ -201,7 +217,7 @@ impl Outbox {
             // load): a shard SHARD_EVENT_QUEUE_CAPACITY batches behind loses this one and is
             // told to end its watchers and fail its waiting requests.
             let msg = ShardMsg {
-                events: events.clone(),
+                events: events.cloned(),
                 replies,
             };
             if let Err(flume::TrySendError::Full(_)) = tx.try_send(msg) {
@@ -341,6 +357,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         leader_changes: Default::default(),
         proposals_failed: Default::default(),
         shard_overflow: (0..cfg.shards).map(|_| Default::default()).collect(),
+        watching: (0..cfg.shards).map(|_| Default::default()).collect(),
         leader_since_ns: unix_now_ns().into(),
         appends_received: Default::default(),
         appends_sent: Default::default(),

@@ -822,5 +822,5 @@ fn publish(
     }
     shared.published.store(Arc::new(Published::of(replica)));
     let events: Option<Arc<[Arc<Event>]>> = (!events.is_empty()).then(|| events.into());
-    replies.send(shards, events, &shared.shard_overflow);
+    replies.send(shards, events, &shared.shard_overflow, &shared.watching);
 }
