@@ -734,6 +734,19 @@ impl<T> Replica<T> {
         self.node.report_snapshot(id, status);
     }
 
+    /// The voter, other than this leader, whose log matches the most of it: the one to hand
+    /// leadership to (None when there is no other voter).
+    pub fn best_transferee(&self) -> Option<u64> {
+        let me = self.id();
+        let voters = self.node.raft.prs().conf().voters().ids();
+        voters
+            .iter()
+            .filter(|&id| id != me)
+            .filter_map(|id| self.node.raft.prs().get(id).map(|pr| (pr.matched, id)))
+            .max()
+            .map(|(_, id)| id)
+    }
+
     /// Hands leadership to `to` (a leader being removed hands over first).
     pub fn transfer_leader(&mut self, to: u64) {
         self.node.transfer_leader(to);
