@@ -279,3 +279,48 @@ fn bad_tls_files_are_reported() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--key-file"), "{stderr}");
 }
+
+/// `--new-conn` over https: a TCP connection and a full TLS handshake for every request
+/// (serve-static closes each one after its answer, as the request asks), keep-alive otherwise.
+#[test]
+fn https_new_connection_per_request() {
+    let d = make_certs("newconn");
+    let dir = &d.0;
+    let (_server, addr) = start_tls_server(dir, &[]);
+    let run = |name: &str, extra: &[&str]| {
+        let json = dir.join(format!("{name}.json"));
+        let out = Command::new(BIN)
+            .args(["get", "--key", "/x", "--url", &format!("https://{addr}")])
+            .args([
+                "--cacert",
+                "ca.pem",
+                "--requests",
+                "400",
+                "--connections",
+                "4",
+            ])
+            .args(["--threads", "2", "--quiet", "--timeout", "5", "--json"])
+            .arg(&json)
+            .args(extra)
+            .current_dir(dir)
+            .output()
+            .expect("run loadgen");
+        assert!(
+            out.status.success(),
+            "loadgen {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&json).expect("json written");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid json");
+        assert_eq!(
+            (v["requests"].clone(), v["errors"].clone()),
+            (400.into(), 0.into()),
+            "{v}"
+        );
+        v
+    };
+    assert_eq!(run("keepalive", &[])["connections_opened"], 4);
+    let v = run("newconn", &["--new-conn"]);
+    assert_eq!(v["connections_opened"], 400, "{v}");
+    assert_eq!(v["params"]["new_conn"], true, "{v}");
+}
