@@ -311,6 +311,11 @@ fn loadgen_put_get_watch_against_ringd() {
     );
 }
 
+/// A command line's words.
+fn args(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// One request to ringd as `user:password` (or none); the status and the body.
 fn as_user(server: &Ringd, method: &str, path: &str, cred: &str, body: &str) -> (u16, String) {
     use base64::Engine as _;
@@ -357,17 +362,7 @@ fn loadgen_with_basic_auth_against_ringd() {
         &server,
         &dir.0,
         "auth-get",
-        &[
-            "get",
-            "--requests",
-            "300",
-            "--connections",
-            "4",
-            "--keys",
-            "100",
-            "--user",
-            "root:pw:1",
-        ],
+        &args("get --requests 300 --connections 4 --keys 100 --user root:pw:1"),
     );
     assert_eq!(get["params"]["user"], "root", "{get}");
     // the watch workload's setup write and its watchers
@@ -376,15 +371,7 @@ fn loadgen_with_basic_auth_against_ringd() {
         &server,
         &dir.0,
         "auth-watch",
-        &[
-            "watch",
-            "--requests",
-            "50",
-            "--watchers",
-            "2",
-            "--user",
-            "root:pw:1",
-        ],
+        &args("watch --requests 50 --watchers 2 --user root:pw:1"),
     );
     // a new connection per request, each with its header
     let nc = loadgen(
@@ -392,18 +379,7 @@ fn loadgen_with_basic_auth_against_ringd() {
         &server,
         &dir.0,
         "auth-newconn",
-        &[
-            "get",
-            "--key",
-            "/loadgen/k1",
-            "--requests",
-            "100",
-            "--connections",
-            "2",
-            "--new-conn",
-            "--user",
-            "root:pw:1",
-        ],
+        &args("get --key /loadgen/k1 --requests 100 --connections 2 --new-conn --user root:pw:1"),
     );
     assert_eq!(nc["connections_opened"], 100, "{nc}");
 

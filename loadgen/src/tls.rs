@@ -414,39 +414,36 @@ mod tests {
         assert!(client_config(&half).is_err());
     }
 
+    /// Moves what `from` has to send into `to`; false if there was nothing.
+    fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) -> bool {
+        let mut moved = false;
+        while from.wants_write() {
+            let mut buf = Vec::new();
+            from.write_tls(&mut buf).unwrap();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                to.read_tls(&mut rd).unwrap();
+                to.process_new_packets().unwrap();
+            }
+            moved = true;
+        }
+        moved
+    }
+
     /// One TLS handshake in memory (no sockets), then the server's post-handshake messages
     /// (TLS 1.3 session tickets) delivered to the client; returns how the client's went.
     fn handshake_in_memory(
         client: &Arc<ClientConfig>,
         server: &Arc<ServerConfig>,
     ) -> rustls::HandshakeKind {
+        let name = server_name("localhost").unwrap();
         let mut c =
-            rustls::ClientConnection::new(client.clone(), server_name("localhost").unwrap())
-                .unwrap();
-        let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+            rustls::Connection::from(rustls::ClientConnection::new(client.clone(), name).unwrap());
+        let mut s =
+            rustls::Connection::from(rustls::ServerConnection::new(server.clone()).unwrap());
         for _ in 0..16 {
-            let mut moved = false;
-            while c.wants_write() {
-                let mut buf = Vec::new();
-                c.write_tls(&mut buf).unwrap();
-                let mut rd = &buf[..];
-                while !rd.is_empty() {
-                    s.read_tls(&mut rd).unwrap();
-                    s.process_new_packets().unwrap();
-                }
-                moved = true;
-            }
-            while s.wants_write() {
-                let mut buf = Vec::new();
-                s.write_tls(&mut buf).unwrap();
-                let mut rd = &buf[..];
-                while !rd.is_empty() {
-                    c.read_tls(&mut rd).unwrap();
-                    c.process_new_packets().unwrap();
-                }
-                moved = true;
-            }
-            if !moved {
+            let sent = pump(&mut c, &mut s);
+            if !pump(&mut s, &mut c) && !sent {
                 break;
             }
         }

@@ -4,25 +4,17 @@
 //! etcd's 401 (errorCode 110) to any other, and closes a connection after answering a request
 //! that says `Connection: close`.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
+mod support;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
+use support::{serve_static as start_server, BIN};
+
 /// loadgen ends by itself (after --requests, or --timeout without progress); this bound only
 /// turns a hang into a failure.
 const RUN_BOUND: Duration = Duration::from_secs(60);
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Dir(PathBuf);
 
@@ -32,36 +24,16 @@ impl Drop for Dir {
     }
 }
 
-fn start_server(extra: &[&str]) -> (Server, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve-static", "--listen", "127.0.0.1:0"])
-        .args(["--exit-after", "300"])
+/// A run refused before any load (exit code 2); its stderr.
+fn refused(addr: &str, extra: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["get", "--key", "/x", "--url", &format!("http://{addr}")])
+        .args(["-n", "1", "-q"])
         .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start serve-static");
-    let stdout = child.stdout.take().expect("stdout");
-    let server = Server(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
-        .to_string();
-    let mut ok = false;
-    for _ in 0..200 {
-        let a = addr.parse().expect("addr");
-        if TcpStream::connect_timeout(&a, Duration::from_millis(100)).is_ok() {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(ok, "serve-static never accepted connections on {addr}");
-    (server, addr)
+        .output()
+        .expect("run loadgen");
+    assert_eq!(out.status.code(), Some(2), "{extra:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `loadgen get --key /x` against `addr` with `extra`; the exit code, stderr and JSON report.
@@ -165,13 +137,7 @@ fn basic_auth_reaches_the_server_and_a_wrong_password_is_counted() {
 
     // bad --user values are refused before any load
     for bad in ["root", ":pw"] {
-        let out = Command::new(BIN)
-            .args(["get", "--key", "/x", "--url", &format!("http://{addr}")])
-            .args(["-n", "1", "-q", "--user", bad])
-            .output()
-            .expect("run loadgen");
-        assert_eq!(out.status.code(), Some(2), "--user {bad}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("--user"));
+        assert!(refused(&addr, &["--user", bad]).contains("--user"));
     }
 }
 
@@ -214,11 +180,5 @@ fn new_connection_per_request() {
     assert_eq!(v["connections_opened"], 300, "{v}");
 
     // pipelining contradicts a connection per request
-    let out = Command::new(BIN)
-        .args(["get", "--key", "/x", "--url", &format!("http://{addr}")])
-        .args(["-n", "1", "-q", "--new-conn", "--pipeline", "4"])
-        .output()
-        .expect("run loadgen");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--pipeline"));
+    assert!(refused(&addr, &["--new-conn", "--pipeline", "4"]).contains("--pipeline"));
 }
