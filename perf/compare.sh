@@ -518,7 +518,8 @@ CARGO_TARGET=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 # copies, so that a rebuild by someone else during the run cannot change the binaries under test
 TMP=$(mktemp -d "${TMPDIR:-/var/tmp}/ringd-compare.XXXXXX")
-cp "$CARGO_TARGET/release/ringd" "$CARGO_TARGET/release/loadgen" "$TMP/"
+cp "$CARGO_TARGET/release/ringd" "$CARGO_TARGET/release/loadgen" "$TMP/" || {
+  rm -rf "$TMP"; echo "compare.sh: no release binaries in $CARGO_TARGET (build them, or drop --no-build)" >&2; exit 1; }
 RINGD=$TMP/ringd LOADGEN=$TMP/loadgen
 
 SCHEME=http CURL_TLS=() LG_TLS="" CERT_FLAGS=""
