@@ -27,6 +27,10 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     };
+    let migrate = match &cfg.command {
+        Some(ringd::config::Subcommand::Migrate(args)) => Some(args.clone()),
+        None => None,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RINGD_LOG")
@@ -35,6 +39,22 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(args) = migrate {
+        match ringd::migrate::run(&args) {
+            Ok(summary) => {
+                println!(
+                    "ringd migrate: {} -> {}: {summary}",
+                    args.from_etcd_data_dir.display(),
+                    args.data_dir.display()
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("ringd migrate: refused, nothing written: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let resolved = match cfg.resolve() {
         Ok(r) => r,
         Err(e) => {
