@@ -401,7 +401,6 @@ mod tests {
         let good_a = std::fs::read(&pa).unwrap();
         let good_b = std::fs::read(&pb).unwrap();
         // Truncated in the middle of the second segment's last frame.
-        let b = Segment::new(0).bytes.len();
         let cut = good_b.iter().rposition(|&x| x != 0).unwrap() - 3;
         std::fs::write(&pb, &good_b[..cut]).unwrap();
         let e = read(&d, 0, 0).unwrap_err().to_string();
@@ -410,10 +409,8 @@ mod tests {
             "{e}"
         );
         std::fs::write(&pb, &good_b).unwrap();
-        // A flipped byte in a record's crc field (the first entry's, after crc+meta+snap).
+        // A flipped bit in a record's crc field (the first entry's, after crc+meta+snap).
         let mut bad = good_a.clone();
-        let entry_at = b + 8 * 4 + 8; // crc(16) + meta(24) + snapshot(24)
-        let _ = entry_at;
         let third = frame_offsets(&good_a)[3];
         bad[third + 8 + 3] ^= 0x01; // inside the crc varint of the first entry
         std::fs::write(&pa, &bad).unwrap();
