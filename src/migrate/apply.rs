@@ -32,10 +32,15 @@ pub struct Replayed {
 /// Applies `entries` whose index is at most `commit`, in order. Returns the events of the
 /// key space (`/1`, keys without the prefix) and the counts. An entry etcd could not have
 /// applied (undecodable data, a conf change v2) is an error naming the raft index.
+///
+/// `now` (unix ns) is the time of the events of requests that carry none (all but SYNC):
+/// their `ttl` fields are rendered against it, as etcd renders the entries it replays at
+/// start against its clock then.
 pub fn replay(
     store: &mut Store,
     entries: &[Entry],
     commit: u64,
+    now: u64,
 ) -> Result<(Vec<Arc<Event>>, Replayed), String> {
     let mut events = Vec::new();
     let mut counts = Replayed::default();
@@ -50,7 +55,7 @@ pub fn replay(
                     }
                     Normal::V2(req) => {
                         counts.v2_requests += 1;
-                        apply_v2(store, &req).map_err(at)?
+                        apply_v2(store, &req, now).map_err(at)?
                     }
                     Normal::ClusterVersionSet(ver) => set_internal(store, VERSION_KEY, &ver),
                     Normal::ClusterMemberAttrSet {
@@ -79,12 +84,12 @@ pub fn replay(
 }
 
 /// A v2 request, as `applyV2Request` dispatches it.
-fn apply_v2(store: &mut Store, r: &Request) -> Result<Vec<Event>, String> {
+fn apply_v2(store: &mut Store, r: &Request, now: u64) -> Result<Vec<Event>, String> {
     // Request.Expiration is absolute (0: none); before the epoch it is long past, which
     // Set and Create treat as no TTL (etcd's minExpireTime) and the others as expired.
     let expire = (r.expiration != 0).then(|| r.expiration.max(1) as u64);
     let refresh = r.refresh.unwrap_or(false);
-    let at = r.time.max(0) as u64;
+    let at = if r.time > 0 { r.time as u64 } else { now };
     let (key, value) = (r.path.clone(), r.val.clone());
     let compare = r.prev_index > 0 || !r.prev_value.is_empty();
     let cmd = match r.method.as_str() {
@@ -159,7 +164,7 @@ fn apply_v2(store: &mut Store, r: &Request) -> Result<Vec<Event>, String> {
             recursive: r.recursive,
             at,
         },
-        "SYNC" => return Ok(store.expire(at)),
+        "SYNC" => return Ok(store.expire(r.time.max(0) as u64)),
         // QGET reads; anything else is etcd's ErrUnknownMethod: no change either way.
         _ => return Ok(Vec::new()),
     };
@@ -566,7 +571,7 @@ mod tests {
             v2(13, put("/0/version", "3.4.0")), // cluster version: 8
             v2(14, put("/1/late", "uncommitted")),
         ];
-        let (events, counts) = replay(&mut s, &entries, 13).unwrap();
+        let (events, counts) = replay(&mut s, &entries, 13, 0).unwrap();
         assert_eq!(s.index().0, 8);
         assert_eq!(counts.v2_requests, 12);
         assert_eq!(counts.skipped, 1);
@@ -627,7 +632,7 @@ mod tests {
             conf(8, 2, 0xab, r#"{"id":171,"peerURLs":["http://b:2380"]}"#), // 7
             v2(9, put("/0/members/cd/attributes", r#"{"name":"gone"}"#)), // removed member: nothing
         ];
-        let (events, counts) = replay(&mut s, &entries, 9).unwrap();
+        let (events, counts) = replay(&mut s, &entries, 9, 0).unwrap();
         assert_eq!(s.index().0, 7);
         assert_eq!(counts.conf_changes, 5);
         assert!(
@@ -661,7 +666,7 @@ mod tests {
     fn undecodable_entries_are_refused_with_their_index() {
         let mut s = etcd_store();
         let bad = super::super::wal::write::entry(3, 1, &[0xff]);
-        let e = replay(&mut s, &[bad], 3).unwrap_err();
+        let e = replay(&mut s, &[bad], 3, 0).unwrap_err();
         assert!(e.starts_with("raft entry 3 (term 1)"), "{e}");
     }
 }

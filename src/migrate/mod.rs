@@ -203,9 +203,9 @@ fn read(etcd_dir: &Path) -> Result<Migrated, MigrateError> {
         ));
     }
     let snapshot = snap::read_newest(&member.join("snap"))?;
-    let (snap_path, snap_index, snap_term, mut store) = match snapshot {
-        Some(s) => (Some(s.path), s.raft_index, s.raft_term, s.store),
-        None => (None, 0, 0, empty_etcd_store()?),
+    let (snap_path, snap_index, snap_term, mut store, history) = match snapshot {
+        Some(s) => (Some(s.path), s.raft_index, s.raft_term, s.store, s.history),
+        None => (None, 0, 0, empty_etcd_store()?, Vec::new()),
     };
     let wal_dir = member.join("wal");
     let wal = wal::read(&wal_dir, snap_index, snap_term)?;
@@ -217,8 +217,18 @@ fn read(etcd_dir: &Path) -> Result<Migrated, MigrateError> {
             format!("the hard state says raft index {commit} is committed, but the WAL ends at {last}: entries are missing"),
         ));
     }
-    let (events, counts) = apply::replay(&mut store, &wal.entries, commit)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let (replayed, counts) = apply::replay(&mut store, &wal.entries, commit, now)
         .map_err(|e| MigrateError::file(&wal_dir, e))?;
+    // etcd's history after a restart: the snapshot's, then the replayed entries' events.
+    let mut events: Vec<Arc<Event>> = history
+        .into_iter()
+        .filter_map(apply::key_space_event)
+        .map(Arc::new)
+        .collect();
+    events.extend(replayed);
     check_auth(&store)?;
     let keys = store.reroot(apply::KEYS_PREFIX).map_err(|e| {
         MigrateError::other(format!("etcd's key space {}: {e}", apply::KEYS_PREFIX))

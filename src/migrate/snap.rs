@@ -5,7 +5,7 @@
 
 use super::MigrateError;
 use protobuf::Message;
-use ringd_store::{SnapshotBuilder, Store, WriteStats};
+use ringd_store::{Action, Event, NodeRepr, SnapshotBuilder, Store, WriteStats};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,9 @@ pub struct EtcdSnapshot {
     pub raft_index: u64,
     pub raft_term: u64,
     pub store: Store,
+    /// The store's event history (the watcher hub's queue), oldest first, keys as stored
+    /// (`/1/...`): what etcd serves `waitIndex` from after a restart.
+    pub history: Vec<Event>,
 }
 
 /// The snap files of `dir`, newest first (etcd's `snapNames`: names sort as term, index).
@@ -73,7 +76,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<EtcdSnapshot, MigrateError> {
     let raft = raft::eraftpb::Snapshot::parse_from_bytes(env.data)
         .map_err(|e| at(data_at, format!("not a raft snapshot: {e}")))?;
     let meta = raft.get_metadata();
-    let store = store_from_json(raft.get_data()).map_err(|e| {
+    let (store, history) = store_from_json(raft.get_data()).map_err(|e| {
         at(
             data_at,
             format!("the v2 store inside is not one this ringd knows: {e}"),
@@ -84,15 +87,17 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<EtcdSnapshot, MigrateError> {
         raft_index: meta.get_index(),
         raft_term: meta.get_term(),
         store,
+        history,
     })
 }
 
-/// `json.Marshal(v2store.store)`: the fields ringd uses; the rest (the watcher hub's event
-/// history) is ignored.
+/// `json.Marshal(v2store.store)`: the fields ringd uses.
 #[derive(serde::Deserialize)]
 struct JsonStore {
     #[serde(rename = "Root")]
     root: JsonNode,
+    #[serde(rename = "WatcherHub", default)]
+    watcher_hub: Option<JsonWatcherHub>,
     #[serde(rename = "CurrentIndex")]
     current_index: u64,
     #[serde(rename = "Stats", default)]
@@ -116,6 +121,134 @@ struct JsonNode {
     /// A dir has an object (maybe empty), a file `null`.
     #[serde(rename = "Children")]
     children: Option<BTreeMap<String, JsonNode>>,
+}
+
+#[derive(serde::Deserialize)]
+struct JsonWatcherHub {
+    #[serde(rename = "EventHistory")]
+    event_history: Option<JsonEventHistory>,
+}
+
+#[derive(serde::Deserialize)]
+struct JsonEventHistory {
+    #[serde(rename = "Queue")]
+    queue: JsonEventQueue,
+}
+
+/// A ring: the events are `Events[(Front + i) % Capacity]` for `i < Size`.
+#[derive(serde::Deserialize)]
+struct JsonEventQueue {
+    #[serde(rename = "Events")]
+    events: Vec<Option<JsonEvent>>,
+    #[serde(rename = "Size")]
+    size: usize,
+    #[serde(rename = "Front")]
+    front: usize,
+    #[serde(rename = "Capacity")]
+    capacity: usize,
+}
+
+/// An event as the API renders it (v2store's `Event` JSON).
+#[derive(serde::Deserialize)]
+struct JsonEvent {
+    action: String,
+    node: Option<JsonNodeExtern>,
+    #[serde(rename = "prevNode")]
+    prev_node: Option<JsonNodeExtern>,
+    #[serde(default)]
+    refresh: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct JsonNodeExtern {
+    key: Option<String>,
+    value: Option<String>,
+    #[serde(default)]
+    dir: bool,
+    expiration: Option<String>,
+    ttl: Option<i64>,
+    #[serde(rename = "modifiedIndex", default)]
+    modified_index: u64,
+    #[serde(rename = "createdIndex", default)]
+    created_index: u64,
+    nodes: Option<Vec<JsonNodeExtern>>,
+}
+
+/// A node of a history event, and the time its `ttl` was rendered at (expiration - ttl):
+/// ringd renders an event's ttl against its time, so it serves the same ttl etcd stored.
+fn node_repr(n: &JsonNodeExtern) -> Result<(NodeRepr, Option<u64>), String> {
+    let expiration = match &n.expiration {
+        Some(t) => go_time_ns(t)?,
+        None => None,
+    };
+    let time = match (expiration, n.ttl) {
+        (Some(e), Some(ttl)) => Some(e.saturating_sub(ttl.max(0) as u64 * 1_000_000_000)),
+        _ => None,
+    };
+    let nodes = match &n.nodes {
+        Some(v) => Some(
+            v.iter()
+                .map(|c| node_repr(c).map(|r| r.0))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        None => None,
+    };
+    let repr = NodeRepr {
+        key: n.key.clone(),
+        dir: n.dir,
+        value: n.value.clone(),
+        expiration,
+        modified_index: n.modified_index,
+        created_index: n.created_index,
+        nodes,
+    };
+    Ok((repr, time))
+}
+
+fn event(e: &JsonEvent) -> Result<Event, String> {
+    let action = match e.action.as_str() {
+        "get" => Action::Get,
+        "set" => Action::Set,
+        "create" => Action::Create,
+        "update" => Action::Update,
+        "delete" => Action::Delete,
+        "expire" => Action::Expire,
+        "compareAndSwap" => Action::CompareAndSwap,
+        "compareAndDelete" => Action::CompareAndDelete,
+        other => return Err(format!("history event with action {other:?}")),
+    };
+    let (node, time) = node_repr(e.node.as_ref().ok_or("history event without a node")?)?;
+    let prev = e.prev_node.as_ref().map(node_repr).transpose()?;
+    let time = time.or(prev.as_ref().and_then(|p| p.1));
+    Ok(Event {
+        action,
+        etcd_index: node.modified_index,
+        node,
+        prev_node: prev.map(|p| p.0),
+        refresh: e.refresh,
+        time,
+    })
+}
+
+/// The watcher hub's events, oldest first.
+fn history(hub: Option<&JsonWatcherHub>) -> Result<Vec<Event>, String> {
+    let Some(q) = hub.and_then(|h| h.event_history.as_ref()).map(|h| &h.queue) else {
+        return Ok(Vec::new());
+    };
+    if q.capacity == 0 || q.size > q.capacity || q.events.len() < q.capacity {
+        return Err(format!(
+            "event history of {} events in a ring of {} holding {}",
+            q.size,
+            q.capacity,
+            q.events.len()
+        ));
+    }
+    (0..q.size)
+        .map(|i| match &q.events[(q.front + i) % q.capacity] {
+            Some(e) => event(e),
+            None => Err("a hole in the event history".to_string()),
+        })
+        .collect()
 }
 
 /// v2store's `Stats` (reads are counted by ringd's shards, so only writes are kept).
@@ -167,8 +300,9 @@ fn json_depth(bytes: &[u8]) -> usize {
     max
 }
 
-/// Builds a ringd store from etcd's v2 store JSON: the whole tree, `/0` included.
-pub fn store_from_json(json: &[u8]) -> Result<Store, String> {
+/// Builds a ringd store from etcd's v2 store JSON (the whole tree, `/0` included) and its
+/// event history.
+pub fn store_from_json(json: &[u8]) -> Result<(Store, Vec<Event>), String> {
     let depth = json_depth(json);
     if depth > JSON_DEPTH_MAX {
         return Err(format!(
@@ -247,7 +381,9 @@ pub fn store_from_json(json: &[u8]) -> Result<Store, String> {
             ),
         }
     }
-    Store::restore(&b.finish()).map_err(|e| format!("tree: {e}"))
+    let store = Store::restore(&b.finish()).map_err(|e| format!("tree: {e}"))?;
+    let history = history(parsed.watcher_hub.as_ref())?;
+    Ok((store, history))
 }
 
 /// Go's `time.Time` JSON (RFC 3339, fraction optional, `Z` or `±hh:mm`) as unix
@@ -367,12 +503,13 @@ mod tests {
         "1":{"Path":"/1","CreatedIndex":0,"ModifiedIndex":0,"ExpireTime":"0001-01-01T00:00:00Z","Value":"","Children":{
             "_h":{"Path":"/1/_h","CreatedIndex":4,"ModifiedIndex":6,"ExpireTime":"0001-01-01T00:00:00Z","Value":"hidden","Children":null},
             "d":{"Path":"/1/d","CreatedIndex":5,"ModifiedIndex":5,"ExpireTime":"2026-12-06T08:14:47.934181504Z","Value":"","Children":{}}}}}},
-        "WatcherHub":{"EventHistory":{"Queue":{"Events":[null],"Size":0,"Front":0,"Back":0,"Capacity":1000},"StartIndex":0,"LastIndex":0}},
+        "WatcherHub":{"EventHistory":{"Queue":{"Events":[null],"Size":0,"Front":0,"Back":0,"Capacity":1},"StartIndex":0,"LastIndex":0}},
         "CurrentIndex":7,"Stats":{"getsSuccess":1,"setsSuccess":5,"expireCount":2,"watchers":0},"CurrentVersion":2}"#;
 
     #[test]
     fn the_v2_store_json_becomes_a_store_with_etcds_indexes() {
-        let s = store_from_json(JSON.as_bytes()).unwrap();
+        let (s, history) = store_from_json(JSON.as_bytes()).unwrap();
+        assert!(history.is_empty());
         assert_eq!((s.index().0, s.node_count()), (7, 5));
         assert_eq!(s.write_stats().sets_success, 5);
         assert_eq!(s.write_stats().expire_count, 2);
@@ -384,6 +521,37 @@ mod tests {
         assert_eq!(d.expiration, Some(1_796_544_887_934_181_504));
         assert!(d.dir);
         assert_eq!(s.next_expiration(), Some(1_796_544_887_934_181_504));
+    }
+
+    #[test]
+    fn the_event_history_is_read_oldest_first_from_its_ring() {
+        let ev_a = r#"{"action":"set","node":{"key":"/1/a","value":"1","expiration":"2026-12-06T08:14:47Z","ttl":100,"modifiedIndex":6,"createdIndex":6}}"#;
+        let ev_b = r#"{"action":"compareAndDelete","node":{"key":"/1/a","modifiedIndex":7,"createdIndex":6},"prevNode":{"key":"/1/a","value":"1","modifiedIndex":6,"createdIndex":6}}"#;
+        let hub = format!(
+            r#""WatcherHub":{{"EventHistory":{{"Queue":{{"Events":[{ev_b},null,{ev_a}],"Size":2,"Front":2,"Back":1,"Capacity":3}},"StartIndex":6,"LastIndex":7}}}},"#
+        );
+        let json = JSON.replace(
+            r#""WatcherHub":{"EventHistory":{"Queue":{"Events":[null],"Size":0,"Front":0,"Back":0,"Capacity":1},"StartIndex":0,"LastIndex":0}},"#,
+            &hub,
+        );
+        let (_, history) = store_from_json(json.as_bytes()).unwrap();
+        let got: Vec<(Action, u64)> = history.iter().map(|e| (e.action, e.etcd_index)).collect();
+        assert_eq!(got, vec![(Action::Set, 6), (Action::CompareAndDelete, 7)]);
+        let a = &history[0];
+        assert_eq!(a.node.expiration, Some(1_796_544_887_000_000_000));
+        // Rendered against this time, the ttl is the one etcd stored.
+        assert_eq!(a.time, Some(1_796_544_887_000_000_000 - 100_000_000_000));
+        assert_eq!(
+            history[1]
+                .prev_node
+                .as_ref()
+                .and_then(|p| p.value.as_deref()),
+            Some("1")
+        );
+        let holed = json.replace(r#""Size":2"#, r#""Size":3"#);
+        assert!(store_from_json(holed.as_bytes())
+            .unwrap_err()
+            .contains("hole"));
     }
 
     #[test]
