@@ -27,10 +27,6 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     };
-    let migrate = match &cfg.command {
-        Some(ringd::config::Subcommand::Migrate(args)) => Some(args.clone()),
-        None => None,
-    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RINGD_LOG")
@@ -39,8 +35,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Some(args) = migrate {
-        match ringd::migrate::run(&args) {
+    if let Some(ringd::config::Subcommand::Migrate(args)) = &cfg.command {
+        match ringd::migrate::run(args) {
             Ok(summary) => {
                 println!(
                     "ringd migrate: {} -> {}: {summary}",

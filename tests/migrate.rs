@@ -402,6 +402,10 @@ fn damaged_or_unknown_inputs_are_refused_with_file_and_offset_and_write_nothing(
     for i in 0..40 {
         ok(e.put_form(&format!("/v2/keys/k{i}"), "value=v"));
     }
+    // A running etcd's data dir (its WAL is locked) is refused.
+    let (success, out) = migrate(&etcd_dir, &work.path().join("live"));
+    assert!(!success && out.contains("etcd is running"), "{out}");
+    assert!(!work.path().join("live").exists());
     e.terminate();
     let (success, out) = migrate(&etcd_dir, &work.path().join("intact"));
     assert!(success, "the undamaged copy migrates: {out}");

@@ -317,7 +317,7 @@ fn conf_change(store: &mut Store, cc: &ConfChange) -> Result<(Vec<Event>, bool),
             .map_err(|e| format!("the membership write etcd makes failed: {}", e.cause))
     };
     let evs = match cc.kind {
-        ConfChangeKind::AddNode | ConfChangeKind::AddLearnerNode => {
+        ConfChangeKind::Add | ConfChangeKind::AddLearner => {
             let ctx = context()?;
             if ctx.id != id {
                 return Err(format!(
@@ -362,7 +362,7 @@ fn conf_change(store: &mut Store, cc: &ConfChange) -> Result<(Vec<Event>, bool),
                 )?
             }
         }
-        ConfChangeKind::RemoveNode => {
+        ConfChangeKind::Remove => {
             if !members.contains_key(&id) {
                 return Ok((Vec::new(), false));
             }
@@ -388,7 +388,7 @@ fn conf_change(store: &mut Store, cc: &ConfChange) -> Result<(Vec<Event>, bool),
             )?);
             evs
         }
-        ConfChangeKind::UpdateNode => {
+        ConfChangeKind::Update => {
             let Some(current) = members.get(&id) else {
                 return Ok((Vec::new(), false));
             };

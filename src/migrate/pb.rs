@@ -207,10 +207,10 @@ pub fn wal_snapshot(buf: &[u8]) -> Result<(u64, u64), PbError> {
 /// UpdateNode, and its AddLearnerNode is 2), so `ConfChange` is decoded here, not with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfChangeKind {
-    AddNode,
-    RemoveNode,
-    UpdateNode,
-    AddLearnerNode,
+    Add,
+    Remove,
+    Update,
+    AddLearner,
 }
 
 /// etcd's `raftpb.ConfChange`.
@@ -224,7 +224,7 @@ pub struct ConfChange {
 pub fn conf_change(buf: &[u8]) -> Result<ConfChange, PbError> {
     let mut f = Fields::new(buf);
     let mut out = ConfChange {
-        kind: ConfChangeKind::AddNode,
+        kind: ConfChangeKind::Add,
         node_id: 0,
         context: Vec::new(),
     };
@@ -232,10 +232,10 @@ pub fn conf_change(buf: &[u8]) -> Result<ConfChange, PbError> {
         match field {
             2 => {
                 out.kind = match want_varint(at, field, v)? {
-                    0 => ConfChangeKind::AddNode,
-                    1 => ConfChangeKind::RemoveNode,
-                    2 => ConfChangeKind::UpdateNode,
-                    3 => ConfChangeKind::AddLearnerNode,
+                    0 => ConfChangeKind::Add,
+                    1 => ConfChangeKind::Remove,
+                    2 => ConfChangeKind::Update,
+                    3 => ConfChangeKind::AddLearner,
                     other => {
                         return Err(PbError {
                             offset: at,

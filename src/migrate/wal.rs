@@ -69,6 +69,35 @@ fn segments(dir: &Path, snap_index: u64) -> Result<Vec<PathBuf>, MigrateError> {
     Ok(chosen.iter().map(|(n, _, _)| dir.join(n)).collect())
 }
 
+/// A running etcd holds a write lock on its WAL segments (an open file description lock on
+/// Linux, `flock` where those are missing): reading a log that is being written would
+/// migrate whatever it held at that moment, so that is refused.
+fn refuse_if_locked(f: &std::fs::File, path: &Path) -> Result<(), MigrateError> {
+    use std::os::unix::io::AsRawFd;
+    let running = || {
+        MigrateError::file(
+            path,
+            "locked: etcd is running on this data dir; stop it first",
+        )
+    };
+    // SAFETY: F_OFD_GETLK only reads the lock state of our own open descriptor into `lk`.
+    let mut lk: libc::flock = unsafe { std::mem::zeroed() };
+    lk.l_type = libc::F_RDLCK as libc::c_short;
+    lk.l_whence = libc::SEEK_SET as libc::c_short;
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut lk) };
+    if r == 0 && lk.l_type != libc::F_UNLCK as libc::c_short {
+        return Err(running());
+    }
+    match fs2::FileExt::try_lock_shared(f) {
+        Ok(()) => {
+            let _ = fs2::FileExt::unlock(f);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(running()),
+        Err(e) => Err(MigrateError::io(path, e)),
+    }
+}
+
 /// Whether a frame's bytes hold an all-zero sector (etcd's `isTornEntry`): the write was torn.
 fn torn(file_offset: usize, data: &[u8]) -> bool {
     let mut off = file_offset;
@@ -107,7 +136,13 @@ pub fn read(dir: &Path, snap_index: u64, snap_term: u64) -> Result<WalContents, 
         snapshot_found: false,
     };
     for path in segments(dir, snap_index)? {
-        let bytes = std::fs::read(&path).map_err(|e| MigrateError::io(&path, e))?;
+        let bytes = {
+            let mut f = std::fs::File::open(&path).map_err(|e| MigrateError::io(&path, e))?;
+            refuse_if_locked(&f, &path)?;
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut b).map_err(|e| MigrateError::io(&path, e))?;
+            b
+        };
         r.segment(&path, &bytes)?;
     }
     if !r.snapshot_found {
@@ -175,8 +210,7 @@ impl Reader {
                     )));
                 }
             }
-            self.record(rec.kind, rec.crc, rec.data)
-                .map_err(|what| at(what))?;
+            self.record(rec.kind, rec.crc, rec.data).map_err(at)?;
             pos = end;
         }
         Ok(())
@@ -302,9 +336,11 @@ pub mod write {
         }
 
         pub fn state(&mut self, term: u64, commit: u64) {
-            let mut hs = HardState::default();
-            hs.term = term;
-            hs.commit = commit;
+            let hs = HardState {
+                term,
+                commit,
+                ..Default::default()
+            };
             self.record(
                 RECORD_STATE,
                 &hs.write_to_bytes().expect("a hard state encodes"),
@@ -313,11 +349,12 @@ pub mod write {
     }
 
     pub fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = data.to_vec().into();
-        e
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
     }
 
     pub fn name(seq: u64, index: u64) -> String {
