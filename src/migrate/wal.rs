@@ -287,6 +287,8 @@ pub mod write {
     pub struct Segment {
         pub bytes: Vec<u8>,
         pub crc: u32,
+        /// Where each frame starts.
+        pub frames: Vec<usize>,
     }
 
     impl Segment {
@@ -295,6 +297,7 @@ pub mod write {
             let mut s = Segment {
                 bytes: Vec::new(),
                 crc: prev_crc,
+                frames: Vec::new(),
             };
             s.raw(RECORD_CRC, prev_crc, &[]);
             s.record(RECORD_METADATA, b"meta");
@@ -308,6 +311,7 @@ pub mod write {
             if !data.is_empty() {
                 encode::field_bytes(&mut rec, 3, data);
             }
+            self.frames.push(self.bytes.len());
             let pad = (8 - rec.len() % 8) % 8;
             let mut len = rec.len() as u64;
             if pad != 0 {
@@ -376,7 +380,7 @@ mod tests {
 
     /// Two segments: snapshot 0 then entries 1..=3 (3 rewritten by a later term), a
     /// snapshot record at 2, and in the second segment entry 4 and the last hard state.
-    fn two_segments(dir: &Path) -> (PathBuf, PathBuf) {
+    fn two_segments(dir: &Path) -> (PathBuf, PathBuf, Vec<usize>) {
         let mut a = Segment::new(0);
         a.snapshot(0, 0);
         for i in 1..=3 {
@@ -394,7 +398,7 @@ mod tests {
         let mut tail = b.bytes.clone();
         tail.resize(tail.len() + 4096, 0);
         std::fs::write(&pb, &tail).unwrap();
-        (pa, pb)
+        (pa, pb, a.frames)
     }
 
     #[test]
@@ -434,7 +438,7 @@ mod tests {
     #[test]
     fn damage_is_refused_with_the_segment_and_the_frame_offset() {
         let d = tmpdir("damage");
-        let (pa, pb) = two_segments(&d);
+        let (pa, pb, frames) = two_segments(&d);
         let good_a = std::fs::read(&pa).unwrap();
         let good_b = std::fs::read(&pb).unwrap();
         // Truncated in the middle of the second segment's last frame.
@@ -448,7 +452,7 @@ mod tests {
         std::fs::write(&pb, &good_b).unwrap();
         // A flipped bit in a record's crc field (the first entry's, after crc+meta+snap).
         let mut bad = good_a.clone();
-        let third = frame_offsets(&good_a)[3];
+        let third = frames[3];
         bad[third + 8 + 3] ^= 0x01; // inside the crc varint of the first entry
         std::fs::write(&pa, &bad).unwrap();
         let e = read(&d, 0, 0).unwrap_err().to_string();
@@ -461,22 +465,6 @@ mod tests {
         std::fs::rename(&pb, d.join(name(2, 4))).unwrap();
         assert!(read(&d, 0, 0).unwrap_err().to_string().contains("missing"));
         let _ = std::fs::remove_dir_all(&d);
-    }
-
-    /// Offsets of the frames of a segment image.
-    fn frame_offsets(bytes: &[u8]) -> Vec<usize> {
-        let mut out = Vec::new();
-        let mut pos = 0;
-        while pos + 8 <= bytes.len() {
-            let len = u64::from_le_bytes(bytes[pos..pos + 8].try_into().unwrap());
-            if len == 0 {
-                break;
-            }
-            out.push(pos);
-            let n = (len & !(0xff << 56)) + if len >> 63 == 1 { (len >> 56) & 7 } else { 0 };
-            pos += 8 + n as usize;
-        }
-        out
     }
 
     #[test]
