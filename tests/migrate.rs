@@ -21,10 +21,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{Server, TempDir};
 
-/// The index of a fresh single-member etcd's first key-space write (after its member add,
-/// its publish and its cluster version).
-const FIRST_KEY_INDEX: u64 = 4;
-
 const HIDDEN: &[&str] = &["/_h1", "/d1/_h2", "/d1/sub/_h3", "/q/_hq"];
 
 /// One node as the API shows it, without `ttl` (compared separately: it moves with time).
@@ -92,10 +88,7 @@ fn look(s: &Server) -> Seen {
         flatten(&r.json()["node"], &mut nodes);
     }
     let at = Instant::now();
-    // From the first key-space event: a fresh etcd's indexes 1-3 are its own /0 writes,
-    // whose events are not migrated, so the migrated history starts at 4 (etcd's at 1: it
-    // answers waitIndex=1 with the event at 4, ringd with 401).
-    let history = (FIRST_KEY_INDEX..=index)
+    let history = (1..=index)
         .step_by(5)
         .map(|n| {
             let r = s.get(&format!("/v2/keys/?wait=true&recursive=true&waitIndex={n}"));
@@ -175,8 +168,46 @@ fn phase_one(e: &Server) {
     }
 }
 
-/// Phase 2 (no snapshot can happen): writes of every kind after the last snapshot.
+/// etcdctl (v3 API, for the member commands) against `s`.
+fn etcdctl(s: &Server, args: &[&str]) -> String {
+    let bin = support::etcdctl_binary().expect("etcdctl is not installed (etcd-client)");
+    let out = Command::new(bin)
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(s.url())
+        .args(args)
+        .output()
+        .expect("run etcdctl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Phase 2 (no snapshot can happen): writes of every kind after the last snapshot, and two
+/// conf changes (a learner added and removed: three `/0` writes, three v2 indexes).
 fn phase_two(e: &Server) {
+    let added = etcdctl(
+        e,
+        &[
+            "member",
+            "add",
+            "learner1",
+            "--learner",
+            "--peer-urls",
+            "http://127.0.0.2:1",
+        ],
+    );
+    let id = added
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no member id in {added:?}"))
+        .to_string();
+    ok(e.put_form("/v2/keys/between", "value=conf-changes"));
+    etcdctl(e, &["member", "remove", &id]);
     ok(e.put_form("/v2/keys/after/x", "value=1"));
     ok(e.put_form("/v2/keys/after/x?prevValue=1", "value=2"));
     fails(e.put_form("/v2/keys/after/x?prevIndex=1", "value=3"), 101);
@@ -447,6 +478,23 @@ fn damaged_or_unknown_inputs_are_refused_with_file_and_offset_and_write_nothing(
     // Not a snap file at all.
     std::fs::write(&snap, b"\xff\xff\xff").unwrap();
     assert_refused("garbage", &dir, &snap, 0, "not an etcd snap file");
+
+    // etcd's v2 auth enabled: refused (its users and roles are not migrated).
+    let auth_dir = work.path().join("auth");
+    let mut e = Server::etcd_with(&["--data-dir", auth_dir.to_str().unwrap()]);
+    let root = r#"{"user":"root","password":"pw"}"#;
+    ok(e.request(
+        "PUT",
+        "/v2/auth/users/root",
+        &[("Content-Type", "application/json")],
+        root.as_bytes(),
+    ));
+    ok(e.request("PUT", "/v2/auth/enable", &[], b""));
+    e.terminate();
+    let new = work.path().join("auth-out");
+    let (success, out) = migrate(&auth_dir, &new);
+    assert!(!success && out.contains("v2 auth is enabled"), "{out}");
+    assert!(!new.exists());
 
     // A target that is not empty.
     let (success, out) = migrate(&etcd_dir, &etcd_dir);

@@ -29,8 +29,8 @@ pub struct Replayed {
     pub conf_changes: u64,
 }
 
-/// Applies `entries` whose index is at most `commit`, in order. Returns the events of the
-/// key space (`/1`, keys without the prefix) and the counts. An entry etcd could not have
+/// Applies `entries` whose index is at most `commit`, in order. Returns the events as
+/// ringd's history keeps them (`history_event`) and the counts. An entry etcd could not have
 /// applied (undecodable data, a conf change v2) is an error naming the raft index.
 ///
 /// `now` (unix ns) is the time of the events of requests that carry none (all but SYNC):
@@ -78,7 +78,7 @@ pub fn replay(
                 ))
             }
         };
-        events.extend(evs.into_iter().filter_map(key_space_event).map(Arc::new));
+        events.extend(evs.into_iter().map(history_event).map(Arc::new));
     }
     Ok((events, counts))
 }
@@ -416,17 +416,35 @@ fn update(key: &str, attrs: &RaftAttributes) -> Command {
     }
 }
 
-/// An event of the key space with its keys as the v2 API shows them (`/1/a` -> `/a`);
-/// None for the cluster's own events.
-pub fn key_space_event(mut e: Event) -> Option<Event> {
-    if !under_keys(e.key()) {
-        return None;
+/// An event as ringd's history keeps it. A key-space event gets its keys as the v2 API
+/// shows them (`/1/a` -> `/a`). One of etcd's own (`/0`, `/2`) becomes a placeholder that no
+/// watch ever sees (a refresh event: history scans skip those, and it is never delivered
+/// live), keeping its index: ringd's history scan reads every index from `waitIndex` on, and
+/// etcd's history starts at (and scans past) its own events too.
+pub fn history_event(mut e: Event) -> Event {
+    if under_keys(e.key()) {
+        strip(&mut e.node);
+        if let Some(p) = &mut e.prev_node {
+            strip(p);
+        }
+        return e;
     }
-    strip(&mut e.node);
-    if let Some(p) = &mut e.prev_node {
-        strip(p);
+    Event {
+        action: e.action,
+        node: NodeRepr {
+            key: e.node.key.take(),
+            dir: false,
+            value: None,
+            expiration: None,
+            modified_index: e.node.modified_index,
+            created_index: e.node.created_index,
+            nodes: None,
+        },
+        prev_node: None,
+        etcd_index: e.etcd_index,
+        refresh: true,
+        time: None,
     }
-    Some(e)
 }
 
 fn under_keys(key: &str) -> bool {
@@ -588,6 +606,7 @@ mod tests {
         assert_eq!(value(&s, "/0/version"), Some(("3.4.0".into(), 8, 8)));
         let actions: Vec<(Action, String, u64)> = events
             .iter()
+            .filter(|e| !e.refresh)
             .map(|e| (e.action, e.key().to_string(), e.etcd_index))
             .collect();
         assert_eq!(
@@ -601,8 +620,15 @@ mod tests {
                 (Action::Expire, "/t".into(), 6),
                 (Action::CompareAndDelete, "/a".into(), 7),
             ],
-            "key space events only, without the /1 prefix"
+            "key space events without the /1 prefix"
         );
+        // The cluster's own write is a placeholder that keeps its index.
+        let internal: Vec<u64> = events
+            .iter()
+            .filter(|e| e.refresh)
+            .map(|e| e.etcd_index)
+            .collect();
+        assert_eq!(internal, vec![8]);
     }
 
     #[test]
@@ -636,9 +662,11 @@ mod tests {
         assert_eq!(s.index().0, 7);
         assert_eq!(counts.conf_changes, 5);
         assert!(
-            events.is_empty(),
-            "the cluster's own events are not the key space's"
+            events.iter().all(|e| e.refresh && e.node.value.is_none()),
+            "the cluster's own events are placeholders no watch sees"
         );
+        let indexes: Vec<u64> = events.iter().map(|e| e.etcd_index).collect();
+        assert_eq!(indexes, (1..=7).collect::<Vec<_>>());
         assert_eq!(
             value(&s, "/0/members/ab/raftAttributes").map(|v| v.0),
             Some(r#"{"peerURLs":["http://b:2380"]}"#.into())

@@ -225,7 +225,7 @@ fn read(etcd_dir: &Path) -> Result<Migrated, MigrateError> {
     // etcd's history after a restart: the snapshot's, then the replayed entries' events.
     let mut events: Vec<Arc<Event>> = history
         .into_iter()
-        .filter_map(apply::key_space_event)
+        .map(apply::history_event)
         .map(Arc::new)
         .collect();
     events.extend(replayed);
@@ -260,7 +260,7 @@ fn check_auth(store: &Store) -> Result<(), MigrateError> {
         .and_then(|e| e.node.value);
     if enabled.as_deref() == Some("true") {
         return Err(MigrateError::other(
-            "etcd's v2 auth is enabled (/2/enabled): its users and roles are not migrated; disable auth in etcd (etcdctl auth disable) and migrate again, then set auth up in ringd",
+            "etcd's v2 auth is enabled (/2/enabled): its users and roles are not migrated; disable it in etcd (ETCDCTL_API=2 etcdctl auth disable, or DELETE /v2/auth/enable as root), migrate again, then set auth up in ringd",
         ));
     }
     if view.get("/2/users", false, false).is_ok() || view.get("/2/roles", false, false).is_ok() {
