@@ -220,6 +220,7 @@ fn phase_two(e: &Server) {
     ok(e.delete("/v2/keys/k/11"));
     ok(e.delete("/v2/keys/k/12?prevValue=r12"));
     ok(e.put_form("/v2/keys/ttl/b", "value=b&ttl=36000"));
+    ok(e.put_form("/v2/keys/ttl/b?prevExist=true&refresh=true", "ttl=40000"));
     ok(e.put_form("/v2/keys/ttl/dir?prevExist=true&dir=true", "ttl=50000"));
     ok(e.put_form("/v2/keys/_h1", "value=hidden1-after"));
     ok(e.put_form("/v2/keys/empty", "dir=true"));
@@ -360,11 +361,21 @@ fn a_migrated_etcd_data_dir_serves_the_same_tree_indexes_and_ttls() {
         );
     }
     assert_eq!(etcd.history.len(), got.history.len());
-    // The migrated member writes on: the next index is etcd's next.
+    // The migrated member writes on: the next index is etcd's next; and it restarts.
     let r = ok(ringd.put_form("/v2/keys/after-migration", "value=1"));
     assert_eq!(
         r.json()["node"]["createdIndex"].as_u64(),
         Some(etcd.index + 1)
+    );
+    let mut ringd = ringd;
+    ringd.terminate();
+    let ringd = Server::ringd(&["--data-dir", new.to_str().unwrap()]);
+    assert_eq!(ringd.etcd_index(), etcd.index + 1);
+    let again = look(&ringd);
+    assert_eq!(
+        again.nodes.len(),
+        got.nodes.len() + 1,
+        "the tree and the new key"
     );
 }
 
