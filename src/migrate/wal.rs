@@ -149,7 +149,7 @@ pub fn read(dir: &Path, snap_index: u64, snap_term: u64) -> Result<WalContents, 
         return Err(MigrateError::file(
             dir,
             format!(
-                "the WAL records no snapshot at raft index {snap_index} term {snap_term} (etcd's ErrSnapshotNotFound)"
+                "the WAL records no snapshot at raft index {snap_index} term {snap_term} (etcd's ErrSnapshotNotFound; etcd 3.5 skips such a snap file, written just before a crash: move it aside and migrate again)"
             ),
         ));
     }
