@@ -23,12 +23,14 @@
 # and via a follower, quorum GET on a follower, kill -9 of the leader (see its --help).
 #
 # --tls serves both over https (a throw-away CA and server certificate made with openssl; loadgen
-# trusts it with --cacert and reuses its connections, as over http); by default GET and PUT at
-# 64 connections. --auth enables v2 auth on both after the preload (a root user; the guest role
-# keeps etcd's default read/write on /*), by default GET at 64 connections: loadgen cannot send
-# basic auth (it has no user option), so these requests take etcd's guest path (the permission
-# check on every request, no password check). Both leave README.md alone and write their results
-# under perf/results/tls, perf/results/auth or perf/results/tls-auth.
+# trusts it with --cacert); by default GET and PUT at 64 connections, kept alive (get, put) and
+# with a new connection, so a full TLS handshake, per request (get-newconn, put-newconn).
+# --auth enables v2 auth after the preload (a root user, a user `reader` whose role may read
+# /loadgen/*, the guest role's read/write revoked) and sends reader's basic auth with every
+# request; a second ringd without auth (ringd-noauth, plain requests) runs beside them, so one
+# run measures etcd with auth, ringd with auth and ringd without; by default GET of one key at 64
+# connections. Both leave README.md alone and write their results under perf/results/tls,
+# perf/results/auth or perf/results/tls-auth.
 #
 # --server-cpus/--loadgen-cpus (taskset -c lists, e.g. 1 and 0, or 2-3 and 0-1) pin both
 # servers to one set of CPUs and loadgen to another, so the load generator no longer takes
@@ -50,7 +52,7 @@ for i in "${!ARGS[@]}"; do
   fi
 done
 
-ALL_WORKLOADS="get,get-random,put,mixed,qget,watch"
+ALL_WORKLOADS="get,get-random,put,mixed,qget,watch,get-newconn,put-newconn"
 DUR="" CONNS="" ROUNDS="" WORKLOADS="" THREADS=2 KEYS=10000 OUT="" README=1 QUICK=0 README_ONLY=0 KEEP=0 BUILD=1
 SERVER_CPUS="" LOADGEN_CPUS="" TLS=0 AUTH=0
 
@@ -88,10 +90,10 @@ if [ $TLS = 1 ] || [ $AUTH = 1 ]; then
   # (if/fi, not &&: under set -e a false test as the last command of the assignment exits)
   if [ $TLS = 1 ] && [ $AUTH = 1 ]; then MODE=tls-auth; elif [ $TLS = 1 ]; then MODE=tls; else MODE=auth; fi
   CONNS=${CONNS:-64} OUT=${OUT:-perf/results/$MODE} README=0
-  if [ $AUTH = 1 ]; then WORKLOADS=${WORKLOADS:-get}; else WORKLOADS=${WORKLOADS:-get,put}; fi
+  if [ $AUTH = 1 ]; then WORKLOADS=${WORKLOADS:-get}; else WORKLOADS=${WORKLOADS:-get,put,get-newconn,put-newconn}; fi
 fi
 DUR=${DUR:-10} CONNS=${CONNS:-1,16,64,256} ROUNDS=${ROUNDS:-2}
-WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS} OUT=${OUT:-perf/results}
+WORKLOADS=${WORKLOADS:-get,get-random,put,mixed,qget,watch} OUT=${OUT:-perf/results}
 for v in "$DUR" "$ROUNDS" "$THREADS" "$KEYS" ${CONNS//,/ }; do
   [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: '$v' is not a positive integer" >&2; exit 2; }
 done
@@ -132,6 +134,8 @@ NAMES = {
     "mixed": "90% GET / 10% PUT (random keys)",
     "qget": "GET quorum=true (random keys)",
     "watch": "watch fan-out (long-poll watchers of one prefix + 1 writer)",
+    "get-newconn": "GET one key, a new connection per request",
+    "put-newconn": "PUT random key, a new connection per request",
 }
 PCTS = [("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("p999", "p99.9")]
 
@@ -154,7 +158,10 @@ def ratio(r, e, times=False):
     if r is None or e is None or e == 0:
         return "-"
     v = r / e
-    return f"x{v:.2f}" if times else f"{v:.2f}"
+    if times:
+        return f"x{v:.2f}" if v < 100 else f"x{v:,.0f}"
+    # etcd's bcrypt per request makes some ratios tiny: two significant digits, not 0.00
+    return f"{v:.2f}" if v >= 0.01 else f"{v:.2g}"
 
 
 def aggregate(runs):
@@ -201,9 +208,63 @@ def trouble(p):
     return "; ".join(notes)
 
 
+def targets(L, meta, agg, workloads, conns):
+    """The https and auth runs: the issue's targets, figure by figure, and (auth) ringd with
+    auth against ringd without."""
+    def fig(w, c, s, k):
+        return agg.get((w, c, s), {}).get(k)
+    rows = []
+    # the https targets compare servers without auth: not the tls-auth run, where etcd runs bcrypt
+    if meta.get("mode") == "tls":
+        for w in workloads:
+            for c in conns:
+                e, r = fig(w, c, "etcd", "rps"), fig(w, c, "ringd", "rps")
+                ec, rc = fig(w, c, "etcd", "cpu_ms_per_1k"), fig(w, c, "ringd", "cpu_ms_per_1k")
+                # the issue's targets are for https GET: x3 req/s, at most a quarter of the CPU
+                t = w == "get"
+                rows.append(f"| https {w} @ {c}: ringd/etcd req/s{' (target >= x3)' if t else ''} | {ratio(r, e, True)} |")
+                rows.append(f"| https {w} @ {c}: ringd/etcd server CPU per request{' (target <= 0.25)' if t else ''} | {ratio(rc, ec)} |")
+    if "ringd-noauth" in meta.get("servers", []):
+        for w in workloads:
+            for c in conns:
+                a, n = fig(w, c, "ringd", "rps"), fig(w, c, "ringd-noauth", "rps")
+                e = fig(w, c, "etcd", "rps")
+                rows.append(f"| {w} @ {c}: ringd with auth / ringd without auth, req/s (target >= 0.8) | {ratio(a, n)} |")
+                rows.append(f"| {w} @ {c}: ringd with auth / etcd with auth, req/s | {ratio(a, e, True)} |")
+                ac, ec = fig(w, c, "ringd", "cpu_ms_per_1k"), fig(w, c, "etcd", "cpu_ms_per_1k")
+                rows.append(f"| {w} @ {c}: ringd with auth / etcd with auth, server CPU per request | {ratio(ac, ec)} |")
+    if not rows:
+        return
+    L.append("## Targets\n")
+    L.append("| figure | value |")
+    L.append("|---|---|")
+    L.extend(rows)
+    L.append("")
+    if "ringd-noauth" not in meta.get("servers", []):
+        return
+    L.append("## ringd with auth vs ringd without auth\n")
+    L.append("ringd = auth enabled, basic auth of a user allowed to read on every request; ringd-noauth = "
+             "auth never enabled, requests without an Authorization header. ratio = ringd/ringd-noauth.\n")
+    L.append("| workload | conns | no-auth req/s | auth req/s | ratio | no-auth p99 | auth p99 | ratio | "
+             "no-auth CPU ms/1k | auth CPU ms/1k | ratio | errors |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for w in workloads:
+        for c in conns:
+            n, a = agg.get((w, c, "ringd-noauth")) or {}, agg.get((w, c, "ringd")) or {}
+            t = "; ".join(f"{s}: {trouble(p)}" for s, p in (("ringd-noauth", n), ("ringd", a)) if trouble(p))
+            L.append("| " + " | ".join([
+                w, str(c), num(n.get("rps")), num(a.get("rps")), ratio(a.get("rps"), n.get("rps")),
+                lat(n.get("p99")), lat(a.get("p99")), ratio(a.get("p99"), n.get("p99")),
+                cpu(n.get("cpu_ms_per_1k")), cpu(a.get("cpu_ms_per_1k")),
+                ratio(a.get("cpu_ms_per_1k"), n.get("cpu_ms_per_1k")),
+                f"**⚠ {t}**" if t else "0"]) + " |")
+    L.append("")
+
+
 def build(run_dir, out_md):
     meta = json.load(open(os.path.join(run_dir, "meta.json")))
     runs = [json.loads(l) for l in open(os.path.join(run_dir, "runs.jsonl")) if l.strip()]
+    servers = meta.get("servers", ["etcd", "ringd"])
     for r in runs:
         r["result"] = None
         if r.get("json") and os.path.exists(r["json"]) and os.path.getsize(r["json"]) > 0:
@@ -211,7 +272,7 @@ def build(run_dir, out_md):
                 r["result"] = json.load(open(r["json"]))
             except ValueError:
                 pass
-        busy = r["busy_ticks"] - r["etcd_ticks"] - r["ringd_ticks"] - r["loadgen_ticks"]
+        busy = r["busy_ticks"] - sum(r.get(f"{s}_ticks", 0) for s in servers) - r["loadgen_ticks"]
         r["others_pct"] = max(0.0, 100.0 * busy / r["hz"] / (r["wall_s"] * meta["nproc"]))
         r["server_ticks"] = r[f"{r['server']}_ticks"]
     points = {}
@@ -258,7 +319,8 @@ def build(run_dir, out_md):
 
     L = []
     quick = " (quick smoke run)" if meta["quick"] else ""
-    modes = {"tls": "https", "auth": "auth enabled, guest requests", "tls-auth": "https, auth enabled, guest requests"}
+    modes = {"tls": "https", "auth": "auth enabled, basic auth on every request",
+             "tls-auth": "https, auth enabled, basic auth on every request"}
     mode = f", {modes[meta['mode']]}" if meta.get("mode") else ""
     L.append(f"# ringd vs etcd 3.4, {meta['date']}{mode}{quick}\n")
     bad = [(k, trouble(p)) for k, p in sorted(agg.items()) if trouble(p)]
@@ -270,7 +332,7 @@ def build(run_dir, out_md):
     L.append(
         f"Generated by `perf/compare.sh`. loadgen (closed loop, {meta['threads']} threads, pipeline 1) drives "
         f"each server for {meta['duration']} s per point, {meta['rounds']} round(s) per point, targets "
-        "alternating etcd, ringd, etcd, ringd. "
+        f"alternating {', '.join(servers)}, {', '.join(servers)}. "
         + (f"**Pinned** (taskset): each server on CPUs {meta['server_cpus']}, loadgen on CPUs "
            f"{meta['loadgen_cpus']}, so the load generator does not take the servers' cores; other processes "
            "on the machine still may.\n"
@@ -293,8 +355,8 @@ def build(run_dir, out_md):
             L.append(f"- {k}: {meta[k]}")
     L.append("")
     L.append("## Versions\n")
-    for k in ("etcd", "ringd", "loadgen", "rustc", "driver"):
-        if k in meta:
+    for k in ("etcd", "ringd", "loadgen", "rustc", "driver", "tls_protocols"):
+        if meta.get(k):
             L.append(f"- {k}: {meta[k]}")
     L.append("")
     L.append("## Commands\n")
@@ -303,19 +365,26 @@ def build(run_dir, out_md):
     L.append("")
     L.append(meta["etcd_cmd"])
     L.append(meta["ringd_cmd"])
+    if meta.get("ringd_noauth_cmd"):
+        L.append(meta["ringd_noauth_cmd"] + "    # ringd-noauth: auth never enabled")
     for c in meta["preload_cmds"]:
+        L.append(c)
+    for c in meta.get("setup_cmds", []):
         L.append(c)
     seen = set()
     for r in runs:
-        if r["workload"] in seen:
-            continue
-        seen.add(r["workload"])
         cmd = r["cmd"].replace(meta["urls"][r["server"]], "$URL")
         cmd = re.sub(r"--(connections|watchers) \d+", r"--\1 $C", cmd)
-        L.append(re.sub(r"--json \S+", f"--json {r['workload']}-$C-$SERVER-$ROUND.json", cmd))
+        cmd = re.sub(r"--json \S+", f"--json {r['workload']}-$C-$SERVER-$ROUND.json", cmd)
+        if cmd in seen:
+            continue
+        seen.add(cmd)
+        L.append(cmd + ("    # ringd-noauth" if r["server"] == "ringd-noauth" else ""))
     L.append("```\n")
-    L.append(f"with URL = {meta['urls']['etcd']} (etcd) or {meta['urls']['ringd']} (ringd), "
-             f"C = {', '.join(map(str, conns))}, for each C {meta['rounds']} round(s) of etcd then ringd.\n")
+    urls = " or ".join(f"{meta['urls'][s]} ({s})" for s in servers)
+    L.append(f"with URL = {urls}, C = {', '.join(map(str, conns))}, for each C {meta['rounds']} round(s) "
+             f"of {', '.join(servers)} in turn.\n")
+    targets(L, meta, agg, workloads, conns)
 
     for w in workloads:
         L.append(f"## {w}: {NAMES[w]}\n")
@@ -449,7 +518,8 @@ CARGO_TARGET=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 # copies, so that a rebuild by someone else during the run cannot change the binaries under test
 TMP=$(mktemp -d "${TMPDIR:-/var/tmp}/ringd-compare.XXXXXX")
-cp "$CARGO_TARGET/release/ringd" "$CARGO_TARGET/release/loadgen" "$TMP/"
+cp "$CARGO_TARGET/release/ringd" "$CARGO_TARGET/release/loadgen" "$TMP/" || {
+  rm -rf "$TMP"; echo "compare.sh: no release binaries in $CARGO_TARGET (build them, or drop --no-build)" >&2; exit 1; }
 RINGD=$TMP/ringd LOADGEN=$TMP/loadgen
 
 SCHEME=http CURL_TLS=() LG_TLS="" CERT_FLAGS=""
@@ -469,10 +539,15 @@ if [ $TLS = 1 ]; then
   CERT_FLAGS=" --cert-file $TMP/server.pem --key-file $TMP/server.key"
 fi
 
-EPID="" RPID=""
+# the servers measured, in the order of every round: etcd and ringd; with --auth also a second
+# ringd on which auth is never enabled (ringd-noauth), the baseline of ringd's auth cost
+SERVERS="etcd ringd"
+if [ $AUTH = 1 ]; then SERVERS="etcd ringd ringd-noauth"; fi
+declare -A URL PID LG_AUTH
+PID=()
 cleanup() {
-  for p in $EPID $RPID; do kill "$p" 2>/dev/null || true; done
-  for p in $EPID $RPID; do wait "$p" 2>/dev/null || true; done
+  for p in "${PID[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PID[@]}"; do wait "$p" 2>/dev/null || true; done
   if [ $KEEP = 1 ]; then echo "== kept $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
@@ -484,25 +559,28 @@ while True:
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
     if p not in (2379, 2380): print(p); break'
 }
-EP=$(free_port) EPP=$(free_port) RP=$(free_port) RPP=$(free_port)
-EURL=$SCHEME://127.0.0.1:$EP RURL=$SCHEME://127.0.0.1:$RP
 server_flags() { # name client_port peer_port data_dir
   echo "--name $1 --data-dir $4 --listen-client-urls $SCHEME://127.0.0.1:$2 --advertise-client-urls $SCHEME://127.0.0.1:$2" \
     "--listen-peer-urls http://127.0.0.1:$3 --initial-advertise-peer-urls http://127.0.0.1:$3" \
     "--initial-cluster $1=http://127.0.0.1:$3$CERT_FLAGS"
 }
 PIN_DESC=${SRV_PIN[*]:+${SRV_PIN[*]} }
-ETCD_CMD="${PIN_DESC}etcd --enable-v2=true $(server_flags etcd "$EP" "$EPP" "$TMP/etcd.data")"
-RINGD_CMD="${PIN_DESC}ringd $(server_flags ringd "$RP" "$RPP" "$TMP/ringd.data")"
-# taskset execs the server, so $! is the server's pid either way
-# shellcheck disable=SC2086
-"${SRV_PIN[@]}" etcd --enable-v2=true $(server_flags etcd "$EP" "$EPP" "$TMP/etcd.data") >"$TMP/etcd.log" 2>&1 &
-EPID=$!
-# shellcheck disable=SC2086
-"${SRV_PIN[@]}" "$RINGD" $(server_flags ringd "$RP" "$RPP" "$TMP/ringd.data") >"$TMP/ringd.log" 2>&1 &
-RPID=$!
-for u in $EURL $RURL; do
-  ok=0
+declare -A SERVER_CMD
+for s in $SERVERS; do
+  port=$(free_port) peer=$(free_port)
+  URL[$s]=$SCHEME://127.0.0.1:$port
+  if [ $s = etcd ]; then bin=etcd args="--enable-v2=true $(server_flags etcd "$port" "$peer" "$TMP/$s.data")"
+  else bin=$RINGD args=$(server_flags "$s" "$port" "$peer" "$TMP/$s.data"); fi
+  SERVER_CMD[$s]="${PIN_DESC}$(basename "$bin") $args"
+  # taskset execs the server, so $! is the server's pid either way
+  # shellcheck disable=SC2086
+  "${SRV_PIN[@]}" "$bin" $args >"$TMP/$s.log" 2>&1 &
+  PID[$s]=$!
+done
+ETCD_CMD=${SERVER_CMD[etcd]} RINGD_CMD=${SERVER_CMD[ringd]} RINGD_NOAUTH_CMD=${SERVER_CMD[ringd-noauth]:-}
+EURL=${URL[etcd]} RURL=${URL[ringd]}
+for s in $SERVERS; do
+  u=${URL[$s]} ok=0
   for _ in $(seq 200); do # 20 s at most: up, and writable (etcd elects itself leader first)
     if curl -sf -m 2 "${CURL_TLS[@]}" "$u/version" >/dev/null &&
       curl -sf -m 2 "${CURL_TLS[@]}" -XPUT "$u/v2/keys/compare/ready" -d value=1 >/dev/null; then ok=1; break; fi
@@ -511,8 +589,9 @@ for u in $EURL $RURL; do
   if [ $ok = 0 ]; then
     echo "compare.sh: $u did not come up; logs:" >&2; tail -n 20 "$TMP"/*.log >&2; exit 1
   fi
+  echo "== $s pid ${PID[$s]} on $u" >&2
 done
-echo "== etcd pid $EPID on $EURL, ringd pid $RPID on $RURL, temp dir $TMP" >&2
+echo "== temp dir $TMP" >&2
 
 HZ=$(getconf CLK_TCK)
 NPROC=$(nproc)
@@ -526,24 +605,57 @@ children_ticks() { # parses bash's `times` output saved in $1: children's user+s
 RUN=$TMP/run
 mkdir -p "$RUN"
 PRELOAD_CMDS=()
-for s in etcd ringd; do
-  u=$EURL; [ $s = ringd ] && u=$RURL
-  cmd="loadgen preload --url $u$LG_TLS --keys $KEYS --threads $THREADS --quiet --json $RUN/preload-$s.json"
+for s in $SERVERS; do
+  cmd="loadgen preload --url ${URL[$s]}$LG_TLS --keys $KEYS --threads $THREADS --quiet --json $RUN/preload-$s.json"
   PRELOAD_CMDS+=("$cmd")
   echo "== $cmd" >&2
   # shellcheck disable=SC2086
   "${LG_PIN[@]}" "$TMP/"$cmd >"$RUN/preload-$s.out" 2>&1 || { cat "$RUN/preload-$s.out" >&2; echo "compare.sh: preload of $s failed" >&2; exit 1; }
 done
+SETUP_CMDS=() READER="" TLS_PROTO=""
 if [ $AUTH = 1 ]; then
-  # a root user, then auth on; the guest role created by enabling keeps read/write on /*
-  for u in $EURL $RURL; do
-    curl -sf -m 5 "${CURL_TLS[@]}" -XPUT "$u/v2/auth/users/root" -d '{"user":"root","password":"compare"}' >/dev/null || true
-    curl -sf -m 5 "${CURL_TLS[@]}" -XPUT "$u/v2/auth/enable" >/dev/null || true
-    if [ "$(curl -s -m 5 "${CURL_TLS[@]}" "$u/v2/auth/enable")" != '{"enabled":true}' ]; then
-      echo "compare.sh: enabling auth on $u failed" >&2; exit 1
-    fi
+  # etcd's way to a user who may read the keys and nothing else: a role `reader` with read on
+  # /loadgen/*, a user `reader` with it, a root user, auth on, then the guest role's read/write
+  # (given by enabling) revoked, so a request without reader's credentials is refused. loadgen
+  # sends reader's basic auth with every request (not root: root skips the permission check)
+  READER=reader:compare-reader ROOT_AUTH=root:compare-root
+  auth_call() { # url method path credentials body -> HTTP status
+    local cred=()
+    [ -n "$4" ] && cred=(-u "$4")
+    curl -s -o /dev/null -w '%{http_code}' -m 10 "${CURL_TLS[@]}" "${cred[@]}" -X "$2" "$1$3" \
+      -H 'Content-Type: application/json' ${5:+-d "$5"}
+  }
+  for s in etcd ringd; do
+    u=${URL[$s]}
+    for step in \
+      "PUT /v2/auth/roles/reader - {\"role\":\"reader\",\"permissions\":{\"kv\":{\"read\":[\"/loadgen/*\"],\"write\":[]}}} 201" \
+      "PUT /v2/auth/users/reader - {\"user\":\"reader\",\"password\":\"${READER#*:}\",\"roles\":[\"reader\"]} 200" \
+      "PUT /v2/auth/users/root - {\"user\":\"root\",\"password\":\"${ROOT_AUTH#*:}\"} 201" \
+      "PUT /v2/auth/enable - - 200" \
+      "PUT /v2/auth/roles/guest $ROOT_AUTH {\"role\":\"guest\",\"revoke\":{\"kv\":{\"read\":[\"/*\"],\"write\":[\"/*\"]}}} 200" \
+      "GET /v2/keys/loadgen/k0 - - 401" \
+      "GET /v2/keys/loadgen/k0 $READER - 200" \
+      "PUT /v2/keys/loadgen/k0 $READER - 401"; do
+      read -r method path cred body want <<<"$step"
+      [ "$cred" = - ] && cred=""
+      [ "$body" = - ] && body=""
+      got=$(auth_call "$u" "$method" "$path" "$cred" "$body")
+      [ $s = etcd ] && SETUP_CMDS+=("curl ${cred:+-u $cred }-X $method \$URL$path${body:+ -d '$body'}    # -> $want")
+      if [ "$got" != "$want" ]; then
+        echo "compare.sh: auth setup on $s: $method $path as '${cred%%:*}' gave $got, not $want" >&2; exit 1
+      fi
+    done
+    LG_AUTH[$s]=" --user $READER"
   done
-  echo "== auth enabled on both (root user; loadgen's requests are guest requests)" >&2
+  echo "== auth enabled on etcd and ringd (user reader, read on /loadgen/*; guest revoked); ringd-noauth without" >&2
+fi
+if [ $TLS = 1 ] && command -v openssl >/dev/null; then
+  # the protocol and cipher each server picks for a client offering TLS 1.2 and 1.3 (openssl)
+  for s in $SERVERS; do
+    v=$(openssl s_client -connect "${URL[$s]#https://}" -CAfile "$TMP/ca.pem" </dev/null 2>/dev/null |
+      awk '/^New, / { sub(/^New, /, ""); print; exit }')
+    TLS_PROTO+="$s: ${v:-?}; "
+  done
 fi
 
 workload_args() { # workload connections
@@ -554,45 +666,54 @@ workload_args() { # workload connections
     mixed) echo "mixed --keys $KEYS --no-preload --read-ratio 0.9 --connections $2" ;;
     qget) echo "qget --keys $KEYS --no-preload --connections $2" ;;
     watch) echo "watch --watchers $2" ;;
+    get-newconn) echo "get --key /loadgen/k0 --new-conn --connections $2" ;;
+    put-newconn) echo "put --keys $KEYS --new-conn --connections $2" ;;
   esac
 }
 
 STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-NW=$(echo "${WORKLOADS//,/ }" | wc -w) NC=$(echo "${CONNS//,/ }" | wc -w)
-echo "== $((NW * NC * ROUNDS * 2)) runs of $DUR s (about $((NW * NC * ROUNDS * 2 * (DUR + 1) / 60 + 1)) min)" >&2
+NW=$(echo "${WORKLOADS//,/ }" | wc -w) NC=$(echo "${CONNS//,/ }" | wc -w) NS=$(echo "$SERVERS" | wc -w)
+TOTAL=$((NW * NC * ROUNDS * NS))
+echo "== $TOTAL runs of $DUR s (about $((TOTAL * (DUR + 1) / 60 + 1)) min)" >&2
 n=0
 for w in ${WORKLOADS//,/ }; do
   for c in ${CONNS//,/ }; do
     for r in $(seq "$ROUNDS"); do
-      for s in etcd ringd; do
+      for s in $SERVERS; do
         n=$((n + 1))
-        u=$EURL pid=$EPID; [ $s = ringd ] && u=$RURL pid=$RPID
         out=$RUN/$w-$c-$s-$r.json
         rm -f "$out"
-        cmd="loadgen $(workload_args "$w" "$c") --url $u$LG_TLS --threads $THREADS --duration $DUR --quiet --json $out"
-        e0=$(ticks $EPID) r0=$(ticks $RPID) b0=$(busy) t0=$(date +%s.%N)
+        cmd="loadgen $(workload_args "$w" "$c") --url ${URL[$s]}$LG_TLS${LG_AUTH[$s]:-} --threads $THREADS --duration $DUR --quiet --json $out"
+        declare -A T0 T1
+        for x in $SERVERS; do T0[$x]=$(ticks "${PID[$x]}"); done
+        b0=$(busy) t0=$(date +%s.%N)
         times >"$RUN/times0"
         rc=0
         # shellcheck disable=SC2086
         "${LG_PIN[@]}" "$TMP/"$cmd >"$RUN/$w-$c-$s-$r.out" 2>&1 || rc=$?
         times >"$RUN/times1"
-        t1=$(date +%s.%N) b1=$(busy) e1=$(ticks $EPID) r1=$(ticks $RPID)
+        t1=$(date +%s.%N) b1=$(busy)
+        for x in $SERVERS; do T1[$x]=$(ticks "${PID[$x]}"); done
         lg=$(($(children_ticks "$RUN/times1") - $(children_ticks "$RUN/times0")))
         wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
-        printf '{"workload":"%s","conns":%d,"server":"%s","round":%d,"rc":%d,"json":"%s","cmd":"%s","hz":%d,"wall_s":%s,"etcd_ticks":%d,"ringd_ticks":%d,"loadgen_ticks":%d,"busy_ticks":%d}\n' \
-          "$w" "$c" "$s" "$r" "$rc" "$out" "${cmd//$RUN\//}" "$HZ" "$wall" $((e1 - e0)) $((r1 - r0)) "$lg" $((b1 - b0)) >>"$RUN/runs.jsonl"
+        st=""
+        for x in $SERVERS; do st+="\"$x""_ticks\":$((T1[$x] - T0[$x])),"; done
+        printf '{"workload":"%s","conns":%d,"server":"%s","round":%d,"rc":%d,"json":"%s","cmd":"%s","hz":%d,"wall_s":%s,%s"loadgen_ticks":%d,"busy_ticks":%d}\n' \
+          "$w" "$c" "$s" "$r" "$rc" "$out" "${cmd//$RUN\//}" "$HZ" "$wall" "$st" "$lg" $((b1 - b0)) >>"$RUN/runs.jsonl"
         summary=$(python3 -c 'import json,sys
 try:
     d = json.load(open(sys.argv[1])); l = d["latency_us"]
     print("%9.0f req/s  p50 %8.0f us  p99 %8.0f us  errors %d" % (d["requests_per_sec"], l["p50"], l["p99"], d["errors"]))
 except Exception as e:
     print("no result (%s)" % e)' "$out")
-        sv=$((e1 - e0)); [ $s = ringd ] && sv=$((r1 - r0))
+        sv=$((T1[$s] - T0[$s]))
         note=""; [ $rc = 0 ] || note="  ** loadgen exit $rc: $(tail -c 300 "$RUN/$w-$c-$s-$r.out" | tr '\n' ' ') **"
-        printf '[%3d/%d] %-10s c=%-3s %-5s r%d  %s  cpu %d ticks%s\n' "$n" "$((NW * NC * ROUNDS * 2))" "$w" "$c" "$s" "$r" "$summary" "$sv" "$note" >&2
-        kill -0 $EPID 2>/dev/null && kill -0 $RPID 2>/dev/null || {
-          echo "compare.sh: a server died; logs:" >&2; tail -n 20 "$TMP"/*.log >&2; exit 1; }
+        printf '[%3d/%d] %-11s c=%-3s %-12s r%d  %s  cpu %d ticks%s\n' "$n" "$TOTAL" "$w" "$c" "$s" "$r" "$summary" "$sv" "$note" >&2
+        for x in $SERVERS; do
+          kill -0 "${PID[$x]}" 2>/dev/null || {
+            echo "compare.sh: $x died; logs:" >&2; tail -n 20 "$TMP"/*.log >&2; exit 1; }
+        done
       done
     done
   done
@@ -616,9 +737,11 @@ json.dump({
     "ringd": "$("$RINGD" --version) built from $GIT_REV" + (" + uncommitted changes in $DIRTY files of src/, crates/, Cargo.*" if $DIRTY else ""),
     "loadgen": "$("$LOADGEN" --version)", "rustc": "$(rustc --version)",
     "driver": "loadgen used $DRIVER",
-    "urls": {"etcd": "$EURL", "ringd": "$RURL"},
+    "servers": "$SERVERS".split(), "urls": json.loads("""$(for x in $SERVERS; do printf '%s\n' "$x" "${URL[$x]}"; done | python3 -c 'import json,sys; l=sys.stdin.read().split(); print(json.dumps(dict(zip(l[::2], l[1::2]))))')"""),
+    "tls_protocols": "${TLS_PROTO:-}".strip("; "), "auth_user": "${READER%%:*}" if $AUTH == 1 else None,
     "server_cpus": "$SERVER_CPUS", "loadgen_cpus": "$LOADGEN_CPUS",
-    "invocation": "$INVOCATION", "etcd_cmd": "$ETCD_CMD", "ringd_cmd": "$RINGD_CMD",
+    "invocation": "$INVOCATION", "etcd_cmd": "$ETCD_CMD", "ringd_cmd": "$RINGD_CMD", "ringd_noauth_cmd": "$RINGD_NOAUTH_CMD",
+    "setup_cmds": [c for c in """$(printf '%s\n' "${SETUP_CMDS[@]}")""".splitlines() if c],
     "preload_cmds": [c.replace("$RUN/", "") for c in """$(printf '%s\n' "${PRELOAD_CMDS[@]}")""".splitlines()],
 }, open(sys.argv[1], "w"), indent=1)
 PY

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 
 /// ringd: an etcd v2 compatible key-value server.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ringd", version, about, long_about = None, args_override_self = true)]
+#[command(name = "ringd", version, about, long_about = None, args_override_self = true,
+          after_help = ENVIRONMENT_HELP)]
 pub struct Config {
     /// Human-readable name for this member.
     #[arg(long, env = "ETCD_NAME", default_value = "default")]
@@ -148,6 +149,11 @@ pub struct Config {
     #[arg(long, env = "RINGD_SHARDS")]
     pub shards: Option<usize>,
 
+    /// Log lines as human-readable text, or as one JSON object per line (for log shippers).
+    #[arg(long, env = "RINGD_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// A one-off command instead of serving (none: serve, with the flags above).
     #[command(subcommand)]
     pub command: Option<Subcommand>,
@@ -160,6 +166,16 @@ pub enum Subcommand {
     /// their indexes and TTLs, as etcd would serve them (docs/etcd-data-dir.md).
     Migrate(crate::migrate::MigrateArgs),
 }
+
+/// What `--help` says after the flags: the variables that are not flags.
+const ENVIRONMENT_HELP: &str = "\
+Every flag can also be set by its variable (ETCD_NAME for --name, ...). Besides:
+  RINGD_LOG                log filter (tracing's EnvFilter syntax), default \"info\",
+                           e.g. RINGD_LOG=ringd::shard::peer=debug
+  RINGD_FORCE_EPOLL=1      serve with epoll instead of io_uring
+  RINGD_WAL_SEGMENT_BYTES  size of new log segments (tests; a multiple of 4096, >= 64 KiB)
+SIGTERM or SIGINT stops gracefully: requests already proposed are finished, a leader hands
+over, the process exits 0 (a second signal exits at once).";
 
 /// Go's strconv.ParseBool.
 pub fn parse_go_bool(s: &str) -> Result<bool, String> {

@@ -23,6 +23,8 @@ pub struct ShardCounters {
     pub gets_fail: AtomicU64,
     pub watchers: AtomicU64,
     pub connections: AtomicU64,
+    /// Requests handed to the raft shard and not yet answered (a graceful stop waits for 0).
+    pub awaiting: AtomicU64,
     latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
     requests: [[AtomicU64; CODES.len() + 1]; METHODS.len()],

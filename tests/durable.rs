@@ -616,3 +616,83 @@ fn auth_survives_restarts_from_the_log_and_from_a_snapshot() {
     let node = start(dir.path(), port, &["--snapshot-count", "50"]).unwrap();
     check(&node.addr);
 }
+
+/// SIGTERM under concurrent writers, as systemd stops a service: ringd tells the service
+/// manager it is ready and then stopping (`NOTIFY_SOCKET`), logs the signal, finishes what it
+/// had proposed and exits 0; after a restart every write it acknowledged is there (the ones it
+/// never answered may or may not be).
+#[test]
+fn sigterm_under_writers_exits_zero_and_loses_no_acknowledged_write() {
+    let dir = TempDir::new("ringd-sigterm");
+    let port = support::free_port();
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let notify_env = notify_path.display().to_string();
+    let mut node =
+        start_env(dir.path(), port, &[], &[("NOTIFY_SOCKET", &notify_env)]).expect("start");
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 from ringd");
+    assert_eq!(&buf[..n], b"READY=1");
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (addr, acked, stop, count) = (
+                node.addr.clone(),
+                acked.clone(),
+                stop.clone(),
+                count.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let (key, value) = (format!("/w/{w}-{n}"), format!("{w}.{n}"));
+                    let Ok(r) = support::request_timeout(
+                        &addr,
+                        "PUT",
+                        &format!("/v2/keys{key}"),
+                        &[support::FORM],
+                        format!("value={value}").as_bytes(),
+                        Duration::from_secs(10),
+                    ) else {
+                        break; // the server stopped: this write was never acknowledged
+                    };
+                    if r.status / 100 == 2 {
+                        let idx = r.json()["node"]["modifiedIndex"].as_u64().unwrap_or(0);
+                        acked.lock().unwrap().writes.push((key, value, idx));
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    while count.load(Ordering::SeqCst) < 300 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: a signal to the child process we spawned (still running: it was just writing).
+    assert_eq!(
+        unsafe { libc::kill(node.child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = node.child.wait().expect("wait for ringd");
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(status.success(), "ringd exited with {status} on SIGTERM");
+    let n = notify.recv(&mut buf).expect("STOPPING=1 from ringd");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    assert!(log.contains("received signal; shutting down"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    drop(node);
+    let node = start(dir.path(), port, &[]).expect("restart");
+    let a = acked.lock().unwrap();
+    let max = a.writes.iter().map(|w| w.2).max().unwrap_or(0);
+    verify(&node.addr, &a, max);
+}

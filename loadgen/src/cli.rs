@@ -113,6 +113,12 @@ pub struct Common {
     /// https: the private key (PEM) of --cert (--key is the etcd key of get/watch)
     #[arg(long, value_name = "FILE", requires = "cert")]
     pub key_file: Option<PathBuf>,
+    /// HTTP basic auth on every request, as etcdctl's --username (NAME:PASSWORD)
+    #[arg(long, value_name = "NAME:PASSWORD", visible_alias = "username")]
+    pub user: Option<String>,
+    /// A new connection (and TLS handshake, without resumption) for every request
+    #[arg(long, visible_alias = "reconnect")]
+    pub new_conn: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -201,6 +207,9 @@ pub struct ServeArgs {
     /// Require client certificates signed by this CA (PEM)
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Answer etcd's 401 to requests without this user's basic auth (NAME:PASSWORD)
+    #[arg(long, value_name = "NAME:PASSWORD")]
+    pub basic_auth: Option<String>,
 }
 
 /// What a run does, decoded from the subcommand.
@@ -273,6 +282,10 @@ pub struct Spec {
     pub preload: bool,
     pub progress: bool,
     pub tls: TlsOpts,
+    /// --user: the user's name (reported) and the Authorization header value (sent).
+    pub user: Option<(String, String)>,
+    /// --new-conn: one connection per request (asks the server to close it).
+    pub new_conn: bool,
 }
 
 pub const MAX_VALUE_SIZE: usize = 16 << 20;
@@ -418,6 +431,34 @@ impl Spec {
                 "--cacert, --insecure, --cert and --key-file apply to https:// URLs only".into(),
             );
         }
+        let user = match &c.user {
+            None => None,
+            Some(u) => {
+                // as etcdctl's --username: the name is everything before the first ':'
+                let (name, password) = u
+                    .split_once(':')
+                    .ok_or("--user wants NAME:PASSWORD (the password after the first ':')")?;
+                if name.is_empty() {
+                    return Err("--user wants NAME:PASSWORD: the name is empty".into());
+                }
+                Some((
+                    name.to_string(),
+                    crate::http::basic_authorization(name, password),
+                ))
+            }
+        };
+        if c.new_conn {
+            if matches!(workload, Workload::Watch { .. }) {
+                return Err(
+                    "--new-conn does not apply to watch (watchers hold their connections)".into(),
+                );
+            }
+            if pipeline != 1 {
+                return Err(
+                    "--new-conn sends one request per connection: --pipeline must be 1".into(),
+                );
+            }
+        }
         let timeout = secs("timeout", c.timeout)?;
         if timeout.is_zero() {
             return Err("--timeout must be > 0".into());
@@ -440,6 +481,8 @@ impl Spec {
             preload: !c.no_preload,
             progress: !c.quiet,
             tls,
+            user,
+            new_conn: c.new_conn,
         })
     }
 
@@ -462,6 +505,8 @@ impl Spec {
             "value_size": self.value_size,
             "prefix": self.prefix,
             "preload": self.preload,
+            "user": self.user.as_ref().map(|(name, _)| name),
+            "new_conn": self.new_conn,
         });
         if self.targets.iter().any(|(_, u)| u.starts_with("https://")) {
             v["tls"] = serde_json::json!({
@@ -750,6 +795,66 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn user_and_new_conn() {
+        let s = spec(&[
+            "loadgen",
+            "get",
+            "--url",
+            "http://h:1",
+            "--key",
+            "/x",
+            "--user",
+            "root:p:w",
+            "--new-conn",
+        ])
+        .unwrap();
+        // the name before the first ':', the rest is the password; only the name is reported
+        assert_eq!(
+            s.user,
+            Some(("root".to_string(), "Basic cm9vdDpwOnc=".to_string()))
+        );
+        assert!(s.new_conn);
+        let p = s.params_json();
+        assert_eq!(
+            (p["user"].clone(), p["new_conn"].clone()),
+            ("root".into(), true.into())
+        );
+        assert!(!p.to_string().contains("cm9vdDpwOnc"), "{p}");
+        // etcdctl's spelling, and an empty password
+        let s = spec(&[
+            "loadgen",
+            "put",
+            "--url",
+            "u",
+            "--username",
+            "u:",
+            "--reconnect",
+        ])
+        .unwrap();
+        assert_eq!(s.user.as_ref().map(|u| u.0.as_str()), Some("u"));
+        assert!(s.new_conn);
+        let s = spec(&["loadgen", "put", "--url", "u"]).unwrap();
+        assert!(s.user.is_none() && !s.new_conn);
+        assert!(s.params_json()["user"].is_null());
+        // rejected: no password part, no name, new connections with pipelining or watchers
+        assert!(spec(&["loadgen", "put", "--url", "u", "--user", "root"]).is_err());
+        assert!(spec(&["loadgen", "put", "--url", "u", "--user", ":pw"]).is_err());
+        assert!(spec(&[
+            "loadgen",
+            "put",
+            "--url",
+            "u",
+            "--new-conn",
+            "--pipeline",
+            "2"
+        ])
+        .is_err());
+        assert!(spec(&["loadgen", "watch", "--url", "u", "--new-conn"]).is_err());
+        // preload pipelines by default: --new-conn does not apply to it
+        assert!(spec(&["loadgen", "preload", "--url", "u", "--new-conn"]).is_err());
     }
 
     #[test]

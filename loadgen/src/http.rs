@@ -28,6 +28,8 @@ pub struct Target {
     pub https: Option<String>,
     /// Set by `with_tls` for https targets before a run.
     pub tls: Option<TlsTarget>,
+    /// The value of the Authorization header of every request (`--user`), if any.
+    pub authorization: Option<String>,
 }
 
 impl Target {
@@ -40,6 +42,48 @@ impl Target {
             });
         }
         Ok(self)
+    }
+
+    /// The header lines of every request to this target, rendered once per run.
+    /// `close`: ask the server to close the connection after its answer (`--new-conn`).
+    pub fn headers(&self, close: bool) -> ReqHeaders {
+        ReqHeaders::new(&self.host, self.authorization.as_deref(), close)
+    }
+}
+
+/// `Authorization: Basic ...` for `user:password` (RFC 7617, as etcdctl's `--username`
+/// and Go's `Request.SetBasicAuth` send it).
+pub fn basic_authorization(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
+/// The constant header lines of every request of a run (Host, and Authorization and
+/// `Connection: close` when asked for), each ending in CRLF: rendered once, so sending a
+/// request copies one slice instead of formatting headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReqHeaders(Vec<u8>);
+
+impl ReqHeaders {
+    pub fn new(host: &str, authorization: Option<&str>, close: bool) -> ReqHeaders {
+        let mut h = Vec::with_capacity(64);
+        h.extend_from_slice(b"Host: ");
+        h.extend_from_slice(host.as_bytes());
+        h.extend_from_slice(b"\r\n");
+        if let Some(a) = authorization {
+            h.extend_from_slice(b"Authorization: ");
+            h.extend_from_slice(a.as_bytes());
+            h.extend_from_slice(b"\r\n");
+        }
+        if close {
+            h.extend_from_slice(b"Connection: close\r\n");
+        }
+        ReqHeaders(h)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -92,6 +136,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         addr,
         https: https.then_some(host),
         tls: None,
+        authorization: None,
     })
 }
 
@@ -109,29 +154,33 @@ pub fn encode_path(key: &str) -> String {
 }
 
 /// Appends a GET request. `path` is the full path including any query.
-pub fn write_get(buf: &mut Vec<u8>, host: &str, path: &[&[u8]]) {
+pub fn write_get(buf: &mut Vec<u8>, head: &ReqHeaders, path: &[&[u8]]) {
     buf.extend_from_slice(b"GET ");
     for p in path {
         buf.extend_from_slice(p);
     }
-    buf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    buf.extend_from_slice(host.as_bytes());
-    buf.extend_from_slice(b"\r\n\r\n");
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    buf.extend_from_slice(head.as_bytes());
+    buf.extend_from_slice(b"\r\n");
 }
 
 /// Appends a request with a form body made of `body` pieces.
-pub fn write_form(buf: &mut Vec<u8>, method: &str, host: &str, path: &[&[u8]], body: &[&[u8]]) {
+pub fn write_form(
+    buf: &mut Vec<u8>,
+    method: &str,
+    head: &ReqHeaders,
+    path: &[&[u8]],
+    body: &[&[u8]],
+) {
     let len: usize = body.iter().map(|b| b.len()).sum();
     buf.extend_from_slice(method.as_bytes());
     buf.push(b' ');
     for p in path {
         buf.extend_from_slice(p);
     }
-    buf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    buf.extend_from_slice(host.as_bytes());
-    buf.extend_from_slice(
-        b"\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: ",
-    );
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    buf.extend_from_slice(head.as_bytes());
+    buf.extend_from_slice(b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: ");
     let _ = write!(buf, "{len}");
     buf.extend_from_slice(b"\r\n\r\n");
     for b in body {
@@ -561,16 +610,59 @@ mod tests {
     #[test]
     fn requests_encode() {
         let mut b = Vec::new();
-        write_get(&mut b, "h:1", &[b"/v2/keys/a", b"?quorum=true"]);
+        let h1 = ReqHeaders::new("h:1", None, false);
+        write_get(&mut b, &h1, &[b"/v2/keys/a", b"?quorum=true"]);
         assert_eq!(
             b,
             b"GET /v2/keys/a?quorum=true HTTP/1.1\r\nHost: h:1\r\n\r\n"
         );
         b.clear();
-        write_form(&mut b, "PUT", "h", &[b"/v2/keys/a"], &[b"value=", b"xy"]);
+        let h = ReqHeaders::new("h", None, false);
+        write_form(&mut b, "PUT", &h, &[b"/v2/keys/a"], &[b"value=", b"xy"]);
         let r = String::from_utf8(b).unwrap();
-        assert!(r.starts_with("PUT /v2/keys/a HTTP/1.1\r\nHost: h\r\n"));
+        assert!(r.starts_with("PUT /v2/keys/a HTTP/1.1\r\nHost: h\r\nContent-Type: "));
         assert!(r.ends_with("Content-Length: 8\r\n\r\nvalue=xy"));
         assert_eq!(encode_path("/a b/ü"), "/a%20b/%C3%BC");
+    }
+
+    /// --user and --new-conn: the headers go into every request, the requests stay valid HTTP
+    /// (the head parses, the form body keeps its length).
+    #[test]
+    fn auth_and_close_headers() {
+        // RFC 7617's example
+        assert_eq!(
+            basic_authorization("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        // the password may hold ':' (only the first one splits)
+        assert_eq!(basic_authorization("root", "a:b"), "Basic cm9vdDphOmI=");
+        let mut t = parse_url("http://127.0.0.1:2379").unwrap();
+        t.authorization = Some(basic_authorization("root", "pw"));
+        let mut b = Vec::new();
+        write_get(&mut b, &t.headers(true), &[b"/v2/keys/a"]);
+        assert_eq!(
+            b,
+            &b"GET /v2/keys/a HTTP/1.1\r\nHost: 127.0.0.1:2379\r\nAuthorization: Basic cm9vdDpwdw==\r\nConnection: close\r\n\r\n"[..]
+        );
+        b.clear();
+        write_form(
+            &mut b,
+            "PUT",
+            &t.headers(false),
+            &[b"/v2/keys/a"],
+            &[b"value=x"],
+        );
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(&b).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("incomplete request"),
+        };
+        assert_eq!(&b[n..], b"value=x");
+        let names: Vec<&str> = req.headers.iter().map(|h| h.name).collect();
+        assert_eq!(
+            names,
+            ["Host", "Authorization", "Content-Type", "Content-Length"]
+        );
     }
 }

@@ -60,9 +60,10 @@ fn seed() -> u64 {
 /// Fills the key space the workload reads. Returns its errors.
 fn preload(spec: &Spec, target: &Target, label: &str) -> Result<stats::Stats, String> {
     let conns = spec.connections.min(64);
+    // the preload is setup, not measured: keep-alive connections even under --new-conn
     let Some((plan, n)) = workload::Plan::preload_for(
         &spec.workload,
-        &target.host,
+        &target.headers(false),
         &spec.prefix,
         spec.keys,
         spec.value_size,
@@ -82,6 +83,7 @@ fn preload(spec: &Spec, target: &Target, label: &str) -> Result<stats::Stats, St
         timeout: spec.timeout,
         progress: false,
         seed: seed(),
+        new_conn: false,
     };
     let r = runner::run(cfg, label)?;
     eprintln!(
@@ -123,7 +125,7 @@ fn run_one(spec: &Spec, target: &Target, label: &str, progress: bool) -> Result<
     }
     let plan = workload::Plan::new(
         &spec.workload,
-        &target.host,
+        &target.headers(spec.new_conn),
         &spec.prefix,
         spec.keys,
         spec.value_size,
@@ -145,6 +147,7 @@ fn run_one(spec: &Spec, target: &Target, label: &str, progress: bool) -> Result<
         timeout: spec.timeout,
         progress,
         seed: seed(),
+        new_conn: spec.new_conn,
     };
     runner::run(cfg, label)
 }
@@ -159,8 +162,17 @@ fn describe(spec: &Spec) -> String {
         Some(r) => format!("open loop {r} req/s"),
         None => "closed loop".to_string(),
     };
+    let conns = if spec.new_conn {
+        "connections (a new one per request)"
+    } else {
+        "connections"
+    };
+    let user = match &spec.user {
+        Some((name, _)) => format!(", basic auth as {name}"),
+        None => String::new(),
+    };
     format!(
-        "{}: {} connections, {} threads, pipeline {}, {load}, {stop}, keys {}, value {}B",
+        "{}: {} {conns}, {} threads, pipeline {}, {load}, {stop}, keys {}, value {}B{user}",
         spec.workload.name(),
         spec.connections,
         spec.threads,
@@ -176,6 +188,9 @@ fn run_spec(spec: &Spec) -> Result<i32, String> {
         .iter()
         .map(|(n, u)| parse_url(u).map(|t| (n.clone(), u.clone(), t)))
         .collect::<Result<_, _>>()?;
+    for (_, _, t) in &mut targets {
+        t.authorization = spec.user.as_ref().map(|(_, header)| header.clone());
+    }
     if targets.iter().any(|(_, _, t)| t.https.is_some()) {
         let config = match tls::client_config(&spec.tls) {
             Ok(c) => c,

@@ -237,6 +237,8 @@ pub struct RunCfg {
     pub timeout: Duration,
     pub progress: bool,
     pub seed: u64,
+    /// A new connection for every request (`--new-conn`).
+    pub new_conn: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -384,7 +386,9 @@ fn fail_all(ctx: &ConnCtx, inflight: &mut VecDeque<Meta>, kind: ErrKind) {
     inflight.clear();
 }
 
-async fn conn_task(c: usize, first: Result<(FdGuard, Conn), ConnectError>, ctx: ConnCtx) {
+/// One connection's requests. `first`: the connection set up before the run started (None
+/// under `--new-conn`, where setting up connections is part of what is measured).
+async fn conn_task(c: usize, first: Option<Result<(FdGuard, Conn), ConnectError>>, ctx: ConnCtx) {
     let cfg = ctx.cfg.clone();
     let depth = cfg.pipeline;
     let mut wl = ConnWorkload::new(cfg.plan.clone(), c, cfg.seed);
@@ -405,9 +409,13 @@ async fn conn_task(c: usize, first: Result<(FdGuard, Conn), ConnectError>, ctx: 
     let mut done_sending = false;
     let mut connect_failing_since: Option<Instant> = None;
     let (mut conn, mut gave_up) = match first {
-        Ok(c) => (Some(c), false),
-        Err(e) => (None, e.fatal),
+        Some(Ok(c)) => (Some(c), false),
+        Some(Err(e)) => (None, e.fatal),
+        None => (None, false),
     };
+    // --new-conn: when the connection of the next request began to be set up. The request's
+    // latency counts from there, so the connect and the TLS handshake are part of it.
+    let mut conn_start: Option<Instant> = None;
     loop {
         if gave_up {
             // a TLS rejection is final: this connection gives up its share
@@ -420,8 +428,20 @@ async fn conn_task(c: usize, first: Result<(FdGuard, Conn), ConnectError>, ctx: 
             break;
         }
         if conn.is_none() {
-            if done_sending {
+            // no connection for nothing: not past the end, nor for a spent quota
+            if done_sending || ctx.clock.deadline.is_some_and(|d| Instant::now() >= d) || quota == 0
+            {
                 break;
+            }
+            if cfg.new_conn {
+                // open loop: connect when the next request is due, not ahead of it
+                if let Some(s) = &sched {
+                    if s.next() > Instant::now() + EARLY {
+                        pace_until(s.next(), ctx.clock.deadline).await;
+                        continue;
+                    }
+                }
+                conn_start = Some(Instant::now());
             }
             match connect(&cfg.target, &ctx.shared).await {
                 Ok(s) => {
@@ -429,6 +449,7 @@ async fn conn_task(c: usize, first: Result<(FdGuard, Conn), ConnectError>, ctx: 
                     connect_failing_since = None;
                     rbuf.clear();
                     rpos = 0;
+                    ctx.local.borrow_mut().stats.connections += 1;
                 }
                 Err(e) => {
                     ctx.local.borrow_mut().stats.error(e.kind, 1);
@@ -460,8 +481,8 @@ async fn conn_task(c: usize, first: Result<(FdGuard, Conn), ConnectError>, ctx: 
                 }
                 let t0 = match sched.as_mut() {
                     Some(s) if s.next() > now + EARLY => break,
-                    Some(s) => s.take().min(now),
-                    None => now,
+                    Some(s) => s.take().min(conn_start.take().unwrap_or(now)),
+                    None => conn_start.take().unwrap_or(now),
                 };
                 let measured = t0 >= ctx.clock.measure_start;
                 if measured && quota != u64::MAX {
@@ -548,6 +569,10 @@ async fn conn_task(c: usize, first: Result<(FdGuard, Conn), ConnectError>, ctx: 
             if !inflight.is_empty() {
                 fail_all(&ctx, &mut inflight, ErrKind::Eof);
             }
+            conn = None;
+        } else if cfg.new_conn && inflight.is_empty() {
+            // answered (the server kept the connection despite `Connection: close`): the next
+            // request gets a new one all the same
             conn = None;
         }
     }
@@ -697,14 +722,20 @@ fn thread_main(
     };
     rt.block_on(async {
         let local = Rc::new(RefCell::new(Local::new()));
-        // connect first so that connection setup is not part of the measurement
+        // connect first so that connection setup is not part of the measurement (except
+        // under --new-conn, where it is what is measured)
         let mut conns = Vec::new();
         for c in (t..cfg.connections).step_by(threads) {
-            let conn = connect(&cfg.target, shared).await;
-            if let Err(e) = &conn {
-                local.borrow_mut().stats.error(e.kind, 1);
+            if cfg.new_conn {
+                conns.push((c, None));
+                continue;
             }
-            conns.push((c, conn));
+            let conn = connect(&cfg.target, shared).await;
+            match &conn {
+                Ok(_) => local.borrow_mut().stats.connections += 1,
+                Err(e) => local.borrow_mut().stats.error(e.kind, 1),
+            }
+            conns.push((c, Some(conn)));
         }
         barrier.wait();
         barrier.wait();

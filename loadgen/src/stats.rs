@@ -94,6 +94,8 @@ pub struct Stats {
     pub errors: BTreeMap<ErrKind, u64>,
     /// Expected outcomes that are not errors (e.g. cas_conflict).
     pub outcomes: BTreeMap<&'static str, u64>,
+    /// Connections set up (TCP connected, TLS handshake done), warmup included.
+    pub connections: u64,
 }
 
 impl Default for Stats {
@@ -103,6 +105,7 @@ impl Default for Stats {
             requests: 0,
             errors: BTreeMap::new(),
             outcomes: BTreeMap::new(),
+            connections: 0,
         }
     }
 }
@@ -135,6 +138,7 @@ impl Stats {
         // both histograms have the same bounds, so adding cannot fail
         let _ = self.hist.add(&o.hist);
         self.requests += o.requests;
+        self.connections += o.connections;
         for (k, v) in &o.errors {
             self.error(*k, *v);
         }
@@ -257,6 +261,7 @@ impl RunResult {
             "errors": self.stats.error_total(),
             "errors_by_kind": errors,
             "outcomes": outcomes,
+            "connections_opened": self.stats.connections,
             "latency_us": lat.to_json(),
             "histogram": {
                 "unit": "us",

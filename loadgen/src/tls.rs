@@ -141,6 +141,10 @@ pub fn client_config(opts: &TlsOpts) -> Result<Arc<ClientConfig>, String> {
         _ => return Err("--cert and --key-file go together".into()),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No session resumption, as etcd's own clients: Go's crypto/tls resumes only with a
+    // ClientSessionCache, and neither etcdctl nor etcd's client transport (TLSInfo.ClientConfig)
+    // sets one. So every connection, and under --new-conn every request, pays a full handshake.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
@@ -408,5 +412,78 @@ mod tests {
             ..TlsOpts::default()
         };
         assert!(client_config(&half).is_err());
+    }
+
+    /// Moves what `from` has to send into `to`; false if there was nothing.
+    fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) -> bool {
+        let mut moved = false;
+        while from.wants_write() {
+            let mut buf = Vec::new();
+            from.write_tls(&mut buf).unwrap();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                to.read_tls(&mut rd).unwrap();
+                to.process_new_packets().unwrap();
+            }
+            moved = true;
+        }
+        moved
+    }
+
+    /// One TLS handshake in memory (no sockets), then the server's post-handshake messages
+    /// (TLS 1.3 session tickets) delivered to the client; returns how the client's went.
+    fn handshake_in_memory(
+        client: &Arc<ClientConfig>,
+        server: &Arc<ServerConfig>,
+    ) -> rustls::HandshakeKind {
+        let name = server_name("localhost").unwrap();
+        let mut c =
+            rustls::Connection::from(rustls::ClientConnection::new(client.clone(), name).unwrap());
+        let mut s =
+            rustls::Connection::from(rustls::ServerConnection::new(server.clone()).unwrap());
+        for _ in 0..16 {
+            let sent = pump(&mut c, &mut s);
+            if !pump(&mut s, &mut c) && !sent {
+                break;
+            }
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        c.handshake_kind().unwrap()
+    }
+
+    /// Every connection pays a full handshake (as Go clients without a ClientSessionCache,
+    /// i.e. etcdctl): a second connection to a server that hands out session tickets does not
+    /// resume. The control (rustls's default resumption) does, so the check can fail.
+    #[test]
+    fn no_session_resumption() {
+        let dir = std::env::temp_dir().join(format!("loadgen-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_pem, cert.pem()).unwrap();
+        std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+        let server = server_config(&cert_pem, &key_pem, None).unwrap();
+        let client = client_config(&TlsOpts {
+            cacert: Some(cert_pem.clone()),
+            ..TlsOpts::default()
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        use rustls::HandshakeKind::Full;
+        for _ in 0..3 {
+            assert_eq!(handshake_in_memory(&client, &server), Full);
+        }
+        let mut resuming = (*client).clone();
+        resuming.resumption = rustls::client::Resumption::default();
+        let resuming = Arc::new(resuming);
+        assert_eq!(handshake_in_memory(&resuming, &server), Full);
+        assert_eq!(
+            handshake_in_memory(&resuming, &server),
+            rustls::HandshakeKind::Resumed
+        );
     }
 }

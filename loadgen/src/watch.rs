@@ -17,7 +17,7 @@ use crate::cli::StopAt;
 use crate::etcd::{parse_reply, push_value};
 use crate::http::{
     encode_path, next_chunk, parse_head, parse_response, write_form, write_get, BodyKind, Chunk,
-    Target, MAX_BODY,
+    ReqHeaders, Target, MAX_BODY,
 };
 use crate::runner::{
     build_runtime, connect, driver_name, io_kind, pace_until, read_more, ticker, write_all, Clock,
@@ -87,7 +87,8 @@ pub fn blocking_request(
 }
 
 struct Paths {
-    host: String,
+    /// The constant headers of every request (Host, Authorization).
+    head: ReqHeaders,
     /// Encoded path of the watched key or directory.
     watch: Vec<u8>,
     recursive: bool,
@@ -111,7 +112,7 @@ impl Paths {
         };
         let mut body = b"value=".to_vec();
         push_value(&mut body, k, self.value_size, &self.filler);
-        write_form(buf, "PUT", &self.host, path, &[&body]);
+        write_form(buf, "PUT", &self.head, path, &[&body]);
     }
 
     fn watch_req(&self, buf: &mut Vec<u8>, stream: bool, wait_index: Option<u64>) {
@@ -125,7 +126,7 @@ impl Paths {
         if let Some(i) = wait_index {
             q.push_str(&format!("&waitIndex={i}"));
         }
-        write_get(buf, &self.host, &[&self.watch, q.as_bytes()]);
+        write_get(buf, &self.head, &[&self.watch, q.as_bytes()]);
     }
 }
 
@@ -147,7 +148,7 @@ pub fn run_watch(cfg: WatchCfg, label: &str) -> Result<RunResult, String> {
         }
     };
     let paths = Arc::new(Paths {
-        host: cfg.target.host.clone(),
+        head: cfg.target.headers(false),
         watch: format!("/v2/keys{}", encode_path(&watch)).into_bytes(),
         recursive,
         write: format!("/v2/keys{}", encode_path(&write)).into_bytes(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::Workload;
 use crate::etcd::{key_index, parse_reply, value_ok};
-use crate::http::{encode_path, write_form, write_get, Response};
+use crate::http::{encode_path, write_form, write_get, ReqHeaders, Response};
 use crate::stats::{ErrKind, Stats};
 
 /// Small fast PRNG (xorshift64*), seeded per connection.
@@ -68,7 +68,8 @@ enum Kind {
 #[derive(Debug)]
 pub struct Plan {
     kind: Kind,
-    host: String,
+    /// The constant headers of every request (Host, Authorization, Connection).
+    head: ReqHeaders,
     keys: u64,
     value_size: usize,
     filler: Vec<u8>,
@@ -92,7 +93,7 @@ pub struct Plan {
 impl Plan {
     pub fn new(
         w: &Workload,
-        host: &str,
+        head: &ReqHeaders,
         prefix: &str,
         keys: u64,
         value_size: usize,
@@ -100,7 +101,7 @@ impl Plan {
     ) -> Plan {
         let mut p = Plan {
             kind: Kind::Get,
-            host: host.to_string(),
+            head: head.clone(),
             keys,
             value_size,
             filler: vec![b'x'; value_size],
@@ -126,7 +127,7 @@ impl Plan {
                 if let Some(k) = key {
                     p.kind = Kind::GetFixed;
                     let path = format!("/v2/keys{}", encode_path(k));
-                    write_get(&mut p.fixed_req, host, &[path.as_bytes(), p.query]);
+                    write_get(&mut p.fixed_req, head, &[path.as_bytes(), p.query]);
                     p.fixed_key = k.clone();
                 }
             }
@@ -163,7 +164,7 @@ impl Plan {
     /// A plan that fills the key space the workload reads, if it needs one.
     pub fn preload_for(
         w: &Workload,
-        host: &str,
+        head: &ReqHeaders,
         prefix: &str,
         keys: u64,
         value_size: usize,
@@ -171,13 +172,13 @@ impl Plan {
     ) -> Option<(Plan, u64)> {
         match w {
             Workload::Get { key: None, .. } | Workload::Mixed { .. } => Some((
-                Plan::new(&Workload::Preload, host, prefix, keys, value_size, conns),
+                Plan::new(&Workload::Preload, head, prefix, keys, value_size, conns),
                 keys,
             )),
             Workload::Cas { hot_keys } => {
                 let mut p = Plan::new(
                     &Workload::Preload,
-                    host,
+                    head,
                     prefix,
                     *hot_keys,
                     value_size,
@@ -250,7 +251,7 @@ impl ConnWorkload {
         write_form(
             buf,
             "PUT",
-            &p.host,
+            &p.head,
             &[&p.key_path, digits, query],
             &[&body[..6 + n], &p.filler[..p.value_size - n]],
         );
@@ -260,7 +261,7 @@ impl ConnWorkload {
         let p = &*self.plan;
         let mut path = [0u8; 20];
         let digits = itoa(&mut path, idx);
-        write_get(buf, &p.host, &[&p.key_path, digits, p.query]);
+        write_get(buf, &p.head, &[&p.key_path, digits, p.query]);
     }
 
     /// Appends the next request to `buf`.
@@ -318,7 +319,7 @@ impl ConnWorkload {
                 write_form(
                     buf,
                     "POST",
-                    &p.host,
+                    &p.head,
                     &[&p.queue_path],
                     &[&body[..6 + n], &p.filler[..p.value_size - n]],
                 );
@@ -338,7 +339,7 @@ impl ConnWorkload {
                         write_form(
                             buf,
                             "PUT",
-                            &p.host,
+                            &p.head,
                             &[&p.key_path, digits, &p.refresh_query],
                             &[],
                         );
@@ -503,7 +504,14 @@ mod tests {
     use crate::http::parse_response;
 
     fn plan(w: Workload) -> Arc<Plan> {
-        Arc::new(Plan::new(&w, "h", "/lg", 100, 12, 4))
+        Arc::new(Plan::new(
+            &w,
+            &ReqHeaders::new("h", None, false),
+            "/lg",
+            100,
+            12,
+            4,
+        ))
     }
 
     fn reply(status: u16, body: &str) -> Vec<u8> {

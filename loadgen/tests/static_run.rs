@@ -1,59 +1,15 @@
 //! Starts `loadgen serve-static` on a free loopback port and runs a short real
 //! load through the binary, then checks the JSON report.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
+use std::process::Command;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::BIN;
 
 /// Starts the static responder; returns it and the address it listens on.
-fn start_server() -> (Server, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve-static",
-            "--listen",
-            "127.0.0.1:0",
-            "--exit-after",
-            "300",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start serve-static");
-    let stdout = child.stdout.take().expect("stdout");
-    let server = Server(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("listening line")
-        .to_string();
-    // bounded wait until the port accepts connections
-    let mut ok = false;
-    for _ in 0..200 {
-        if TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_millis(100))
-            .is_ok()
-        {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(ok, "serve-static never accepted connections on {addr}");
-    (server, addr)
+fn start_server() -> (support::Server, String) {
+    support::serve_static(&[])
 }
 
 #[test]

@@ -2,24 +2,13 @@
 //! certificate are made with rcgen at test time, `loadgen serve-static` serves
 //! https with them, and loadgen runs against it through the binary.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-
-const BIN: &str = env!("CARGO_BIN_EXE_loadgen");
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Server, BIN};
 
 struct Dir(PathBuf);
 
@@ -69,46 +58,14 @@ fn make_certs(tag: &str) -> Dir {
 
 /// Starts serve-static in https mode; returns it and its address.
 fn start_tls_server(dir: &Path, extra: &[&str]) -> (Server, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve-static",
-            "--listen",
-            "127.0.0.1:0",
-            "--exit-after",
-            "300",
-        ])
-        .arg("--tls-cert")
-        .arg(dir.join("server.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("server.key"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start serve-static");
-    let stdout = child.stdout.take().expect("stdout");
-    let server = Server(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
-        .to_string();
-    // bounded wait until the port accepts connections
-    let mut ok = false;
-    for _ in 0..200 {
-        if TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_millis(100))
-            .is_ok()
-        {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(ok, "serve-static never accepted connections on {addr}");
-    (server, addr)
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let tls = [
+        "--tls-cert",
+        cert.to_str().expect("utf-8 path"),
+        "--tls-key",
+        key.to_str().expect("utf-8 path"),
+    ];
+    support::serve_static(&[&tls[..], extra].concat())
 }
 
 /// `loadgen get --key /x` against `addr` over https with extra arguments;
@@ -278,4 +235,49 @@ fn bad_tls_files_are_reported() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--key-file"), "{stderr}");
+}
+
+/// `--new-conn` over https: a TCP connection and a full TLS handshake for every request
+/// (serve-static closes each one after its answer, as the request asks), keep-alive otherwise.
+#[test]
+fn https_new_connection_per_request() {
+    let d = make_certs("newconn");
+    let dir = &d.0;
+    let (_server, addr) = start_tls_server(dir, &[]);
+    let run = |name: &str, extra: &[&str]| {
+        let json = dir.join(format!("{name}.json"));
+        let out = Command::new(BIN)
+            .args(["get", "--key", "/x", "--url", &format!("https://{addr}")])
+            .args([
+                "--cacert",
+                "ca.pem",
+                "--requests",
+                "400",
+                "--connections",
+                "4",
+            ])
+            .args(["--threads", "2", "--quiet", "--timeout", "5", "--json"])
+            .arg(&json)
+            .args(extra)
+            .current_dir(dir)
+            .output()
+            .expect("run loadgen");
+        assert!(
+            out.status.success(),
+            "loadgen {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&json).expect("json written");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid json");
+        assert_eq!(
+            (v["requests"].clone(), v["errors"].clone()),
+            (400.into(), 0.into()),
+            "{v}"
+        );
+        v
+    };
+    assert_eq!(run("keepalive", &[])["connections_opened"], 4);
+    let v = run("newconn", &["--new-conn"]);
+    assert_eq!(v["connections_opened"], 400, "{v}");
+    assert_eq!(v["params"]["new_conn"], true, "{v}");
 }

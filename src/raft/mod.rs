@@ -700,9 +700,20 @@ impl<T> Replica<T> {
             }
             m.set_entries(entries.into());
         }
+        // An acknowledgement that advances the commit index makes raft-rs broadcast the new
+        // commit to every follower at once (an empty append each, and each one answered).
+        // While later entries are still unacknowledged, their acknowledgement will advance it
+        // again, and the next append carries the commit index anyway: the broadcast is skipped
+        // then, and made by the acknowledgement of the last entry (or a heartbeat, if that one
+        // is lost). At low load every acknowledgement is of the last entry, so nothing waits.
+        let skip = m.get_msg_type() == raft::eraftpb::MessageType::MsgAppendResponse
+            && !m.reject
+            && m.index < self.node.raft.raft_log.last_index();
+        self.node.skip_bcast_commit(skip);
         if let Err(e) = self.node.step(m) {
             tracing::debug!("raft message ignored: {e}");
         }
+        self.node.skip_bcast_commit(false);
     }
 
     pub fn report_unreachable(&mut self, id: u64) {
@@ -721,6 +732,19 @@ impl<T> Replica<T> {
             raft::SnapshotStatus::Failure
         };
         self.node.report_snapshot(id, status);
+    }
+
+    /// The voter, other than this leader, whose log matches the most of it: the one to hand
+    /// leadership to (None when there is no other voter).
+    pub fn best_transferee(&self) -> Option<u64> {
+        let me = self.id();
+        let voters = self.node.raft.prs().conf().voters().ids();
+        voters
+            .iter()
+            .filter(|&id| id != me)
+            .filter_map(|id| self.node.raft.prs().get(id).map(|pr| (pr.matched, id)))
+            .max()
+            .map(|(_, id)| id)
     }
 
     /// Hands leadership to `to` (a leader being removed hands over first).

@@ -17,6 +17,7 @@ pub mod peer;
 pub mod raft_shard;
 pub mod recovery;
 pub mod runtime;
+pub mod shutdown;
 pub mod snapshotter;
 pub mod tls;
 
@@ -90,6 +91,18 @@ pub struct Shared {
     /// Set by the raft shard when a shard's queue was full and a batch was dropped for it: the
     /// shard ends its watchers and fails its waiting requests (they may never be answered).
     pub shard_overflow: Box<[std::sync::atomic::AtomicBool]>,
+    /// Per shard: it has watchers (or is registering one), so it wants every batch's events.
+    /// A shard without watchers is not sent (nor woken for) batches that carry no reply for
+    /// it: a follower's client shards sleep through a write load sent to the leader. The
+    /// shard sets it (SeqCst) before it reads the published view; the raft shard reads it
+    /// (SeqCst, after a fence) after it published: either the raft shard sees it set and sends
+    /// the events, or the shard's read sees the view that holds them (and its watcher waits for
+    /// what comes after). Only the shard clears it, when its registry is empty.
+    pub watching: Box<[std::sync::atomic::AtomicBool]>,
+    /// Set by the main thread on SIGTERM/SIGINT: the raft shard stops taking new requests and
+    /// finishes those it proposed, then sets `drained`.
+    pub stopping: std::sync::atomic::AtomicBool,
+    pub drained: std::sync::atomic::AtomicBool,
     /// When this member last saw a new leader (unix ns), for /v2/stats/self's leaderInfo.
     pub leader_since_ns: std::sync::atomic::AtomicU64,
     /// Raft append messages this member received and sent (/v2/stats/self).
@@ -187,13 +200,21 @@ impl Outbox {
         shards: &[flume::Sender<ShardMsg>],
         events: Option<Arc<[Arc<Event>]>>,
         overflow: &[std::sync::atomic::AtomicBool],
+        watching: &[std::sync::atomic::AtomicBool],
     ) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Pairs with the fence in the client shard's watch: the view holding these events was
+        // stored before this point (see `Shared::watching`).
+        std::sync::atomic::fence(SeqCst);
         for (i, tx) in shards.iter().enumerate() {
             let replies = self
                 .per_shard
                 .get_mut(i)
                 .map(std::mem::take)
                 .unwrap_or_default();
+            let events = events
+                .as_ref()
+                .filter(|_| watching.get(i).is_some_and(|w| w.load(SeqCst)));
             if replies.is_empty() && events.is_none() {
                 continue;
             }
@@ -201,7 +222,7 @@ impl Outbox {
             // load): a shard SHARD_EVENT_QUEUE_CAPACITY batches behind loses this one and is
             // told to end its watchers and fail its waiting requests.
             let msg = ShardMsg {
-                events: events.clone(),
+                events: events.cloned(),
                 replies,
             };
             if let Err(flume::TrySendError::Full(_)) = tx.try_send(msg) {
@@ -341,6 +362,9 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         leader_changes: Default::default(),
         proposals_failed: Default::default(),
         shard_overflow: (0..cfg.shards).map(|_| Default::default()).collect(),
+        watching: (0..cfg.shards).map(|_| Default::default()).collect(),
+        stopping: Default::default(),
+        drained: Default::default(),
         leader_since_ns: unix_now_ns().into(),
         appends_received: Default::default(),
         appends_sent: Default::default(),
@@ -408,11 +432,53 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         shards = cfg.shards, listen = ?urls, "ringd serving clients"
     );
     serving();
-    let _ = raft.join();
-    for h in handles {
-        let _ = h.join();
+    // The threads serve until the process ends; this one waits for SIGTERM or SIGINT
+    // (blocked in every thread by the binary's `main`, so they arrive here).
+    let _ = (raft, handles);
+    let Some(signal) = shutdown::wait_stop_signal(None) else {
+        return Err("waiting for signals failed".to_string());
+    };
+    stop(&shared, signal)
+}
+
+/// Beyond the raft shard's own bound: how long the main thread waits for it and the shards.
+const STOP_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(7);
+/// After the last reply was handed to its connection: time for it to be written out.
+const STOP_FLUSH_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The graceful stop: new requests are refused, every write already proposed is finished
+/// (acknowledged only once fsynced on a quorum, as always, or failed), a leader hands over,
+/// then the process exits 0. A second signal exits at once (status 1).
+fn stop(shared: &Shared, signal: &str) -> ! {
+    use std::sync::atomic::Ordering;
+    tracing::info!(signal, "received signal; shutting down");
+    shutdown::sd_notify("STOPPING=1");
+    shared.stopping.store(true, Ordering::Release);
+    let deadline = Instant::now() + STOP_WAIT_MAX;
+    let second = |wait| {
+        if let Some(s) = shutdown::wait_stop_signal(Some(wait)) {
+            tracing::warn!(signal = s, "second signal: stopping now");
+            std::process::exit(1);
+        }
+    };
+    loop {
+        let awaiting: u64 = shared
+            .counters
+            .iter()
+            .map(|c| c.awaiting.load(Ordering::Acquire))
+            .sum();
+        if shared.drained.load(Ordering::Acquire) && awaiting == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(awaiting, "requests still unanswered at the stop bound");
+            break;
+        }
+        second(std::time::Duration::from_millis(10));
     }
-    Err("server threads exited".to_string())
+    second(STOP_FLUSH_GRACE);
+    tracing::info!("stopped");
+    std::process::exit(0)
 }
 
 /// The TLS sides of the member: the client port's and the peer port's servers (when some of

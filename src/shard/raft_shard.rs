@@ -345,6 +345,8 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
     let mut last_publish_tick: Option<u64> = None;
     let mut leader_seen = (replica.leader_id(), replica.term());
     let peers = Some(&ch.peer_out);
+    // Set once a stop signal was seen: until then the requests already proposed are finished.
+    let mut stop_deadline: Option<Instant> = None;
     loop {
         let mut wake = next_tick;
         if let Some(at) = wheel.next_wake() {
@@ -376,7 +378,24 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
         }
         let now = unix_now_ns();
         let mut replies = Outbox::new(ch.shards.len());
+        if stop_deadline.is_none() && shared.stopping.load(Ordering::Acquire) {
+            stop_deadline = Some(Instant::now() + STOP_DRAIN_MAX);
+            // As etcd does on SIGTERM: a leader of several voters hands over first, so the
+            // cluster has a leader again without waiting for an election timeout.
+            if replica.is_leader() {
+                if let Some(to) = replica.best_transferee() {
+                    tracing::info!(to = %format!("{to:x}"), "stopping: transferring leadership");
+                    replica.transfer_leader(to);
+                }
+            }
+        }
         for p in batch.drain(..) {
+            if stop_deadline.is_some() {
+                // Arrived after the stop began: never proposed, so never acknowledged.
+                let (to, reply) = stopped_reply(&replica, &p);
+                replies.push(to, reply);
+                continue;
+            }
             match p {
                 Proposal::Member { change, reply } => {
                     if let Err(e) = member_change(&shared, &mut replica, &cfg, change, reply) {
@@ -496,6 +515,13 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
                 &mut replies,
             );
         }
+        if let Some(deadline) = stop_deadline {
+            // Every write proposed before the stop is answered (applied, hence fsynced on a
+            // quorum, or failed), or the bound passed: the main thread may end the process.
+            if replica.pending_count() == 0 || Instant::now() >= deadline {
+                shared.drained.store(true, Ordering::Release);
+            }
+        }
         if let Some((point, bytes)) = snapshotter.collect(&mut replica, &mut wal) {
             tracing::info!(
                 raft_index = point.index,
@@ -580,6 +606,39 @@ fn propose(replica: &mut Replica<Token>, p: Proposal, now: u64, replies: &mut Ou
             member_reply(replica, Err(MemberError::new(500, "Internal Server Error"))),
         ),
     }
+}
+
+/// How long a stopping member keeps finishing the requests it had proposed (etcd's request
+/// timeout is longer; a service manager's stop timeout is usually 90 s).
+const STOP_DRAIN_MAX: Duration = Duration::from_secs(5);
+
+/// The answer to a request that reached the raft shard after the stop began (etcd's
+/// `ErrStopped`).
+fn stopped_reply(replica: &Replica<Token>, p: &Proposal) -> (ReplyTo, Reply) {
+    const STOPPED: &str = "etcdserver: server stopped";
+    let mut reply = Reply {
+        result: Err(Error::new(
+            ErrorCode::RaftInternal,
+            STOPPED,
+            replica.store().index().0,
+        )),
+        raft_index: replica.applied_index(),
+        raft_term: replica.term(),
+        member: None,
+        auth: None,
+    };
+    let to = match p {
+        Proposal::Write { reply, .. } | Proposal::QuorumGet { reply, .. } => *reply,
+        Proposal::Member { reply: to, .. } => {
+            reply.member = Some(Err(MemberError::new(500, STOPPED)));
+            *to
+        }
+        Proposal::Auth { reply: to, .. } => {
+            reply.auth = Some(Err(http_err(500, STOPPED)));
+            *to
+        }
+    };
+    (to, reply)
 }
 
 fn member_reply(replica: &Replica<Token>, outcome: MemberOutcome) -> Reply {
@@ -822,5 +881,5 @@ fn publish(
     }
     shared.published.store(Arc::new(Published::of(replica)));
     let events: Option<Arc<[Arc<Event>]>> = (!events.is_empty()).then(|| events.into());
-    replies.send(shards, events, &shared.shard_overflow);
+    replies.send(shards, events, &shared.shard_overflow, &shared.watching);
 }

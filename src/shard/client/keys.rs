@@ -68,22 +68,27 @@ pub(super) async fn propose(ctx: &Rc<ShardCtx>, make: impl FnOnce(ReplyTo) -> Pr
     ctx.next_id.set(id);
     let slot = Rc::new(ReplySlot::default());
     ctx.pending.borrow_mut().insert(id, slot.clone());
-    if ctx
+    let awaiting = &ctx.shared.counters[ctx.id].awaiting;
+    awaiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let reply = if ctx
         .mailbox
         .send_async(make(ReplyTo { shard: ctx.id, id }))
         .await
         .is_err()
     {
         ctx.pending.borrow_mut().remove(&id);
-        return Reply {
+        Reply {
             result: Err(Error::new(ErrorCode::RaftInternal, "raft shard stopped", 0)),
             raft_index: crate::raft::RaftIndex(0),
             raft_term: 0,
             member: None,
             auth: None,
-        };
-    }
-    slot.wait().await
+        }
+    } else {
+        slot.wait().await
+    };
+    awaiting.fetch_sub(1, std::sync::atomic::Ordering::Release);
+    reply
 }
 
 pub(super) async fn keys(

@@ -77,6 +77,19 @@ impl ReplySlot {
     }
 }
 
+impl ShardCtx {
+    /// Records the registry's size; an empty registry stops the raft shard from sending
+    /// this shard batches that hold only events (`Shared::watching`).
+    fn watchers_now(&self, n: usize) {
+        self.shared.counters[self.id]
+            .watchers
+            .store(n as u64, Ordering::Relaxed);
+        if n == 0 {
+            self.shared.watching[self.id].store(false, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Builds the shard's executor and serves until the process exits.
 pub fn shard_main(
     id: usize,
@@ -128,9 +141,7 @@ async fn dispatch_loop(ctx: Rc<ShardCtx>, inbox: flume::Receiver<ShardMsg>) {
         if let Some(events) = &msg.events {
             let mut reg = ctx.registry.borrow_mut();
             reg.dispatch(events);
-            ctx.shared.counters[ctx.id]
-                .watchers
-                .store(reg.len() as u64, Ordering::Relaxed);
+            ctx.watchers_now(reg.len());
         }
         let mut pending = ctx.pending.borrow_mut();
         for (id, reply) in msg.replies {
@@ -144,6 +155,7 @@ async fn dispatch_loop(ctx: Rc<ShardCtx>, inbox: flume::Receiver<ShardMsg>) {
             // find the events in the history) and fail every waiting request rather than
             // leave it hanging.
             ctx.registry.borrow_mut().clear();
+            ctx.watchers_now(0);
             let index = ctx.shared.published.load().view.index().0;
             for (_, slot) in pending.drain() {
                 slot.fill(Reply {

@@ -30,6 +30,10 @@ pub(super) async fn watch(
     stream: bool,
     since: u64,
 ) -> std::io::Result<Flow> {
+    // Before the view is read: from here on the raft shard sends this shard every batch's
+    // events, or this read sees the view that holds them (`Shared::watching`).
+    ctx.shared.watching[ctx.id].store(true, Ordering::SeqCst);
+    std::sync::atomic::fence(Ordering::SeqCst);
     let p = ctx.shared.published.load_full();
     let current = p.view.index().0;
     let mut since = if since == 0 { current + 1 } else { since };
@@ -55,9 +59,7 @@ pub(super) async fn watch(
     let handle = if stream || history.is_empty() {
         let mut reg = ctx.registry.borrow_mut();
         let h = reg.register(key, recursive, stream, since);
-        ctx.shared.counters[ctx.id]
-            .watchers
-            .store(reg.len() as u64, Ordering::Relaxed);
+        ctx.watchers_now(reg.len());
         match h {
             Some(h) => Some(h),
             None => {
@@ -96,9 +98,7 @@ pub(super) async fn watch(
     let unregister = |ctx: &Rc<ShardCtx>| {
         let mut reg = ctx.registry.borrow_mut();
         reg.remove(&handle.key, handle.id);
-        ctx.shared.counters[ctx.id]
-            .watchers
-            .store(reg.len() as u64, Ordering::Relaxed);
+        ctx.watchers_now(reg.len());
     };
     if let Err(e) = conn.flush().await {
         unregister(ctx);
