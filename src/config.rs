@@ -153,6 +153,18 @@ pub struct Config {
     #[arg(long, env = "RINGD_LOG_FORMAT", default_value = "text",
           value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// A one-off command instead of serving (none: serve, with the flags above).
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// ringd's commands besides serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Subcommand {
+    /// Create a ringd data dir from a stopped etcd 3.4/3.5 member's data dir: the v2 keys,
+    /// their indexes and TTLs, as etcd would serve them (docs/etcd-data-dir.md).
+    Migrate(crate::migrate::MigrateArgs),
 }
 
 /// What `--help` says after the flags: the variables that are not flags.
@@ -554,6 +566,33 @@ mod tests {
             .resolve()
             .unwrap();
         assert!(c.peer_tls.auto_tls);
+    }
+
+    #[test]
+    fn migrate_is_a_subcommand_and_flags_alone_still_serve() {
+        let c = parse(&["-name", "n1", "--data-dir", "/tmp/x"]).unwrap();
+        assert!(c.command.is_none());
+        let c = parse(&[
+            "migrate",
+            "--from-etcd-data-dir",
+            "/var/lib/etcd",
+            "-data-dir=/tmp/new",
+        ])
+        .unwrap();
+        let Some(Subcommand::Migrate(m)) = c.command else {
+            panic!("not migrate: {c:?}");
+        };
+        assert_eq!(m.from_etcd_data_dir, std::path::Path::new("/var/lib/etcd"));
+        assert_eq!(m.data_dir, std::path::Path::new("/tmp/new"));
+        assert_eq!(m.name, "default");
+        assert_eq!(m.initial_advertise_peer_urls, "http://localhost:2380");
+        // Both dirs are required.
+        assert_eq!(
+            parse(&["migrate", "--data-dir", "/tmp/new"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod limits;
 pub mod members;
+pub mod migrate;
 pub mod raft;
 pub mod shard;
 pub mod snapshot;

@@ -41,6 +41,25 @@ fn main() {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    if let Some(ringd::config::Subcommand::Migrate(args)) = &cfg.command {
+        // A one-off command, not a member: Ctrl-C or SIGTERM ends it at once (it writes into a
+        // temp dir renamed last, so an interrupted run never leaves a half-made data dir).
+        ringd::shard::shutdown::unblock_stop_signals();
+        match ringd::migrate::run(args) {
+            Ok(summary) => {
+                println!(
+                    "ringd migrate: {} -> {}: {summary}",
+                    args.from_etcd_data_dir.display(),
+                    args.data_dir.display()
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("ringd migrate: refused, nothing written: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let resolved = match cfg.resolve() {
         Ok(r) => r,
         Err(e) => {

@@ -113,6 +113,18 @@ const RULES: &[Rule] = &[
         why: "src/auth is a pure, deterministic state machine and pure permission checks",
     },
     Rule {
+        path: "src/migrate",
+        forbidden: &[
+            "crate::http",
+            "crate::raft",
+            "crate::wal",
+            "std::net",
+            "flume",
+        ],
+        tests: Tests::Checked,
+        why: "src/migrate reads etcd's files and writes a ringd data dir: no server, no log",
+    },
+    Rule {
         path: "src/members.rs",
         forbidden: &["crate::shard", "crate::http"],
         tests: Tests::Checked,

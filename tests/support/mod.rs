@@ -144,6 +144,41 @@ impl Server {
         Server::start(Kind::Etcd, &bin, &["--enable-v2=true"])
     }
 
+    /// Starts the reference etcd with more flags (`extra` comes last, so `--data-dir DIR`
+    /// there replaces the server's own temp data dir: Go's flag package keeps the last value).
+    pub fn etcd_with(extra: &[&str]) -> Server {
+        let bin = etcd_binary().expect("etcd is not installed (apt-get install etcd-server)");
+        let args: Vec<&str> = std::iter::once("--enable-v2=true")
+            .chain(extra.iter().copied())
+            .collect();
+        Server::start(Kind::Etcd, &bin, &args)
+    }
+
+    /// Stops the server with SIGTERM (etcd and ringd shut down cleanly on it) and waits for
+    /// it to exit, at most `START_TIMEOUT` (then it is killed and this panics).
+    pub fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: a signal to our own child, which has not been waited for (its pid is ours).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{} did not exit on SIGTERM", self.kind.name());
+                }
+            }
+        }
+    }
+
     /// Starts ringd with the etcd flags plus `extra` (e.g. `["--shards", "2"]`).
     pub fn ringd(extra: &[&str]) -> Server {
         Server::start(Kind::Ringd, &ringd_binary(), extra)

@@ -975,6 +975,78 @@ impl Store {
     }
 }
 
+/// Writes a snapshot (the input of `Store::restore`) from a tree held elsewhere: an etcd
+/// member's v2 store, for `ringd migrate`. Nodes are added in the order the format stores
+/// them: depth-first, each dir's children in strictly ascending name order, a dir announcing
+/// how many children follow. Nothing is checked here; `Store::restore` checks the result as it
+/// checks any snapshot (names, order, indexes against the store index, counts).
+pub struct SnapshotBuilder {
+    out: Vec<u8>,
+    nodes: u64,
+}
+
+impl SnapshotBuilder {
+    /// A snapshot of a store at `index` with these write stats, whose root has
+    /// `root_children` children.
+    pub fn new(index: u64, stats: &WriteStats, root_children: usize) -> SnapshotBuilder {
+        let mut out = Vec::new();
+        out.extend_from_slice(&SNAPSHOT_MAGIC);
+        out.push(SNAPSHOT_FORMAT_VERSION);
+        put_u64(&mut out, index);
+        put_u64(&mut out, 0); // the node count, known at `finish`
+        for v in stats_fields(stats) {
+            put_u64(&mut out, v);
+        }
+        put_varint(&mut out, root_children as u64);
+        SnapshotBuilder { out, nodes: 0 }
+    }
+
+    /// A dir (its modified index is its created index, as in etcd); its `children` follow.
+    pub fn dir(&mut self, name: &str, created: u64, expire: Option<u64>, children: usize) {
+        self.node_head(name, true, created, expire);
+        put_varint(&mut self.out, children as u64);
+    }
+
+    /// A file.
+    pub fn file(
+        &mut self,
+        name: &str,
+        created: u64,
+        modified: u64,
+        expire: Option<u64>,
+        value: &str,
+    ) {
+        self.node_head(name, false, created, expire);
+        put_varint(&mut self.out, modified.wrapping_sub(created));
+        if let Some(e) = expire {
+            put_u64(&mut self.out, e);
+        }
+        put_str(&mut self.out, value);
+    }
+
+    fn node_head(&mut self, name: &str, dir: bool, created: u64, expire: Option<u64>) {
+        self.nodes += 1;
+        put_str(&mut self.out, name);
+        self.out
+            .push(bit(dir, S_DIR) | bit(expire.is_some(), S_EXPIRE));
+        put_varint(&mut self.out, created);
+        if dir {
+            if let Some(e) = expire {
+                put_u64(&mut self.out, e);
+            }
+        }
+    }
+
+    /// The snapshot bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        let count_at = SNAPSHOT_MAGIC.len() + 1 + 8;
+        self.out[count_at..count_at + 8].copy_from_slice(&self.nodes.to_le_bytes());
+        let body = (self.out.len() - SNAPSHOT_HEADER_LEN) as u64;
+        put_u64(&mut self.out, body);
+        self.out
+    }
+}
+
 type Expiry = BTreeSet<(u64, Box<str>)>;
 
 /// Decodes the body's tree depth-first without recursion, building each dir's children map
