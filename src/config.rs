@@ -165,6 +165,9 @@ pub enum Subcommand {
     /// Create a ringd data dir from a stopped etcd 3.4/3.5 member's data dir: the v2 keys,
     /// their indexes and TTLs, as etcd would serve them (docs/etcd-data-dir.md).
     Migrate(crate::migrate::MigrateArgs),
+    /// Back a running member up (save), make new members from a backup (restore), or look
+    /// at one (status), as etcdctl's `snapshot` commands.
+    Snapshot(crate::backup::SnapshotArgs),
 }
 
 /// What `--help` says after the flags: the variables that are not flags.
@@ -377,33 +380,11 @@ impl Config {
             }
             url.socket_addr()?;
         }
-        let initial_cluster = match &self.initial_cluster {
-            None => vec![(self.name.clone(), advertise_peer_urls.clone())],
-            Some(spec) => parse_initial_cluster(spec)?,
-        };
-        if !initial_cluster.iter().any(|(n, _)| n == &self.name) {
-            return Err(format!(
-                "couldn't find local name {:?} in the initial cluster configuration",
-                self.name
-            ));
-        }
-        let own = initial_cluster
-            .iter()
-            .find(|(n, _)| n == &self.name)
-            .map(|(_, urls)| urls);
-        if let Some(own) = own {
-            let (mut a, mut b) = (own.clone(), advertise_peer_urls.clone());
-            a.sort();
-            b.sort();
-            if a != b {
-                return Err(format!(
-                    "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
-                    self.name,
-                    own.join(","),
-                    advertise_peer_urls.join(",")
-                ));
-            }
-        }
+        let initial_cluster = initial_cluster(
+            &self.name,
+            self.initial_cluster.as_deref(),
+            &advertise_peer_urls,
+        )?;
         if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
             return Err(format!(
                 "--election-timeout[{}ms] should be at least 5 times as --heartbeat-interval[{}ms]",
@@ -449,6 +430,36 @@ impl Config {
             peer_tls,
         })
     }
+}
+
+/// The initial members (`--initial-cluster`, by default this member alone at its advertised
+/// peer URLs), checked as etcd checks them: `name` is one of them, with exactly its
+/// `--initial-advertise-peer-urls`.
+pub fn initial_cluster(
+    name: &str,
+    spec: Option<&str>,
+    advertise_peer_urls: &[String],
+) -> Result<Vec<(String, Vec<String>)>, String> {
+    let initial_cluster = match spec {
+        None => vec![(name.to_string(), advertise_peer_urls.to_vec())],
+        Some(spec) => parse_initial_cluster(spec)?,
+    };
+    let Some((_, own)) = initial_cluster.iter().find(|(n, _)| n == name) else {
+        return Err(format!(
+            "couldn't find local name {name:?} in the initial cluster configuration"
+        ));
+    };
+    let (mut a, mut b) = (own.clone(), advertise_peer_urls.to_vec());
+    a.sort();
+    b.sort();
+    if a != b {
+        return Err(format!(
+            "--initial-cluster has {name}={} but missing from --initial-advertise-peer-urls={}",
+            own.join(","),
+            advertise_peer_urls.join(",")
+        ));
+    }
+    Ok(initial_cluster)
 }
 
 /// Parses `name=url,name=url2,other=url3` into members, grouping URLs by name.
@@ -593,6 +604,55 @@ mod tests {
                 .exit_code(),
             2
         );
+    }
+
+    #[test]
+    fn snapshot_save_restore_and_status_are_subcommands() {
+        let c = parse(&[
+            "snapshot",
+            "save",
+            "/b/s.snap",
+            "--endpoint",
+            "https://127.0.0.1:2379",
+            "--cacert",
+            "ca.pem",
+            "--user",
+            "root:pw",
+        ])
+        .unwrap();
+        let Some(Subcommand::Snapshot(s)) = c.command else {
+            panic!("not snapshot: {c:?}");
+        };
+        let crate::backup::SnapshotCommand::Save(save) = s.command else {
+            panic!("not save: {s:?}");
+        };
+        assert_eq!(save.file, std::path::Path::new("/b/s.snap"));
+        assert_eq!(save.user.as_deref(), Some("root:pw"));
+        let c = parse(&["snapshot", "restore", "s.snap", "--name", "m1"]).unwrap();
+        let Some(Subcommand::Snapshot(s)) = c.command else {
+            panic!("not snapshot: {c:?}");
+        };
+        let crate::backup::SnapshotCommand::Restore(r) = s.command else {
+            panic!("not restore: {s:?}");
+        };
+        assert_eq!((r.name.as_str(), r.data_dir), ("m1", None));
+        assert_eq!(r.initial_cluster_token, "etcd-cluster");
+        // save needs its endpoint; --cert needs --key; status knows table and json only.
+        for bad in [
+            &["snapshot", "save", "f"][..],
+            &[
+                "snapshot",
+                "save",
+                "f",
+                "--endpoint",
+                "http://a:1",
+                "--cert",
+                "c",
+            ],
+            &["snapshot", "status", "f", "-w", "yaml"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

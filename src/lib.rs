@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod http;
 pub mod limits;

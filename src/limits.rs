@@ -100,3 +100,9 @@ pub const BCRYPT_COST: u32 = 10;
 /// beyond that the shard runs it inline, so a flood of wrong passwords slows that shard, and
 /// never spawns threads without bound.
 pub const BCRYPT_THREADS_PER_SHARD_MAX: usize = 4;
+
+/// Snapshot saves (`GET /ringd/snapshot`, `ringd snapshot save`) a member serves at once,
+/// from the read barrier to the last byte sent. Each holds one encoded snapshot in memory
+/// (about the size of a snapshot file; twice that while it is encoded) and, while encoding,
+/// a thread at nice +10; a save beyond the bound is refused at once with 503.
+pub const SNAPSHOT_SAVES_MAX: usize = 2;

@@ -60,6 +60,21 @@ fn main() {
             }
         }
     }
+    if let Some(ringd::config::Subcommand::Snapshot(args)) = &cfg.command {
+        // A one-off command too: a stop signal ends it (a save writes FILE.part, renamed only
+        // once checked; a restore builds its data dir aside, renamed last).
+        ringd::shard::shutdown::unblock_stop_signals();
+        match ringd::backup::run(args) {
+            Ok(out) => {
+                println!("{out}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("ringd snapshot: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let resolved = match cfg.resolve() {
         Ok(r) => r,
         Err(e) => {

@@ -83,7 +83,7 @@ impl MigrateError {
         MigrateError::file(file, e.to_string())
     }
 
-    fn other(what: impl Into<String>) -> MigrateError {
+    pub fn other(what: impl Into<String>) -> MigrateError {
         MigrateError {
             file: None,
             offset: None,
@@ -171,13 +171,13 @@ pub fn run(args: &MigrateArgs) -> Result<Summary, MigrateError> {
 }
 
 /// `NEW` must not exist, or be an empty dir.
-fn check_target(new: &Path) -> Result<(), MigrateError> {
+pub fn check_target(new: &Path) -> Result<(), MigrateError> {
     match std::fs::read_dir(new) {
         Ok(mut rd) => match rd.next() {
             None => Ok(()),
             Some(_) => Err(MigrateError::file(
                 new,
-                "exists and is not empty: migrate writes a new data dir",
+                "exists and is not empty: a new data dir is written, never into an existing one",
             )),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -269,44 +269,9 @@ fn check_auth(store: &Store) -> Result<(), MigrateError> {
     Ok(())
 }
 
-/// Writes the data dir: built in a temp dir beside `new`, fsynced, renamed into place.
+/// Writes the migrated data dir: a snapshot at `MIGRATED_RAFT_INDEX` with the store and the
+/// last 1000 events, a one-member membership.
 fn write(new: &Path, m: &Migrated, id: u64, membership: &Membership) -> Result<(), MigrateError> {
-    let parent = match new.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let base = new
-        .file_name()
-        .ok_or_else(|| MigrateError::file(new, "not a directory name"))?;
-    let tmp = parent.join(format!(
-        ".{}.migrate-tmp-{}",
-        base.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = write_into(&tmp, m, id, membership).and_then(|()| {
-        // An empty NEW is replaced (rename cannot replace a directory).
-        if new.exists() {
-            std::fs::remove_dir(new).map_err(|e| MigrateError::io(new, e))?;
-        }
-        std::fs::rename(&tmp, new).map_err(|e| MigrateError::io(new, e))?;
-        std::fs::File::open(&parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| MigrateError::io(&parent, e))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
-}
-
-fn write_into(
-    dir: &Path,
-    m: &Migrated,
-    id: u64,
-    membership: &Membership,
-) -> Result<(), MigrateError> {
-    let paths = crate::shard::recovery::Paths::new(dir);
-    std::fs::create_dir_all(&paths.wal).map_err(|e| MigrateError::io(&paths.wal, e))?;
     let mut store = Vec::new();
     m.store.snapshot(&mut store);
     let keep = m
@@ -323,18 +288,83 @@ fn write_into(
         .collect();
     let auth = serde_json::to_vec(&crate::auth::AuthState::default())
         .map_err(|e| MigrateError::other(format!("auth state: {e}")))?;
+    let dir = NewDataDir {
+        raft_index: MIGRATED_RAFT_INDEX,
+        raft_term: MIGRATED_RAFT_TERM,
+        store: &store,
+        events: &events,
+        auth: &auth,
+        member_id: id,
+        membership,
+    };
+    write_data_dir(new, &dir)
+}
+
+/// A new member's data dir (`ringd migrate`, `ringd snapshot restore`): one snapshot, no log,
+/// and the membership record. Every member of a new cluster made from the same state gets the
+/// same snapshot point (`raft_index`, `raft_term`) and the same membership, so recovery gives
+/// them the same raft log start and the same voters.
+pub struct NewDataDir<'a> {
+    pub raft_index: u64,
+    pub raft_term: u64,
+    /// The store's snapshot encoding.
+    pub store: &'a [u8],
+    /// The event history, each event encoded, oldest first.
+    pub events: &'a [Vec<u8>],
+    /// The auth state (JSON).
+    pub auth: &'a [u8],
+    /// This member's id in `membership`.
+    pub member_id: u64,
+    /// The new cluster's membership (its `applied_index` is `raft_index`).
+    pub membership: &'a Membership,
+}
+
+/// Writes a new data dir: built in a temp dir beside `new`, fsynced, renamed into place
+/// (`new` must not exist, or be empty: `check_target`).
+pub fn write_data_dir(new: &Path, d: &NewDataDir) -> Result<(), MigrateError> {
+    let parent = match new.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = new
+        .file_name()
+        .ok_or_else(|| MigrateError::file(new, "not a directory name"))?;
+    let tmp = parent.join(format!(
+        ".{}.migrate-tmp-{}",
+        base.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = write_into(&tmp, d).and_then(|()| {
+        // An empty NEW is replaced (rename cannot replace a directory).
+        if new.exists() {
+            std::fs::remove_dir(new).map_err(|e| MigrateError::io(new, e))?;
+        }
+        std::fs::rename(&tmp, new).map_err(|e| MigrateError::io(new, e))?;
+        std::fs::File::open(&parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| MigrateError::io(&parent, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn write_into(dir: &Path, d: &NewDataDir) -> Result<(), MigrateError> {
+    let paths = crate::shard::recovery::Paths::new(dir);
+    std::fs::create_dir_all(&paths.wal).map_err(|e| MigrateError::io(&paths.wal, e))?;
     crate::snapshot::write(
         &paths.snap,
-        MIGRATED_RAFT_INDEX,
-        MIGRATED_RAFT_TERM,
-        &store,
-        &events,
-        &membership.encode(),
-        &auth,
+        d.raft_index,
+        d.raft_term,
+        d.store,
+        d.events,
+        &d.membership.encode(),
+        d.auth,
     )
     .map_err(|e| MigrateError::io(&paths.snap, e))?;
     let record = crate::shard::recovery::membership_path(dir);
-    crate::shard::recovery::write_membership(&record, id, membership)
+    crate::shard::recovery::write_membership(&record, d.member_id, d.membership)
         .map_err(|e| MigrateError::io(&record, e))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())

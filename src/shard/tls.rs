@@ -477,14 +477,7 @@ impl Connector {
         request: &[u8],
         limit: u64,
     ) -> Result<Vec<u8>, String> {
-        let name = ServerName::try_from(
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-        )
-        .map_err(|e| format!("{host}: not a TLS server name: {e}"))?;
-        let conn = ClientConnection::new(self.config.clone(), name).map_err(|e| e.to_string())?;
-        let mut s = rustls::StreamOwned::new(conn, tcp);
+        let mut s = self.blocking_stream(tcp, host)?;
         s.write_all(request).map_err(|e| format!("TLS: {e}"))?;
         let mut buf = Vec::new();
         match s.take(limit).read_to_end(&mut buf) {
@@ -493,6 +486,25 @@ impl Connector {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !buf.is_empty() => Ok(buf),
             Err(e) => Err(format!("TLS: {e}")),
         }
+    }
+}
+
+impl Connector {
+    /// A blocking TLS session to `host` over `tcp` (the handshake runs at the first read or
+    /// write): for start-up and the one-off commands, which run no executor.
+    pub fn blocking_stream(
+        &self,
+        tcp: std::net::TcpStream,
+        host: &str,
+    ) -> Result<rustls::StreamOwned<ClientConnection, std::net::TcpStream>, String> {
+        let name = ServerName::try_from(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+        )
+        .map_err(|e| format!("{host}: not a TLS server name: {e}"))?;
+        let conn = ClientConnection::new(self.config.clone(), name).map_err(|e| e.to_string())?;
+        Ok(rustls::StreamOwned::new(conn, tcp))
     }
 }
 

@@ -126,8 +126,8 @@ pub(super) fn serve_other(
                 body.as_bytes(),
             );
         }
-        // Answered by `auth::auth_api` before this is called.
-        Route::Auth { .. } => {}
+        // Answered by `auth::auth_api` and `backup::snapshot` before this is called.
+        Route::Auth { .. } | Route::Snapshot => {}
     }
     None
 }

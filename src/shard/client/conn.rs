@@ -163,6 +163,7 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
     let needs_credentials = match &route {
         Route::Keys(Ok(_)) => true,
         Route::Members { method, .. } => !matches!(method, Method::Get | Method::Head),
+        Route::Snapshot => true,
         _ => false,
     };
     let who = match &auth {
@@ -196,6 +197,19 @@ async fn handle(ctx: &Rc<ShardCtx>, req: Request, conn: &mut Conn) -> std::io::R
                     .is_some_and(|a| !super::auth::has_root_access(a, who.as_ref())) =>
         {
             super::auth::no_auth(&mut conn.out, head);
+            keep
+        }
+        // Root only, as etcd's v3 snapshot when auth is on.
+        Route::Snapshot
+            if auth
+                .as_ref()
+                .is_some_and(|a| !super::auth::has_root_access(a, who.as_ref())) =>
+        {
+            super::auth::no_auth(&mut conn.out, head);
+            keep
+        }
+        Route::Snapshot => {
+            super::backup::snapshot(ctx, conn).await?;
             keep
         }
         Route::Keys(Ok(kr)) => {
