@@ -55,64 +55,72 @@ fn status(file: &Path) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-/// A member started on a data dir made by `ringd snapshot restore`.
-struct Restored {
+/// A one-member ringd on a data dir of the test's (a restored one, or one to save offline).
+struct Node {
     child: Child,
     addr: String,
     log: PathBuf,
 }
 
-impl Restored {
-    /// Restores `file` into `dir/data` as member `name` of a new one-member cluster and
-    /// starts it; returns once it answers as the leader of its cluster.
-    fn start(file: &Path, dir: &Path, name: &str) -> Restored {
-        let (client, peer) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{client}");
-        let peer = format!("http://127.0.0.1:{peer}");
-        let data = dir.join("data").display().to_string();
-        let (ok, out) = ringd(&[
-            "snapshot",
-            "restore",
-            &file.display().to_string(),
-            "--data-dir",
-            &data,
-            "--name",
-            name,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ]);
-        assert!(ok, "{out}");
-        let log = dir.join("restored.log");
+/// Restores `file` into `dir/data` as member `name` of a new one-member cluster and starts
+/// it.
+fn restored(file: &Path, dir: &Path, name: &str) -> Node {
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let data = dir.join("data");
+    let (ok, out) = ringd(&[
+        "snapshot",
+        "restore",
+        &file.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--name",
+        name,
+        "--initial-advertise-peer-urls",
+        &peer,
+    ]);
+    assert!(ok, "{out}");
+    Node::start(&data, name, &peer, &[])
+}
+
+impl Node {
+    /// Starts ringd on `data` (peer URL `peer`) and returns once it answers as the leader of
+    /// its one-member cluster.
+    fn start(data: &Path, name: &str, peer: &str, extra: &[&str]) -> Node {
+        let client = format!("http://127.0.0.1:{}", free_port());
+        let log = data.with_extension("log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(ringd_binary())
-            .args(["--name", name, "--data-dir", &data])
+            .args(["--name", name])
+            .arg("--data-dir")
+            .arg(data)
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--listen-peer-urls", peer])
+            .args(["--initial-advertise-peer-urls", peer])
+            .args(extra)
             .env("RINGD_FORCE_EPOLL", "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .unwrap();
-        let mut r = Restored {
+        let mut node = Node {
             child,
             addr: client.trim_start_matches("http://").to_string(),
             log,
         };
         let deadline = Instant::now() + WAIT;
         loop {
-            let leader = request_timeout(&r.addr, "GET", "/v2/stats/self", &[], b"", WAIT)
+            let leader = request_timeout(&node.addr, "GET", "/v2/stats/self", &[], b"", WAIT)
                 .ok()
                 .is_some_and(|s| s.status == 200 && s.json()["state"] == "StateLeader");
             if leader {
-                return r;
+                return node;
             }
-            if let Ok(Some(s)) = r.child.try_wait() {
-                panic!("the restored member exited with {s}: {}", r.log());
+            if let Ok(Some(s)) = node.child.try_wait() {
+                panic!("ringd exited with {s}: {}", node.log());
             }
-            assert!(Instant::now() < deadline, "not ready: {}", r.log());
+            assert!(Instant::now() < deadline, "not ready: {}", node.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -122,7 +130,7 @@ impl Restored {
     }
 }
 
-impl Drop for Restored {
+impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -196,7 +204,7 @@ fn a_save_under_write_load_holds_every_write_acknowledged_before_it_began() {
     let before: Vec<&Acked> = acked.iter().filter(|a| a.2 < began).collect();
     assert!(before.len() >= 60, "{}", before.len());
     let st = status(&file);
-    let restored = Restored::start(&file, dir.path(), "restored");
+    let restored = restored(&file, dir.path(), "restored");
     let get = |path: &str| support::get(&restored.addr, path);
     // The whole saved tree, and nothing newer: the index is the snapshot's.
     let listing = get("/v2/keys/load?recursive=true");
@@ -463,7 +471,7 @@ fn with_auth_on_only_root_may_save() {
     let (ok, out) = save(&file, &s.url(), &["--user", "root:rootpw"]);
     assert!(ok, "{out}");
     // The auth state travels in the snapshot: a restored member has the users, auth on.
-    let restored = Restored::start(&file, dir.path(), "restored");
+    let restored = restored(&file, dir.path(), "restored");
     let enabled = support::get(&restored.addr, "/v2/auth/enable").json();
     assert_eq!(enabled["enabled"], true);
     let r = request_timeout(
@@ -476,4 +484,68 @@ fn with_auth_on_only_root_may_save() {
     )
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Every file under `dir` with its bytes, by path.
+fn files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.insert(path.clone(), std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_stopped_members_data_dir_saves_with_its_log_and_is_left_as_it_was() {
+    let dir = TempDir::new("ringd-backup-offline");
+    let data = dir.path().join("member");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    // Small snapshots, so that the data dir holds snapshots and log entries after them.
+    let node = Node::start(&data, "m", &peer, &["--snapshot-count", "7"]);
+    for i in 0..30 {
+        let r = support::put_form(&node.addr, &format!("/v2/keys/d/k{i}"), "value=v");
+        assert_eq!(r.status, 201);
+    }
+    assert_eq!(support::delete(&node.addr, "/v2/keys/d/k3").status, 200);
+    let (saved_tree, saved_index) = tree(&node.addr);
+    let file = dir.path().join("offline.snap");
+    let data_arg = data.display().to_string();
+    let file_arg = file.display().to_string();
+    let offline = ["snapshot", "save", &file_arg, "--data-dir", &data_arg];
+    // A running member's data dir is refused.
+    let (ok, out) = ringd(&offline);
+    assert!(!ok && out.contains("in use by a running member"), "{out}");
+    assert!(!file.exists());
+    drop(node);
+    let before = files(&data);
+    assert!(before
+        .keys()
+        .any(|p| p.extension().is_some_and(|e| e == "snap")));
+    let (ok, out) = ringd(&offline);
+    assert!(ok, "{out}");
+    assert_eq!(files(&data), before, "the saved data dir changed");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("offline.snap."))
+        .collect();
+    assert!(names.is_empty(), "left behind: {names:?}");
+    // Everything the member had acknowledged, the log's tail after its newest snapshot
+    // included.
+    let st = status(&file);
+    assert_eq!(st["etcdIndex"].to_string(), saved_index);
+    let newest_snap = before
+        .keys()
+        .filter_map(|p| p.file_stem()?.to_str().map(str::to_string))
+        .filter_map(|stem| u64::from_str_radix(&stem, 16).ok())
+        .max()
+        .unwrap();
+    assert!(newest_snap < st["raftIndex"].as_u64().unwrap(), "{st}");
+    let restored = restored(&file, dir.path(), "restored");
+    assert_eq!(tree(&restored.addr), (saved_tree, saved_index));
 }

@@ -46,8 +46,17 @@ pub struct SaveArgs {
     pub file: PathBuf,
 
     /// The client URL of the member to save from (http:// or https://).
-    #[arg(long, alias = "endpoints", value_name = "URL")]
-    pub endpoint: String,
+    #[arg(
+        long,
+        alias = "endpoints",
+        value_name = "URL",
+        required_unless_present = "data_dir"
+    )]
+    pub endpoint: Option<String>,
+
+    /// Instead of --endpoint: the data dir of a stopped member (read, never changed).
+    #[arg(long, value_name = "DIR", conflicts_with = "endpoint")]
+    pub data_dir: Option<PathBuf>,
 
     /// CA certificates (PEM) that sign the member's https certificate (default: the
     /// system's bundle, /etc/ssl/certs/ca-certificates.crt).

@@ -1,9 +1,10 @@
 //! `ringd snapshot save FILE --endpoint URL`: streams the member's snapshot into `FILE.part`
 //! (as etcdctl does), fsyncs it, checks it, renames it to `FILE` and fsyncs the directory. A
 //! failed or cut-short transfer, or bytes that do not check out, leave no `FILE` (and no
-//! `FILE.part`).
+//! `FILE.part`). `--data-dir D` instead: the state of a stopped member's data dir
+//! (`shard::backup::save_stopped`), written the same way.
 
-use super::{load, SaveArgs};
+use super::{load, Loaded, SaveArgs};
 use crate::config::TlsSettings;
 use crate::shard::fetch::{self, Get};
 use std::path::{Path, PathBuf};
@@ -21,10 +22,39 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const ERROR_BODY_BYTES_MAX: u64 = 64 * 1024;
 
 pub(super) fn run(a: &SaveArgs) -> Result<String, String> {
-    if a.endpoint.contains(',') {
+    let (loaded, etcd_index) = match (&a.data_dir, &a.endpoint) {
+        (Some(dir), _) => {
+            // The copy recovery works on sits beside FILE (the same file system as FILE.part).
+            let scratch = sibling(&a.file, &format!(".scratch-{}", std::process::id()));
+            let saved = crate::shard::backup::save_stopped(dir, &scratch)?;
+            let length = saved.bytes.len() as u64;
+            let loaded = keep(&mut saved.bytes.as_slice(), Some(length), &a.file)?;
+            (loaded, saved.etcd_index.to_string())
+        }
+        (None, Some(endpoint)) => {
+            let mut response = fetch_snapshot(a, endpoint)?;
+            let length = response.content_length;
+            let loaded = keep(response.body(), length, &a.file)?;
+            let index = response.header("X-Etcd-Index").unwrap_or("?").to_string();
+            (loaded, index)
+        }
+        (None, None) => return Err("give --endpoint URL (or a stopped member's --data-dir)".into()),
+    };
+    Ok(format!(
+        "Snapshot saved at {}: raft index {}, etcd index {etcd_index}, {} bytes, crc32c {:08x}",
+        a.file.display(),
+        loaded.file.raft_index,
+        loaded.bytes,
+        loaded.crc32c
+    ))
+}
+
+/// `GET /ringd/snapshot` on the endpoint: the response, once its head says 200.
+fn fetch_snapshot(a: &SaveArgs, endpoint: &str) -> Result<fetch::Response, String> {
+    if endpoint.contains(',') {
         return Err("snapshot save takes one endpoint (--endpoint URL)".to_string());
     }
-    let tls = connector(a)?;
+    let tls = connector(a, endpoint)?;
     let authorization = a.user.as_deref().map(basic_auth).transpose()?;
     let headers: Vec<(&str, &str)> = authorization
         .as_deref()
@@ -32,39 +62,45 @@ pub(super) fn run(a: &SaveArgs) -> Result<String, String> {
         .into_iter()
         .collect();
     let mut response = fetch::get(&Get {
-        url: a.endpoint.trim_end_matches('/'),
+        url: endpoint.trim_end_matches('/'),
         path: "/ringd/snapshot",
         tls: tls.as_ref(),
         headers: &headers,
         dial_timeout: DIAL_TIMEOUT,
         read_timeout: READ_TIMEOUT,
     })?;
-    if response.status != 200 {
-        let mut body = String::new();
-        let _ = std::io::Read::read_to_string(
-            &mut std::io::Read::take(response.body(), ERROR_BODY_BYTES_MAX),
-            &mut body,
-        );
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string))
-            .unwrap_or(body);
-        return Err(format!(
-            "{} answered {}: {}",
-            a.endpoint,
-            response.status,
-            message.trim()
-        ));
+    if response.status == 200 {
+        return Ok(response);
     }
-    let part = part_path(&a.file);
-    let checked = receive(&mut response, &part)
+    let mut body = String::new();
+    let _ = std::io::Read::read_to_string(
+        &mut std::io::Read::take(response.body(), ERROR_BODY_BYTES_MAX),
+        &mut body,
+    );
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or(body);
+    Err(format!(
+        "{endpoint} answered {}: {}",
+        response.status,
+        message.trim()
+    ))
+}
+
+/// Writes the snapshot from `from` into FILE.part, makes it durable, checks it, renames it
+/// to `file` and makes the rename durable. On any failure before the rename, FILE.part is
+/// removed and `file` untouched.
+fn keep(from: &mut dyn std::io::Read, length: Option<u64>, file: &Path) -> Result<Loaded, String> {
+    let part = sibling(file, ".part");
+    let checked = receive(from, length, &part)
         .and_then(|()| load(&part))
         .and_then(|loaded| {
-            std::fs::rename(&part, &a.file).map_err(|e| {
+            std::fs::rename(&part, file).map_err(|e| {
                 format!(
                     "cannot rename {} to {}: {e}",
                     part.display(),
-                    a.file.display()
+                    file.display()
                 )
             })?;
             Ok(loaded)
@@ -76,8 +112,7 @@ pub(super) fn run(a: &SaveArgs) -> Result<String, String> {
             return Err(format!("{e}; nothing saved"));
         }
     };
-    // The rename is durable once the directory is.
-    let dir = match a.file.parent() {
+    let dir = match file.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
@@ -86,35 +121,26 @@ pub(super) fn run(a: &SaveArgs) -> Result<String, String> {
         .map_err(|e| {
             format!(
                 "saved {}, but cannot sync {}: {e}",
-                a.file.display(),
+                file.display(),
                 dir.display()
             )
         })?;
-    Ok(format!(
-        "Snapshot saved at {}: raft index {}, etcd index {}, {} bytes, crc32c {:08x}",
-        a.file.display(),
-        loaded.file.raft_index,
-        response.header("X-Etcd-Index").unwrap_or("?"),
-        loaded.bytes,
-        loaded.crc32c
-    ))
+    Ok(loaded)
 }
 
-/// `FILE.part`, beside `FILE`.
-fn part_path(file: &Path) -> PathBuf {
+/// `FILE` with `suffix` appended (`FILE.part`), beside it.
+fn sibling(file: &Path, suffix: &str) -> PathBuf {
     let mut name = file.as_os_str().to_owned();
-    name.push(".part");
+    name.push(suffix);
     PathBuf::from(name)
 }
 
-/// Writes the body to `part` and makes it durable; the whole of Content-Length must arrive.
-fn receive(response: &mut fetch::Response, part: &Path) -> Result<(), String> {
-    let expected = response.content_length;
+/// Writes `from` to `part` and makes it durable; all of `length` must arrive.
+fn receive(from: &mut dyn std::io::Read, length: Option<u64>, part: &Path) -> Result<(), String> {
     let mut f = std::fs::File::create(part)
         .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
-    let got =
-        std::io::copy(response.body(), &mut f).map_err(|e| format!("the transfer failed: {e}"))?;
-    if let Some(n) = expected.filter(|n| *n != got) {
+    let got = std::io::copy(from, &mut f).map_err(|e| format!("the transfer failed: {e}"))?;
+    if let Some(n) = length.filter(|n| *n != got) {
         return Err(format!("the transfer was cut short: {got} of {n} bytes"));
     }
     f.sync_all()
@@ -122,8 +148,8 @@ fn receive(response: &mut fetch::Response, part: &Path) -> Result<(), String> {
 }
 
 /// The TLS client side for an https endpoint (None for http).
-fn connector(a: &SaveArgs) -> Result<Option<crate::shard::tls::Connector>, String> {
-    if !a.endpoint.starts_with("https://") {
+fn connector(a: &SaveArgs, endpoint: &str) -> Result<Option<crate::shard::tls::Connector>, String> {
+    if !endpoint.starts_with("https://") {
         return Ok(None);
     }
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
@@ -135,8 +161,7 @@ fn connector(a: &SaveArgs) -> Result<Option<crate::shard::tls::Connector>, Strin
         }
         (None, false) => {
             return Err(format!(
-                "{} is https: give the CA that signed its certificate (--cacert FILE), or --insecure-skip-tls-verify",
-                a.endpoint
+                "{endpoint} is https: give the CA that signed its certificate (--cacert FILE), or --insecure-skip-tls-verify"
             ))
         }
     };
@@ -171,7 +196,7 @@ mod tests {
     #[test]
     fn part_file_sits_beside_the_file_and_user_needs_a_password() {
         assert_eq!(
-            part_path(Path::new("/b/snap.db")),
+            sibling(Path::new("/b/snap.db"), ".part"),
             PathBuf::from("/b/snap.db.part")
         );
         assert_eq!(basic_auth("root:pw").unwrap(), "Basic cm9vdDpwdw==");

@@ -17,13 +17,18 @@
 //! encoded snapshot, once per running save (about the size of a snapshot file; the store's
 //! encoding and the file's bytes both exist while it is put together), plus the old versions
 //! of the tree nodes that writes replace while the frozen copy is alive.
+//!
+//! `save_stopped` makes the same file from a stopped member's data dir (`ringd snapshot save
+//! --data-dir`), recovering a copy of it as a member starts.
 
 use super::raft_shard::Token;
 use super::snapshotter::{lower_this_threads_priority, WriteJob};
 use super::Shared;
 use crate::limits::SNAPSHOT_SAVES_MAX;
+use crate::members::Membership;
 use crate::raft::Replica;
 use crate::watch::ring::EventRing;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -120,4 +125,94 @@ impl SaveRequest {
             tracing::warn!("cannot spawn a thread for a snapshot save: {e}");
         }
     }
+}
+
+/// `ringd snapshot save FILE --data-dir D`: the state of a stopped member, as a snapshot file
+/// with everything its log holds after its newest snapshot (the newest `member/snap/*.snap`
+/// alone would miss those writes). The data dir is never changed: its lock is held (so a
+/// member cannot start on it meanwhile, and a running member refuses the save) while its
+/// snapshots, log and membership record are copied into `scratch`, where the usual recovery
+/// replays the log (it may repair a torn tail or, for a member alone, elect itself: on the
+/// copy); the copy is removed afterwards.
+pub fn save_stopped(data_dir: &Path, scratch: &Path) -> Result<Saved, String> {
+    use crate::wal::Storage;
+    let record = super::recovery::membership_path(data_dir);
+    let Some((id, membership)) = super::recovery::read_membership(&record)? else {
+        return Err(format!(
+            "{} is not a ringd data dir (no {})",
+            data_dir.display(),
+            record.display()
+        ));
+    };
+    let paths = super::recovery::Paths::new(data_dir);
+    let _lock = crate::wal::FsStorage::default()
+        .lock(&paths.wal)
+        .map_err(|e| match e {
+            crate::wal::WalError::Locked(_) => format!(
+                "{} is in use by a running member: save from it with --endpoint",
+                data_dir.display()
+            ),
+            e => e.to_string(),
+        })?;
+    let saved =
+        copy_member(data_dir, scratch).and_then(|()| recover_and_encode(scratch, id, membership));
+    let _ = std::fs::remove_dir_all(scratch);
+    saved
+}
+
+/// Copies the snapshots, log segments and membership record of `from` into a new `to`.
+fn copy_member(from: &Path, to: &Path) -> Result<(), String> {
+    let (src, dst) = (
+        super::recovery::Paths::new(from),
+        super::recovery::Paths::new(to),
+    );
+    for (dir, into, kind) in [
+        (&src.wal, &dst.wal, ".wal"),
+        (&src.snap, &dst.snap, ".snap"),
+    ] {
+        std::fs::create_dir_all(into)
+            .map_err(|e| format!("cannot create {}: {e}", into.display()))?;
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+            let name = entry.file_name();
+            if name.to_string_lossy().ends_with(kind) {
+                std::fs::copy(entry.path(), into.join(&name))
+                    .map_err(|e| format!("cannot copy {}: {e}", entry.path().display()))?;
+            }
+        }
+    }
+    let record = super::recovery::membership_path(from);
+    std::fs::copy(&record, super::recovery::membership_path(to))
+        .map(|_| ())
+        .map_err(|e| format!("cannot copy {}: {e}", record.display()))
+}
+
+/// Recovers the copy as a member would at start-up, and encodes its state.
+fn recover_and_encode(dir: &Path, id: u64, membership: Membership) -> Result<Saved, String> {
+    let mut rec = super::recovery::recover(
+        dir,
+        super::recovery::Start {
+            id,
+            membership,
+            force_new_cluster: false,
+            // Never ticked: only what raft-rs's configuration needs.
+            election_tick: 10,
+            heartbeat_tick: 1,
+            request_timeout_ticks: 100,
+        },
+    )?;
+    let replayed = super::recovery::replay(&mut rec);
+    let ring = EventRing::new();
+    for ev in rec.history.drain(..).chain(replayed) {
+        ring.publish(ev);
+    }
+    let job = WriteJob::freeze(&ring, &rec.replica, false);
+    Ok(Saved {
+        bytes: job.encode(),
+        raft_index: job.index,
+        raft_term: job.term,
+        etcd_index: job.source.index(),
+    })
 }
