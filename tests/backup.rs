@@ -330,6 +330,15 @@ fn a_restore_makes_a_new_three_member_cluster_serving_the_saved_tree() {
     }
 }
 
+/// The names in `dir` that start with `prefix` (temp files a command should have removed).
+fn names_starting(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
 /// A saved snapshot of a member holding a few keys.
 fn saved_snapshot(dir: &Path) -> PathBuf {
     let source = Server::ringd(&[]);
@@ -370,12 +379,8 @@ fn a_damaged_snapshot_is_refused_by_status_and_restore_and_writes_nothing() {
         assert!(!target.exists(), "restore wrote {target:?}");
     }
     // Nothing was left beside the targets either (the restore builds in a temp dir).
-    let names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(names.is_empty(), "{names:?}");
+    let names = names_starting(dir.path(), ".");
+    assert!(names.is_empty(), "left behind: {names:?}");
     // The good file restores, into an empty dir only.
     let target = dir.path().join("restored");
     let target_arg = target.display().to_string();
@@ -529,11 +534,7 @@ fn a_stopped_members_data_dir_saves_with_its_log_and_is_left_as_it_was() {
     let (ok, out) = ringd(&offline);
     assert!(ok, "{out}");
     assert_eq!(files(&data), before, "the saved data dir changed");
-    let names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("offline.snap."))
-        .collect();
+    let names = names_starting(dir.path(), "offline.snap.");
     assert!(names.is_empty(), "left behind: {names:?}");
     // Everything the member had acknowledged, the log's tail after its newest snapshot
     // included.
