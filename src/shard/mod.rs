@@ -13,6 +13,7 @@
 //!   the other members (docs/peer-wire.md) and answers etcd's peer endpoints.
 
 pub mod client;
+pub mod live;
 pub mod peer;
 pub mod raft_shard;
 pub mod recovery;
