@@ -593,17 +593,46 @@ mod tests {
         let Some(Subcommand::Migrate(m)) = c.command else {
             panic!("not migrate: {c:?}");
         };
-        assert_eq!(m.from_etcd_data_dir, std::path::Path::new("/var/lib/etcd"));
+        assert_eq!(
+            m.from_etcd_data_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/etcd"))
+        );
         assert_eq!(m.data_dir, std::path::Path::new("/tmp/new"));
         assert_eq!(m.name, "default");
         assert_eq!(m.initial_advertise_peer_urls, "http://localhost:2380");
-        // Both dirs are required.
-        assert_eq!(
-            parse(&["migrate", "--data-dir", "/tmp/new"])
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
+        // A source (a data dir or an endpoint, not both) and the new dir are required.
+        for bad in [
+            &["migrate", "--data-dir", "/tmp/new"][..],
+            &[
+                "migrate",
+                "--from-etcd-data-dir",
+                "/e",
+                "--from-endpoint",
+                "http://h:2379",
+                "--data-dir",
+                "/n",
+            ],
+            &["migrate", "--from-endpoint", "http://h:2379"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+        let c = parse(&[
+            "migrate",
+            "--from-endpoint",
+            "http://127.0.0.1:2379",
+            "--hidden-key",
+            "/_a",
+            "--hidden-key",
+            "/d/_b",
+            "--data-dir",
+            "/n",
+        ])
+        .unwrap();
+        let Some(Subcommand::Migrate(m)) = c.command else {
+            panic!("not migrate: {c:?}");
+        };
+        assert_eq!(m.from_endpoint.as_deref(), Some("http://127.0.0.1:2379"));
+        assert_eq!(m.hidden_key, ["/_a", "/d/_b"]);
     }
 
     #[test]

@@ -42,14 +42,25 @@ fn main() {
             .init();
     }
     if let Some(ringd::config::Subcommand::Migrate(args)) = &cfg.command {
-        // A one-off command, not a member: Ctrl-C or SIGTERM ends it at once (it writes into a
-        // temp dir renamed last, so an interrupted run never leaves a half-made data dir).
-        ringd::shard::shutdown::unblock_stop_signals();
-        match ringd::migrate::run(args) {
-            Ok(summary) => {
+        let result = if let Some(url) = &args.from_endpoint {
+            // Live: SIGTERM/Ctrl-C (still blocked, taken by this thread) is the cut-over that
+            // writes NEW.
+            ringd::shard::live::run(args).map(|(report, summary)| {
+                println!("ringd migrate: {report}");
+                (url.clone(), summary)
+            })
+        } else {
+            // A one-off command, not a member: Ctrl-C or SIGTERM ends it at once (it writes
+            // into a temp dir renamed last, so an interrupted run never leaves a half-made
+            // data dir).
+            ringd::shard::shutdown::unblock_stop_signals();
+            let from = args.from_etcd_data_dir.clone().unwrap_or_default();
+            ringd::migrate::run(args).map(|s| (from.display().to_string(), s))
+        };
+        match result {
+            Ok((from, summary)) => {
                 println!(
-                    "ringd migrate: {} -> {}: {summary}",
-                    args.from_etcd_data_dir.display(),
+                    "ringd migrate: {from} -> {}: {summary}",
                     args.data_dir.display()
                 );
                 return;

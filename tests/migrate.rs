@@ -73,7 +73,8 @@ struct Seen {
     history: Vec<(u64, Value)>,
 }
 
-fn look(s: &Server) -> Seen {
+/// The recursive, sorted listing of `/`: its X-Etcd-Index and its nodes.
+fn listing(s: &Server) -> (u64, Vec<(Node, Option<i64>)>) {
     let r = s.get("/v2/keys/?recursive=true&sorted=true");
     assert_eq!(r.status, 200, "{}", r.text());
     let index = r
@@ -82,6 +83,11 @@ fn look(s: &Server) -> Seen {
         .expect("X-Etcd-Index");
     let mut nodes = Vec::new();
     flatten(&r.json()["node"], &mut nodes);
+    (index, nodes)
+}
+
+fn look(s: &Server) -> Seen {
+    let (index, mut nodes) = listing(s);
     for key in HIDDEN {
         let r = s.get(&format!("/v2/keys{key}"));
         assert_eq!(r.status, 200, "{key}: {}", r.text());
@@ -543,4 +549,103 @@ fn rewrite_snap_store(file: &[u8], f: impl Fn(&str) -> String) -> Vec<u8> {
     varint(&mut out, data.len() as u64);
     out.extend_from_slice(&data);
     out
+}
+
+/// The tree, the hidden key and the index as a client sees them (expirations exact, no ttl).
+fn tree(s: &Server) -> (u64, Vec<Node>) {
+    let (index, mut nodes) = listing(s);
+    let h = s.get("/v2/keys/live/_h");
+    assert_eq!(h.status, 200, "{}", h.text());
+    flatten(&h.json()["node"], &mut nodes);
+    (index, nodes.into_iter().map(|(n, _)| n).collect())
+}
+
+/// `ringd migrate --from-endpoint`: ringd copies a running etcd and follows it while writes
+/// of every kind go on; at the cut-over (SIGTERM after the writers stopped) the new data dir
+/// serves etcd's tree, hidden key and index.
+#[test]
+fn a_live_migration_follows_etcd_and_serves_its_tree_at_the_cut_over() {
+    let work = TempDir::new("ringd-live");
+    let etcd = Server::etcd();
+    for i in 0..20 {
+        ok(etcd.put_form(&format!("/v2/keys/live/k{i}"), &format!("value=v{i}")));
+    }
+    ok(etcd.put_form("/v2/keys/live/dir/a", "value=1"));
+    ok(etcd.put_form("/v2/keys/live/_h", "value=hidden"));
+    ok(etcd.put_form("/v2/keys/live/ttl", "value=t&ttl=3600"));
+    let new = work.path().join("new");
+    let log_path = work.path().join("migrate.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(support::ringd_binary())
+        .args([
+            "migrate",
+            "--from-endpoint",
+            &etcd.url(),
+            "--hidden-key",
+            "/live/_h",
+        ])
+        .arg("--data-dir")
+        .arg(&new)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start ringd migrate");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("following it")
+    {
+        assert!(
+            Instant::now() < deadline && matches!(child.try_wait(), Ok(None)),
+            "the copy did not start: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Writes of every kind while ringd follows, including a hidden key's (an index the
+    // recursive watch never shows) and a recursive delete.
+    for i in 0..40 {
+        ok(etcd.put_form(
+            &format!("/v2/keys/live/k{}", i % 25),
+            &format!("value=w{i}"),
+        ));
+    }
+    ok(etcd.put_form("/v2/keys/live/k1?prevExist=true", "value=updated"));
+    let k2 = ok(etcd.get("/v2/keys/live/k2")).json()["node"]["modifiedIndex"].clone();
+    ok(etcd.put_form(&format!("/v2/keys/live/k2?prevIndex={k2}"), "value=swapped"));
+    ok(etcd.put_form("/v2/keys/live/new?prevExist=false", "value=created"));
+    ok(etcd.post_form("/v2/keys/live/queue", "value=first"));
+    ok(etcd.post_form("/v2/keys/live/queue", "value=second"));
+    ok(etcd.put_form("/v2/keys/live/emptydir?dir=true", ""));
+    ok(etcd.delete("/v2/keys/live/k3"));
+    ok(etcd.delete("/v2/keys/live/k4?prevValue=w29"));
+    ok(etcd.delete("/v2/keys/live/dir?recursive=true"));
+    ok(etcd.put_form("/v2/keys/live/_other", "value=unseen"));
+    ok(etcd.put_form("/v2/keys/live/ttl2", "value=t&ttl=7200"));
+    ok(etcd.put_form("/v2/keys/live/last", "value=end"));
+    let (want_index, want) = tree(&etcd);
+    // The cut-over: the writers stopped; SIGTERM writes the data dir.
+    // SAFETY: a signal to the child we spawned.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = child.wait().expect("wait for ringd migrate");
+    let out = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(status.success(), "{status}: {out}");
+    // It says which indexes it could not see: at least the hidden key /live/_other's.
+    assert!(out.contains("showed no event"), "{out}");
+    let ringd = Server::ringd(&["--data-dir", new.to_str().unwrap()]);
+    let (got_index, got) = tree(&ringd);
+    assert_eq!(got_index, want_index, "X-Etcd-Index");
+    if want != got {
+        let show = |v: &[Node]| v.iter().map(|n| format!("{n:?}\n")).collect::<String>();
+        support::assert_eq_text(&show(&want), &show(&got));
+    }
+    // The next write on ringd takes etcd's next index.
+    let r = ok(ringd.put_form("/v2/keys/after", "value=1"));
+    assert_eq!(
+        r.json()["node"]["createdIndex"].as_u64(),
+        Some(want_index + 1)
+    );
 }

@@ -13,6 +13,7 @@
 //! and renamed into place only when complete and durable.
 
 mod apply;
+pub mod live;
 mod pb;
 mod snap;
 mod wal;
@@ -33,8 +34,23 @@ pub const MIGRATED_RAFT_TERM: u64 = 1;
 #[derive(clap::Args, Debug, Clone)]
 pub struct MigrateArgs {
     /// The data dir of a stopped etcd 3.4/3.5 member (the one holding `member/`).
-    #[arg(long, value_name = "DIR")]
-    pub from_etcd_data_dir: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "from_endpoint",
+        conflicts_with = "from_endpoint"
+    )]
+    pub from_etcd_data_dir: Option<PathBuf>,
+
+    /// A running etcd's client URL (http): copy its tree through the v2 API, then follow it
+    /// with a recursive watch until SIGTERM/Ctrl-C, which writes NEW (live migration).
+    #[arg(long, value_name = "URL")]
+    pub from_endpoint: Option<String>,
+
+    /// With --from-endpoint: a hidden key (`_` name) to copy too, by its full path
+    /// (repeatable). The API lists no hidden key, and etcd tells no recursive watcher of them.
+    #[arg(long, value_name = "KEY")]
+    pub hidden_key: Vec<String>,
 
     /// The ringd data dir to create (must not exist, or be empty).
     #[arg(long, value_name = "NEW")]
@@ -147,10 +163,34 @@ struct Migrated {
 
 /// Runs a migration: reads and replays everything first, then writes `NEW` atomically.
 pub fn run(args: &MigrateArgs) -> Result<Summary, MigrateError> {
+    let Some(from) = &args.from_etcd_data_dir else {
+        return Err(MigrateError::other(
+            "--from-endpoint is a live migration (shard::live)",
+        ));
+    };
+    check(args)?;
+    write_member(args, read(from)?)
+}
+
+/// What can be checked before anything is read: the target and the flags.
+pub fn check(args: &MigrateArgs) -> Result<(), MigrateError> {
+    if !args.hidden_key.is_empty() && args.from_endpoint.is_none() {
+        return Err(MigrateError::other(
+            "--hidden-key goes with --from-endpoint (a data dir has every hidden key)",
+        ));
+    }
+    check_target(&args.data_dir)?;
+    crate::config::parse_urls(&args.initial_advertise_peer_urls)
+        .map(drop)
+        .map_err(MigrateError::other)
+}
+
+/// Writes the migrated state as a new one-member data dir (`--name`,
+/// `--initial-advertise-peer-urls`, `--initial-cluster-token`).
+fn write_member(args: &MigrateArgs, mut migrated: Migrated) -> Result<Summary, MigrateError> {
     check_target(&args.data_dir)?;
     let peer_urls = crate::config::parse_urls(&args.initial_advertise_peer_urls)
         .map_err(MigrateError::other)?;
-    let mut migrated = read(&args.from_etcd_data_dir)?;
     let id = member_id(&peer_urls, &args.initial_cluster_token);
     let membership = Membership {
         applied_index: MIGRATED_RAFT_INDEX,

@@ -15,6 +15,7 @@
 pub mod backup;
 pub mod client;
 pub mod fetch;
+pub mod live;
 pub mod peer;
 pub mod raft_shard;
 pub mod recovery;
