@@ -550,3 +550,23 @@ fn a_stopped_members_data_dir_saves_with_its_log_and_is_left_as_it_was() {
     let restored = restored(&file, dir.path(), "restored");
     assert_eq!(tree(&restored.addr), (saved_tree, saved_index));
 }
+
+#[test]
+fn a_save_without_a_quorum_times_out_as_a_quorum_read_and_saves_nothing() {
+    let mut c = Cluster::start(3, &[]);
+    c.kill(1);
+    c.kill(2);
+    let dir = TempDir::new("ringd-backup-noquorum");
+    let file = dir.path().join("backup.snap");
+    // The read barrier cannot complete: etcd's request timeout (5 s + 2 election timeouts).
+    let (ok, out) = save(&file, &c.members[0].client_url(), &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("500") && out.contains("request timed out"),
+        "{out}"
+    );
+    assert!(!file.exists());
+    assert!(names_starting(dir.path(), "backup.snap").is_empty());
+    // The member still serves.
+    assert_eq!(c.members[0].get("/version").status, 200);
+}
