@@ -3,17 +3,20 @@
 # wall time, file size and the server's CPU for it (from /proc/PID/stat: the read barrier,
 # the frozen copy, the encoding on the snapshot-save thread, the transfer); then PUT load
 # (loadgen put, CONNS connections, DUR seconds, the preloaded key space) without saves and
-# with saves running back to back, alternating, ROUNDS rounds each: req/s, p50, p99, errors.
+# with saves running one after the other, PAUSE seconds apart (0: back to back), alternating,
+# ROUNDS rounds each: req/s, p50, p99, errors. The saving CLI runs on the same two cores.
 # No etcd beside it: etcd 3.4's online snapshot (etcdctl snapshot save, v3) does not carry the
 # v2 store, and its v2 backup (etcdctl backup) is offline: there is nothing to compare.
-# Usage: perf/snapshot_save.sh [keys=200000] [duration_secs=8] [connections=64] [rounds=2]
+# Usage: perf/snapshot_save.sh [keys=200000] [duration_secs=8] [connections=64] [rounds=2] [pause=1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${1:-200000}
 DUR=${2:-8}
 CONNS=${3:-64}
 ROUNDS=${4:-2}
-cargo build --release --bin ringd --bin loadgen -q
+PAUSE=${5:-1}
+cargo build --release --bin ringd -q
+cargo build --release -p loadgen -q
 BIN=${CARGO_TARGET_DIR:-target}/release
 TMP=$(mktemp -d /var/tmp/ringd-save.XXXX)
 RPID=
@@ -36,13 +39,15 @@ t1=$(now_ms); after=$(cpu_ticks)
 bytes=$(stat -c %s $TMP/one.snap)
 echo "one save of $KEYS keys: $((t1 - t0)) ms wall, $bytes bytes, server CPU $(( (after - before) * 1000 / HZ )) ms"
 "$BIN/ringd" snapshot status $TMP/one.snap
-saves_loop() { # saves back to back until the file $TMP/stop appears; prints the count
+saves_loop() { # saves PAUSE seconds apart until the file $TMP/stop appears; the count
   local n=0
   while [ ! -e $TMP/stop ]; do
     "$BIN/ringd" snapshot save $TMP/loop.snap --endpoint $URL >/dev/null && n=$((n + 1))
+    sleep "$PAUSE"
   done
   echo $n > $TMP/saves
 }
+echo "saves $PAUSE s apart:"
 printf '| run | req/s | p50 us | p99 us | p99.9 us | errors | saves during the run |\n|---|---|---|---|---|---|---|\n'
 for r in $(seq "$ROUNDS"); do
   for mode in without with; do
