@@ -129,8 +129,9 @@ impl SaveRequest {
 
 /// `ringd snapshot save FILE --data-dir D`: the state of a stopped member, as a snapshot file
 /// with everything its log holds after its newest snapshot (the newest `member/snap/*.snap`
-/// alone would miss those writes). The data dir is never changed: its lock is held (so a
-/// member cannot start on it meanwhile, and a running member refuses the save) while its
+/// alone would miss those writes). The member's files are never changed: the data dir's lock
+/// (`member/wal/LOCK`, created if a member never ran there) is held, so a member cannot start
+/// on it meanwhile and a running member refuses the save, while its
 /// snapshots, log and membership record are copied into `scratch`, where the usual recovery
 /// replays the log (it may repair a torn tail or, for a member alone, elect itself: on the
 /// copy); the copy is removed afterwards.
