@@ -679,6 +679,15 @@ mod tests {
                 "c",
             ],
             &["snapshot", "status", "f", "-w", "yaml"],
+            &[
+                "snapshot",
+                "save",
+                "f",
+                "--data-dir",
+                "d",
+                "--user",
+                "root:pw",
+            ],
         ] {
             assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
         }

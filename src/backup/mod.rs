@@ -55,7 +55,9 @@ pub struct SaveArgs {
     pub endpoint: Option<String>,
 
     /// Instead of --endpoint: the data dir of a stopped member (read, never changed).
-    #[arg(long, value_name = "DIR", conflicts_with = "endpoint")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "endpoint", "cacert", "cert", "key", "insecure_skip_tls_verify", "user"
+    ])]
     pub data_dir: Option<PathBuf>,
 
     /// CA certificates (PEM) that sign the member's https certificate (default: the
