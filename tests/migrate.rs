@@ -560,6 +560,17 @@ fn tree(s: &Server) -> (u64, Vec<Node>) {
     (index, nodes.into_iter().map(|(n, _)| n).collect())
 }
 
+/// A child process killed (and reaped) when the test ends, panicking or not: a live
+/// migration left running would follow forever.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `ringd migrate --from-endpoint`: ringd copies a running etcd and follows it while writes
 /// of every kind go on; at the cut-over (SIGTERM after the writers stopped) the new data dir
 /// serves etcd's tree, hidden key and index.
@@ -576,20 +587,23 @@ fn a_live_migration_follows_etcd_and_serves_its_tree_at_the_cut_over() {
     let new = work.path().join("new");
     let log_path = work.path().join("migrate.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(support::ringd_binary())
-        .args([
-            "migrate",
-            "--from-endpoint",
-            &etcd.url(),
-            "--hidden-key",
-            "/live/_h",
-        ])
-        .arg("--data-dir")
-        .arg(&new)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start ringd migrate");
+    let mut guard = Killed(
+        Command::new(support::ringd_binary())
+            .args([
+                "migrate",
+                "--from-endpoint",
+                &etcd.url(),
+                "--hidden-key",
+                "/live/_h",
+            ])
+            .arg("--data-dir")
+            .arg(&new)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start ringd migrate"),
+    );
+    let child = &mut guard.0;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::read_to_string(&log_path)
         .unwrap_or_default()
