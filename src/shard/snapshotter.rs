@@ -7,7 +7,6 @@
 
 use super::raft_shard::{fatal, Token};
 use super::Shared;
-use crate::limits::EVENT_HISTORY_CAPACITY;
 use crate::raft::Replica;
 use crate::wal::{FsStorage, Wal};
 use std::path::PathBuf;
@@ -37,7 +36,7 @@ struct WriteJob {
     index: u64,
     term: u64,
     source: ringd_store::SnapshotSource,
-    events: Vec<Vec<u8>>,
+    events: crate::watch::ring::FrozenHistory,
     membership: Vec<u8>,
     auth: Vec<u8>,
     voters: Vec<u64>,
@@ -65,9 +64,10 @@ pub(super) struct Written {
 }
 
 /// Snapshots are encoded and written on their own thread from an O(1) frozen copy of the
-/// store, so writes keep flowing meanwhile (no stop-the-world). The raft shard only collects
-/// the last 1000 events (cheap) and, when the file is durable, detaches the old log segments,
-/// which the snapshot thread then removes.
+/// store, so writes keep flowing meanwhile (no stop-the-world). The raft shard only freezes
+/// the event history (O(1) for its encoded blocks, at most 1000 `Arc` copies for the newest
+/// events) and, when the file is durable, detaches the old log segments, which the snapshot
+/// thread then removes.
 pub struct Snapshotter {
     jobs: flume::Sender<SnapJob>,
     done: flume::Receiver<Result<Written, String>>,
@@ -120,8 +120,17 @@ impl Snapshotter {
                     let started = Instant::now();
                     let mut store = Vec::new();
                     source.snapshot(&mut store);
-                    let buf =
-                        crate::snapshot::encode(index, term, &store, &events, &membership, &auth);
+                    // The history's events, encoded here (the archived ones already are).
+                    let history = |f: &mut dyn FnMut(&[u8])| events.for_each_encoded(f);
+                    let buf = crate::snapshot::encode(
+                        index,
+                        term,
+                        &store,
+                        history,
+                        events.encoded_bytes_hint(),
+                        &membership,
+                        &auth,
+                    );
                     let res = crate::snapshot::write_encoded(&dir, index, &buf)
                         .map(|_| {
                             tracing::info!(
@@ -172,20 +181,9 @@ impl Snapshotter {
         {
             return;
         }
-        let current = replica.store().index().0;
-        let start = shared
-            .ring
-            .start_index(current)
-            .max(current.saturating_sub(EVENT_HISTORY_CAPACITY as u64 - 1))
-            .max(1);
-        let mut events = Vec::new();
-        for i in start..=current {
-            if let Some(ev) = shared.ring.get(i) {
-                let mut b = Vec::new();
-                ev.encode(&mut b);
-                events.push(b);
-            }
-        }
+        // The whole history the ring keeps (`--watch-history`): a restart answers the same
+        // `waitIndex` window, the log's replay adding what came after.
+        let events = shared.ring.freeze(replica.store().index().0);
         // The term of the applied entry, not the current term: raft checks a follower's log
         // against it.
         let point = replica.snapshot_point();

@@ -481,7 +481,39 @@ impl Stream {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Stream, String> {
+        let mut stream = Stream::connect(addr, timeout)?;
+        stream.write_request(method, path, headers, body)?;
+        if method == "HEAD" {
+            stream.framing = Framing::None;
+        }
+        Ok(stream)
+    }
+
+    /// A keep-alive connection with nothing sent yet: `write_request` and `read_response`
+    /// (requests may be pipelined: several written before their answers are read).
+    pub fn connect(addr: &str, timeout: Duration) -> Result<Stream, String> {
         let sock = connect(addr, timeout)?;
+        Ok(Stream {
+            reader: BufReader::new(sock),
+            response: Response::default(),
+            framing: Framing::UntilClose,
+            line_buf: Vec::new(),
+            pending: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// Writes one request on the connection. `Host` and (when there is a body, or for
+    /// PUT/POST) `Content-Length` are added unless given in `headers`.
+    pub fn write_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), String> {
+        let sock = self.reader.get_ref();
+        let addr = sock.peer_addr().map_err(|e| e.to_string())?.to_string();
         let mut req = format!("{method} {path} HTTP/1.1\r\n");
         let has = |n: &str| headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n));
         if !has("host") {
@@ -496,22 +528,20 @@ impl Stream {
         req.push_str("\r\n");
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
-        (&sock)
+        (&*sock)
             .write_all(&bytes)
-            .map_err(|e| format!("write: {e}"))?;
-        let is_head = method == "HEAD";
-        Ok(Stream {
-            reader: BufReader::new(sock),
-            response: Response::default(),
-            framing: if is_head {
-                Framing::None
-            } else {
-                Framing::UntilClose
-            },
-            line_buf: Vec::new(),
-            pending: Vec::new(),
-            done: false,
-        })
+            .map_err(|e| format!("write: {e}"))
+    }
+
+    /// Keep-alive: reads the next whole response on the connection (not for HEAD requests).
+    pub fn read_response(&mut self) -> Result<Response, String> {
+        self.response = Response::default();
+        self.framing = Framing::UntilClose;
+        self.pending.clear();
+        self.done = false;
+        self.read_head()?;
+        self.read_all()?;
+        Ok(std::mem::take(&mut self.response))
     }
 
     /// Sets the timeout of the following socket reads.

@@ -300,6 +300,26 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Steps over a `str` without reading it (no UTF-8 check: the history scan skips values
+    /// of up to `--max-request-bytes` this way).
+    fn skip_str(&mut self, what: &'static str) -> Result<(), DecodeError> {
+        let start = self.pos;
+        let len = self.varint(what)?;
+        let remaining = self.remaining();
+        if len > remaining as u64 {
+            return Err(DecodeError::new(
+                start,
+                DecodeErrorKind::TooLong {
+                    what,
+                    len,
+                    remaining,
+                },
+            ));
+        }
+        self.pos += len as usize;
+        Ok(())
+    }
+
     fn flags(&mut self, what: &'static str, allowed: u8) -> Result<u8, DecodeError> {
         let at = self.pos;
         let f = self.u8(what)?;
@@ -652,6 +672,91 @@ impl Event {
             time,
         })
     }
+}
+
+/// What the history scan matches an encoded event on, read by `Event::decode_head` without
+/// allocating and without reading values: the watch rules (`watch::history_matches_head`)
+/// need the action, the refresh flag, the key and the previous node's kind and key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHead<'a> {
+    pub action: Action,
+    pub refresh: bool,
+    /// `node.modified_index`: the event's index (`Event::index`).
+    pub index: u64,
+    /// `node.key`.
+    pub key: Option<&'a str>,
+    /// `prev_node`'s `dir` and `key`, when the event has a previous node.
+    pub prev: Option<(bool, Option<&'a str>)>,
+}
+
+impl Event {
+    /// Reads the matching facts of an encoded event (see `EventHead`). It checks the framing
+    /// it walks over but not the whole event: `decode` does that.
+    pub fn decode_head(bytes: &[u8]) -> Result<EventHead<'_>, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version(EVENT_FORMAT_VERSION)?;
+        let tag_at = r.pos;
+        let tag = r.u8("action tag")?;
+        let action = action_from_tag(tag)
+            .ok_or_else(|| DecodeError::new(tag_at, DecodeErrorKind::BadTag("action", tag)))?;
+        let flags = r.flags("event flags", E_PREV | E_REFRESH | E_TIME)?;
+        r.varint("etcd_index")?;
+        if flags & E_TIME != 0 {
+            r.u64("event time")?;
+        }
+        let (_, key, index) = node_head(&mut r, 0)?;
+        let prev = if flags & E_PREV != 0 {
+            let (dir, key, _) = node_head(&mut r, 0)?;
+            Some((dir, key))
+        } else {
+            None
+        };
+        Ok(EventHead {
+            action,
+            refresh: flags & E_REFRESH != 0,
+            index,
+            key,
+            prev,
+        })
+    }
+}
+
+/// A node's `dir`, `key` and `modified_index`, stepping over the rest of it (children
+/// included, `depth` as in `decode_node`).
+fn node_head<'a>(
+    r: &mut Reader<'a>,
+    depth: usize,
+) -> Result<(bool, Option<&'a str>, u64), DecodeError> {
+    let flags = r.flags(
+        "node flags",
+        N_KEY | N_DIR | N_VALUE | N_EXPIRATION | N_NODES,
+    )?;
+    let key = match flags & N_KEY {
+        0 => None,
+        _ => Some(r.str("node key")?),
+    };
+    if flags & N_VALUE != 0 {
+        r.skip_str("node value")?;
+    }
+    if flags & N_EXPIRATION != 0 {
+        r.u64("node expiration")?;
+    }
+    let modified_index = r.varint("modified_index")?;
+    r.varint("created_index")?;
+    if flags & N_NODES != 0 {
+        let at = r.pos;
+        let count = r.count("node count", MIN_EVENT_NODE_LEN)?;
+        if count > 0 && depth >= MAX_NODE_DEPTH {
+            return Err(DecodeError::new(
+                at,
+                DecodeErrorKind::TooDeep(MAX_NODE_DEPTH),
+            ));
+        }
+        for _ in 0..count {
+            node_head(r, depth + 1)?;
+        }
+    }
+    Ok((flags & N_DIR != 0, key, modified_index))
 }
 
 fn encode_node(out: &mut Vec<u8>, n: &NodeRepr) {
