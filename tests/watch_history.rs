@@ -8,86 +8,20 @@ mod support;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-use support::{Stream, TempDir, FORM, IO_TIMEOUT};
+use support::{Node, Stream, TempDir, FORM, IO_TIMEOUT};
 
-/// A ringd process on a data dir that outlives it (restarts reuse the dir and the ports).
-struct Node {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts ringd on `dir` (log appended to `dir/server.log`) and waits until it answers.
+/// Starts (or restarts) ringd on `dir` with the client port recorded there.
 fn start(dir: &Path, extra: &[&str]) -> Node {
-    let ports = dir.join("ports");
-    let (client, peer) = match std::fs::read_to_string(&ports) {
-        Ok(p) => {
-            let (c, p) = p.trim().split_once(' ').expect("ports file");
-            (c.parse::<u16>().unwrap(), p.parse::<u16>().unwrap())
-        }
+    let port_file = dir.join("client_port");
+    let port = match std::fs::read_to_string(&port_file) {
+        Ok(p) => p.trim().parse().unwrap(),
         Err(_) => {
-            let (c, p) = (support::free_port(), support::free_port());
-            std::fs::write(&ports, format!("{c} {p}")).unwrap();
-            (c, p)
+            let p = support::free_port();
+            std::fs::write(&port_file, p.to_string()).unwrap();
+            p
         }
     };
-    let (url, peer) = (
-        format!("http://127.0.0.1:{client}"),
-        format!("http://127.0.0.1:{peer}"),
-    );
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .unwrap();
-    let child = Command::new(support::ringd_binary())
-        .args(["--data-dir", &dir.join("data").display().to_string()])
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &peer])
-        .args(["--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("default={peer}")])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut node = Node {
-        child,
-        addr: format!("127.0.0.1:{client}"),
-    };
-    for _ in 0..2000 {
-        if let Some(status) = node.child.try_wait().unwrap() {
-            panic!("ringd exited with {status}: {}", log_of(dir));
-        }
-        let up = support::request_timeout(
-            &node.addr,
-            "GET",
-            "/version",
-            &[],
-            b"",
-            Duration::from_secs(1),
-        )
-        .is_ok_and(|r| r.status == 200);
-        if up {
-            return node;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("ringd did not come up: {}", log_of(dir));
+    support::start_on_dir(dir, port, extra).unwrap()
 }
 
 fn log_of(dir: &Path) -> String {
