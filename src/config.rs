@@ -3,6 +3,7 @@
 //! Go's flag package accepts `-name` as well as `--name`; scripts written for etcd use both,
 //! so single-dash long flags are rewritten to double-dash before clap sees them.
 
+use crate::limits::WATCH_HISTORY_MAX;
 use clap::Parser;
 use std::net::SocketAddr;
 
@@ -153,6 +154,11 @@ pub struct Config {
     #[arg(long, env = "RINGD_LOG_FORMAT", default_value = "text",
           value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// Events kept for `waitIndex` (etcd keeps 1000); older indexes get 401. Beyond the
+    /// newest 1000, events are kept encoded in at most 256 bytes per event of this number.
+    #[arg(long, env = "RINGD_WATCH_HISTORY", default_value_t = crate::limits::EVENT_HISTORY_CAPACITY as u64)]
+    pub watch_history: u64,
 
     /// A one-off command instead of serving (none: serve, with the flags above).
     #[command(subcommand)]
@@ -322,6 +328,8 @@ pub struct Resolved {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
+    /// `--watch-history`: events kept for `waitIndex`.
+    pub watch_history: u64,
     /// TLS on the client URLs that are https, and on the peer URLs that are https.
     pub client_tls: TlsSettings,
     pub peer_tls: TlsSettings,
@@ -394,6 +402,12 @@ impl Config {
         if self.max_request_bytes == 0 || self.max_request_bytes > (1 << 30) {
             return Err("--max-request-bytes must be between 1 and 1 GiB".to_string());
         }
+        if !(1..=WATCH_HISTORY_MAX).contains(&self.watch_history) {
+            return Err(format!(
+                "--watch-history must be between 1 and {WATCH_HISTORY_MAX} (events kept for waitIndex), not {}",
+                self.watch_history
+            ));
+        }
         let shards = match self.shards {
             Some(0) => return Err("--shards must be at least 1".to_string()),
             Some(n) if n > 256 => return Err("--shards must be at most 256".to_string()),
@@ -426,6 +440,7 @@ impl Config {
             heartbeat_interval_ms: self.heartbeat_interval,
             election_timeout_ms: self.election_timeout,
             snapshot_count: self.snapshot_count,
+            watch_history: self.watch_history,
             client_tls,
             peer_tls,
         })

@@ -205,8 +205,12 @@ fn recover_and_encode(dir: &Path, id: u64, membership: Membership) -> Result<Sav
         },
     )?;
     let replayed = super::recovery::replay(&mut rec);
-    let ring = EventRing::new();
-    for ev in rec.history.drain(..).chain(replayed) {
+    // The member's history as its snapshot kept it (`--watch-history`), at least etcd's 1000.
+    let capacity = (rec.history.len() as u64).max(crate::limits::EVENT_HISTORY_CAPACITY as u64);
+    let ring = EventRing::new(capacity);
+    ring.restore(rec.history.iter())
+        .map_err(|e| format!("snapshot history: {e}"))?;
+    for ev in replayed {
         ring.publish(ev);
     }
     let job = WriteJob::freeze(&ring, &rec.replica, false);

@@ -244,6 +244,29 @@ impl Outbox {
     }
 }
 
+/// Reports the history's size and memory bound at start.
+fn log_history_bound(ring: &EventRing) {
+    if ring.archive_bytes_max() == 0 {
+        tracing::info!(
+            events = ring.capacity(),
+            bound_bytes = ring.bound_bytes(),
+            "watch history: the last {} events, held as written (etcd's history)",
+            ring.capacity()
+        );
+    } else {
+        tracing::info!(
+            events = ring.capacity(),
+            recent_events = ring.recent_capacity(),
+            archive_bytes_max = ring.archive_bytes_max(),
+            bound_bytes = ring.bound_bytes(),
+            "watch history: the last {} events; memory bound {} bytes for the encoded history, beside the newest {} events held as written",
+            ring.capacity(),
+            ring.bound_bytes(),
+            ring.recent_capacity()
+        );
+    }
+}
+
 pub fn unix_now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -349,8 +372,13 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
                 .map_err(|e| format!("cannot write {}: {e}", record_path.display()))?;
         }
     }
-    let ring = EventRing::new();
-    for ev in rec.history.drain(..).chain(replayed) {
+    let ring = EventRing::new(cfg.watch_history);
+    log_history_bound(&ring);
+    ring.restore(rec.history.iter())
+        .map_err(|e| format!("snapshot history: {e}"))?;
+    // The snapshot's events are no longer needed: free them before serving.
+    rec.history = Default::default();
+    for ev in replayed {
         ring.publish(ev);
     }
     let shared = Arc::new(Shared {

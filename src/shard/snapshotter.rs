@@ -7,7 +7,6 @@
 
 use super::raft_shard::{fatal, Token};
 use super::Shared;
-use crate::limits::EVENT_HISTORY_CAPACITY;
 use crate::raft::Replica;
 use crate::wal::{FsStorage, Wal};
 use crate::watch::ring::EventRing;
@@ -39,7 +38,7 @@ pub(super) struct WriteJob {
     pub(super) index: u64,
     pub(super) term: u64,
     pub(super) source: ringd_store::SnapshotSource,
-    events: Vec<Vec<u8>>,
+    events: crate::watch::ring::FrozenHistory,
     membership: Vec<u8>,
     auth: Vec<u8>,
     voters: Vec<u64>,
@@ -65,19 +64,9 @@ impl WriteJob {
     /// encoded here: cheap), the membership and the auth state. Called after the batch's
     /// events are in the ring, so the history reaches the store's index.
     pub(super) fn freeze(ring: &EventRing, replica: &Replica<Token>, transfer: bool) -> WriteJob {
-        let current = replica.store().index().0;
-        let start = ring
-            .start_index(current)
-            .max(current.saturating_sub(EVENT_HISTORY_CAPACITY as u64 - 1))
-            .max(1);
-        let mut events = Vec::new();
-        for i in start..=current {
-            if let Some(ev) = ring.get(i) {
-                let mut b = Vec::new();
-                ev.encode(&mut b);
-                events.push(b);
-            }
-        }
+        // The whole history the ring keeps (`--watch-history`): a restart answers the same
+        // `waitIndex` window, the log's replay adding what came after.
+        let events = ring.freeze(replica.store().index().0);
         // The term of the applied entry, not the current term: raft checks a follower's log
         // against it.
         let point = replica.snapshot_point();
@@ -99,14 +88,16 @@ impl WriteJob {
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut store = Vec::new();
         self.source.snapshot(&mut store);
-        let (membership, auth) = (&self.membership, &self.auth);
+        // The history's events, encoded here (the archived ones already are).
+        let history = |f: &mut dyn FnMut(&[u8])| self.events.for_each_encoded(f);
         crate::snapshot::encode(
             self.index,
             self.term,
             &store,
-            &self.events,
-            membership,
-            auth,
+            history,
+            self.events.encoded_bytes_hint(),
+            &self.membership,
+            &self.auth,
         )
     }
 }
@@ -118,9 +109,10 @@ pub(super) struct Written {
 }
 
 /// Snapshots are encoded and written on their own thread from an O(1) frozen copy of the
-/// store, so writes keep flowing meanwhile (no stop-the-world). The raft shard only collects
-/// the last 1000 events (cheap) and, when the file is durable, detaches the old log segments,
-/// which the snapshot thread then removes.
+/// store, so writes keep flowing meanwhile (no stop-the-world). The raft shard only freezes
+/// the event history (O(1) for its encoded blocks, at most 1000 `Arc` copies for the newest
+/// events) and, when the file is durable, detaches the old log segments, which the snapshot
+/// thread then removes.
 pub struct Snapshotter {
     jobs: flume::Sender<SnapJob>,
     done: flume::Receiver<Result<Written, String>>,

@@ -8,7 +8,11 @@ use super::conn::{Conn, Flow};
 use super::keys::error_response;
 use super::ShardCtx;
 use crate::http::response::{chunk, last_chunk, message_response, write_head};
-use crate::limits::REQUEST_HEADER_BYTES_MAX;
+use crate::limits::{
+    REQUEST_HEADER_BYTES_MAX, RESPONSE_BUFFER_FLUSH_BYTES, WATCH_SCAN_CHUNK_EVENTS,
+};
+use crate::shard::Published;
+use crate::watch::ring::Scan;
 use monoio::io::Canceller;
 use ringd_store::Event;
 use std::future::Future;
@@ -18,9 +22,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 
-/// A long poll or stream watch. Everything up to registration is synchronous, so no batch
-/// can be dispatched between reading the current index and registering: the history covers
-/// every event <= current, the registry every event > current.
+/// A long poll or stream watch. The history is scanned in steps of at most
+/// `WATCH_SCAN_CHUNK_EVENTS` events, yielding to the shard's other tasks between steps (a
+/// `waitIndex` a million events behind on an unrelated prefix must not stall the shard). The
+/// last step and the registration are synchronous, so no batch can be dispatched between
+/// reading the current index and registering: the history covers every event <= current,
+/// the registry every event > current.
 pub(super) async fn watch(
     ctx: &Rc<ShardCtx>,
     conn: &mut Conn,
@@ -30,71 +37,88 @@ pub(super) async fn watch(
     stream: bool,
     since: u64,
 ) -> std::io::Result<Flow> {
-    // Before the view is read: from here on the raft shard sends this shard every batch's
-    // events, or this read sees the view that holds them (`Shared::watching`).
-    ctx.shared.watching[ctx.id].store(true, Ordering::SeqCst);
-    std::sync::atomic::fence(Ordering::SeqCst);
-    let p = ctx.shared.published.load_full();
-    let current = p.view.index().0;
+    let mut p = watch_view(ctx);
+    let mut current = p.view.index().0;
     let mut since = if since == 0 { current + 1 } else { since };
-    let mut history = Vec::new();
-    while since <= current {
-        match ctx.shared.ring.scan(key, recursive, since, current) {
-            Err(e) => {
-                error_response(&mut conn.out, false, cid, &e);
-                return Ok(Flow::KeepAlive);
-            }
-            Ok(Some(ev)) => {
-                since = ev.index() + 1;
-                history.push(ev);
-                // etcd's long poll answers with the first hit; a stream goes on (unlike
-                // etcd, which falls silent after a history hit).
-                if !stream {
-                    break;
+    // The index the watch asked for (a stream's next after each hit): 401's cause names it.
+    let mut asked = since;
+    let mut head_written = false;
+    loop {
+        let mut budget = WATCH_SCAN_CHUNK_EVENTS;
+        while since <= current && budget > 0 {
+            let step =
+                ctx.shared
+                    .ring
+                    .scan_from(key, recursive, asked, since, current, &mut budget);
+            match step {
+                Err(e) if !head_written => {
+                    error_response(&mut conn.out, false, cid, &e);
+                    return Ok(Flow::KeepAlive);
                 }
+                Err(_) => {
+                    // A stream whose next event the history dropped while it caught up (the
+                    // writer lapped it): end it; the client's next watch from there gets 401.
+                    last_chunk(&mut conn.out);
+                    return Ok(Flow::KeepAlive);
+                }
+                Ok(Scan::Found(ev)) => {
+                    if !head_written {
+                        watch_head(conn, cid, &p, current);
+                        head_written = true;
+                    }
+                    chunk(&mut conn.out, &ev, crate::shard::unix_now_ns());
+                    // etcd's long poll answers with the first hit; a stream goes on (unlike
+                    // etcd, which falls silent after a history hit).
+                    if !stream {
+                        last_chunk(&mut conn.out);
+                        return Ok(Flow::KeepAlive);
+                    }
+                    since = ev.index() + 1;
+                    asked = since;
+                    if conn.out.len() >= RESPONSE_BUFFER_FLUSH_BYTES {
+                        break;
+                    }
+                }
+                Ok(Scan::NotFound) => since = current + 1,
+                Ok(Scan::Paused(next)) => since = next,
             }
-            Ok(None) => since = current + 1,
         }
+        if since > current {
+            break;
+        }
+        // More history to scan: let the shard's other connections run (a stream sends what it
+        // found so far), then go on up to the index current by then.
+        if head_written && !conn.out.is_empty() {
+            conn.flush().await?;
+        } else {
+            yield_now().await;
+        }
+        p = watch_view(ctx);
+        current = p.view.index().0;
     }
-    let handle = if stream || history.is_empty() {
+    // Caught up to `current` without answering: a long poll that had no history hit, or a
+    // stream (whatever it sent). Registered in the same synchronous step as the last scan.
+    let handle = {
         let mut reg = ctx.registry.borrow_mut();
         let h = reg.register(key, recursive, stream, since);
         ctx.watchers_now(reg.len());
         match h {
-            Some(h) => Some(h),
+            Some(h) => h,
             None => {
                 drop(reg);
-                message_response(&mut conn.out, false, 503, "too many watchers");
+                if head_written {
+                    // A stream that caught up from the history but cannot be registered.
+                    last_chunk(&mut conn.out);
+                } else {
+                    message_response(&mut conn.out, false, 503, "too many watchers");
+                }
                 return Ok(Flow::KeepAlive);
             }
         }
-    } else {
-        None
     };
-    let (ei, ri, rt) = (
-        current.to_string(),
-        p.raft_index.to_string(),
-        p.raft_term.to_string(),
-    );
-    write_head(
-        &mut conn.out,
-        200,
-        Some("application/json"),
-        &[
-            ("X-Etcd-Cluster-Id", cid),
-            ("X-Etcd-Index", &ei),
-            ("X-Raft-Index", &ri),
-            ("X-Raft-Term", &rt),
-        ],
-        None,
-    );
-    for ev in &history {
-        chunk(&mut conn.out, ev, crate::shard::unix_now_ns());
+    if !head_written {
+        watch_head(conn, cid, &p, current);
     }
-    let Some(handle) = handle else {
-        last_chunk(&mut conn.out);
-        return Ok(Flow::KeepAlive);
-    };
     let unregister = |ctx: &Rc<ShardCtx>| {
         let mut reg = ctx.registry.borrow_mut();
         reg.remove(&handle.key, handle.id);
@@ -128,6 +152,53 @@ pub(super) async fn watch(
             }
         }
     }
+}
+
+/// The published view, read after marking this shard as watching: from then on the raft
+/// shard sends this shard every batch's events, or this read sees the view that holds them
+/// (`Shared::watching`). Done again before every read, as the shard may clear the mark while
+/// a scan yields (its last watcher gone), and the last read precedes the registration.
+fn watch_view(ctx: &Rc<ShardCtx>) -> Arc<Published> {
+    ctx.shared.watching[ctx.id].store(true, Ordering::SeqCst);
+    std::sync::atomic::fence(Ordering::SeqCst);
+    ctx.shared.published.load_full()
+}
+
+/// The head of a watch's chunked answer: `X-Etcd-Index` is the index the watch started at
+/// (for a history hit, the current index, as etcd).
+fn watch_head(conn: &mut Conn, cid: &str, p: &Published, current: u64) {
+    let (ei, ri, rt) = (
+        current.to_string(),
+        p.raft_index.to_string(),
+        p.raft_term.to_string(),
+    );
+    write_head(
+        &mut conn.out,
+        200,
+        Some("application/json"),
+        &[
+            ("X-Etcd-Cluster-Id", cid),
+            ("X-Etcd-Index", &ei),
+            ("X-Raft-Index", &ri),
+            ("X-Raft-Term", &rt),
+        ],
+        None,
+    );
+}
+
+/// Lets the shard's other tasks run once (monoio has no public `yield_now`): the task wakes
+/// itself and goes to the back of the run queue; the executor polls I/O meanwhile.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 enum Wake {
