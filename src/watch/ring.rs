@@ -35,7 +35,7 @@ use crate::limits::{
     EVENT_HISTORY_CAPACITY, WATCH_HISTORY_BLOCK_EVENTS, WATCH_HISTORY_BYTES_PER_EVENT,
 };
 use arc_swap::ArcSwapOption;
-use ringd_store::watch::{history_matches, history_matches_head};
+use ringd_store::watch::HistoryWatch;
 use ringd_store::{Error, ErrorCode, Event};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,8 +59,10 @@ pub struct EventRing {
     archive_start: AtomicU64,
     /// The archive's allocated bytes now (metrics, tests).
     archive_bytes: AtomicU64,
-    /// The writer's state. Only the raft shard (and recovery before it starts) locks it, so
-    /// it is never contended: the writer never waits, readers never touch it.
+    /// Newest index pushed (0 = none). Only the writer reads or writes it.
+    last: AtomicU64,
+    /// The archive's writer state. Only the raft shard (and recovery before it starts) locks
+    /// it, so it is never contended: the writer never waits, readers never touch it.
     writer: Mutex<Writer>,
 }
 
@@ -125,8 +127,6 @@ impl Open {
 
 #[derive(Default)]
 struct Writer {
-    /// Newest index pushed (0 = none).
-    last: u64,
     open: Open,
     /// The live sealed blocks, oldest first, consecutive. A persistent vector: a snapshot's
     /// copy is O(1).
@@ -241,6 +241,7 @@ impl EventRing {
             first: AtomicU64::new(0),
             archive_start: AtomicU64::new(0),
             archive_bytes: AtomicU64::new(0),
+            last: AtomicU64::new(0),
             writer: Mutex::default(),
         }
     }
@@ -330,40 +331,44 @@ impl EventRing {
     /// `event` is None only for events older than the recent tier (recovery); `encoded` is
     /// the event's encoding when the caller has it.
     fn push(&self, index: u64, event: Option<Arc<Event>>, encoded: Option<&[u8]>) {
-        let mut w = self.writer();
-        if w.last != 0 && index != w.last + 1 {
-            debug_assert!(index > w.last, "events go back: {index} after {}", w.last);
-            self.restart(&mut w, index);
-        }
-        if self.first.load(Ordering::Relaxed) == 0 {
+        // Only the writer touches `last`; without an archive nothing needs the lock (the
+        // default history costs what etcd's ring always did).
+        let last = self.last.load(Ordering::Relaxed);
+        let gap = last != 0 && index != last + 1;
+        debug_assert!(
+            last == 0 || index > last,
+            "events go back: {index} after {last}"
+        );
+        if gap {
+            // The history starts again at `index`: what came before the gap is not served.
+            // The start moves before any block goes (see `evict_oldest`).
+            self.first.store(index, Ordering::Release);
+            self.archive_start.fetch_max(index, Ordering::AcqRel);
+        } else if last == 0 && self.first.load(Ordering::Relaxed) == 0 {
             self.first.store(index, Ordering::Release);
         }
         if !self.blocks.is_empty() {
+            let mut w = self.writer();
+            if gap {
+                while !w.live.is_empty() {
+                    self.evict_oldest(&mut w);
+                }
+                w.open = Open::default();
+            }
             self.archive(&mut w, index, event.as_deref(), encoded);
         }
         // After the archive: a block is sealed before its events leave the recent tier.
         if let Some(ev) = event {
             self.recent_slot(index).store(Some(ev));
         }
-        w.last = index;
-    }
-
-    /// The history starts again at `index`: what came before the gap is not served.
-    fn restart(&self, w: &mut Writer, index: u64) {
-        self.first.store(index, Ordering::Release);
-        self.archive_start.fetch_max(index, Ordering::AcqRel);
-        while !w.live.is_empty() {
-            self.evict_oldest(w);
-        }
-        w.open = Open::default();
-        self.archive_bytes.store(0, Ordering::Relaxed);
+        self.last.store(index, Ordering::Relaxed);
     }
 
     fn archive(&self, w: &mut Writer, index: u64, event: Option<&Event>, encoded: Option<&[u8]>) {
         let number = index / BLOCK_EVENTS;
         if w.open.number != number || (w.open.first == 0 && !w.open.void) {
             // Consecutive indexes seal each block at its last index; a block left unsealed
-            // here started after a restart, or is empty.
+            // here is empty (a gap drops the open block first).
             self.seal(w);
             w.open = Open {
                 number,
@@ -530,6 +535,7 @@ impl EventRing {
         if start > 0 && from < start {
             return Err(cleared());
         }
+        let watch = HistoryWatch::new(key, recursive);
         let mut index = from.max(start).max(1);
         while index <= current {
             if *budget == 0 {
@@ -537,7 +543,7 @@ impl EventRing {
             }
             if let Some(ev) = self.recent_get(index) {
                 *budget -= 1;
-                if history_matches(key, recursive, &ev) {
+                if watch.matches(&ev) {
                     return Ok(Scan::Found(ev));
                 }
                 index += 1;
@@ -553,7 +559,7 @@ impl EventRing {
                 *budget -= 1;
                 let bytes = block.event(index).ok_or_else(cleared)?;
                 let head = Event::decode_head(bytes).map_err(|_| cleared())?;
-                if history_matches_head(key, recursive, &head) {
+                if watch.matches_head(&head) {
                     let ev = Event::decode(bytes).map_err(|_| cleared())?;
                     return Ok(Scan::Found(Arc::new(ev)));
                 }

