@@ -647,8 +647,11 @@ fn a_live_migration_follows_etcd_and_serves_its_tree_at_the_cut_over() {
     let status = child.wait().expect("wait for ringd migrate");
     let out = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(status.success(), "{status}: {out}");
-    // It says which indexes it could not see: at least the hidden key /live/_other's.
-    assert!(out.contains("showed no event"), "{out}");
+    // It says what it saw. Whether /live/_other's index showed an event depends on timing:
+    // etcd notifies no live recursive watcher of a hidden key, but a long poll behind etcd is
+    // answered from its history, whose scan does not skip hidden keys. Either way the index
+    // (below) is etcd's.
+    assert!(out.contains("copied at index"), "{out}");
     let ringd = Server::ringd(&["--data-dir", new.to_str().unwrap()]);
     let (got_index, got) = tree(&ringd);
     assert_eq!(got_index, want_index, "X-Etcd-Index");
