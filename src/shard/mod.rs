@@ -353,6 +353,13 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         recovery::write_membership(&record_path, self_id, rec.replica.membership())
             .map_err(|e| format!("cannot write {}: {e}", record_path.display()))?;
     }
+    // The snapshot's history into the ring before the log's replay adds its events: its
+    // encoded copy is freed before the replay allocates (a lower peak at restart).
+    let ring = EventRing::new(cfg.watch_history);
+    log_history_bound(&ring);
+    ring.restore(rec.history.iter())
+        .map_err(|e| format!("snapshot history: {e}"))?;
+    rec.history = Default::default();
     let mut replayed = recovery::replay(&mut rec);
     // A member that leads alone (a one-member cluster) publishes its name and client URLs
     // before it serves anyone, as etcd does; members of a larger cluster publish once they
@@ -372,12 +379,6 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
                 .map_err(|e| format!("cannot write {}: {e}", record_path.display()))?;
         }
     }
-    let ring = EventRing::new(cfg.watch_history);
-    log_history_bound(&ring);
-    ring.restore(rec.history.iter())
-        .map_err(|e| format!("snapshot history: {e}"))?;
-    // The snapshot's events are no longer needed: free them before serving.
-    rec.history = Default::default();
     for ev in replayed {
         ring.publish(ev);
     }
