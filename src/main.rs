@@ -3,8 +3,8 @@
 use ringd::config::Config;
 
 /// mimalloc, not glibc's malloc. The raft shard allocates and frees many small short-lived
-/// blocks per write (the path copy of imbl B+ tree nodes, 16 entries of ~24 B each, after
-/// every published view; events; log entries) beside per-batch buffers over 1 KiB, and
+/// blocks per write (the path copy of the store's B+ tree leaves and branches after every
+/// published view; events; log entries) beside per-batch buffers over 1 KiB, and
 /// glibc's slow path (malloc_consolidate, unlink_chunk) took 14 % of the server's samples
 /// under `loadgen put`. Measured with `perf/ab.sh BIN LABEL put 64 5`, three alternating
 /// rounds: 20.6 -> 14.8 us of server CPU per PUT, 47k -> 60k req/s; GET unchanged or

@@ -26,7 +26,7 @@
 //! commands. The same code runs under the deterministic simulator (tests/sim.rs).
 
 use crate::auth::{AuthCommand, AuthOutcome, AuthState};
-use crate::limits::{RAFT_MEM_LOG_KEEP, RECENT_PROPOSALS_MAX};
+use crate::limits::{RAFT_MEM_LOG_KEEP, RECENT_PROPOSALS_MAX, REPLAY_READY_BYTES_MAX};
 use crate::members::{Member, Membership};
 use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState as RaftHardState, Message,
@@ -447,6 +447,9 @@ impl<T> Replica<T> {
         cfg.validate().map_err(|e| format!("raft config: {e}"))?;
         let logger = slog::Logger::root(TracingDrain, slog::o!());
         let mut node = RawNode::new(&cfg, storage, &logger).map_err(|e| format!("raft: {e}"))?;
+        // Start-up's replay in bounded rounds; `shrink_mem_log` lifts the bound after it.
+        node.raft
+            .set_max_committed_size_per_ready(REPLAY_READY_BYTES_MAX);
         if voters == [b.id] {
             // A single voter needs no election timeout to lead.
             node.campaign().map_err(|e| format!("raft campaign: {e}"))?;
@@ -952,8 +955,11 @@ impl<T> Replica<T> {
     /// Rebuilds raft's in-memory log with only the entries it still holds, in a Vec of their
     /// size. After recovery it held every replayed entry (~100k for a snapshot count of
     /// 100000); trimming drops them but keeps the Vec's capacity, which nothing ever reuses.
+    /// Called once start-up's replay is done, it also lifts the replay's bound on the
+    /// committed entries of one Ready (`REPLAY_READY_BYTES_MAX`).
     pub fn shrink_mem_log(&mut self) -> Result<(), String> {
         use raft::GetEntriesContext;
+        self.node.raft.set_max_committed_size_per_ready(u64::MAX);
         let store = &self.node.store().mem;
         let (first, last) = (
             store.first_index().map_err(|e| e.to_string())?,
