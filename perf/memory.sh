@@ -155,6 +155,7 @@ for s in ${SERVERS//,/ }; do
     "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')" >>"$RESULTS"
 done
 
+ETCD_VERSION=$( (etcd --version 2>/dev/null || echo none) | tr '\n' ' ' | sed 's/ *$//')
 GIT_REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git status --porcelain -- src crates Cargo.toml Cargo.lock 2>/dev/null | wc -l)
 if [ -n "$OTHER_BIN" ]; then
@@ -177,14 +178,14 @@ meta = {
     "keys": $KEYS, "value_size": $VALUE, "invocation": "$INVOCATION", "load_cmd": "$LOAD_CMD",
     "kernel": "$(uname -sr)", "nproc": $(nproc),
     "memory": "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)",
-    "etcd": "$(etcd --version 2>/dev/null | head -1 || echo none)",
+    "etcd": "$ETCD_VERSION",
     "ringd": "$RINGD_DESC",
 }
 base = os.path.splitext(md)[0]
 json.dump({"meta": meta, "runs": runs}, open(base + ".json", "w"), indent=1)
 keys = meta["keys"]
 per = lambda kb: kb * 1024 / keys
-mb = lambda kb: f"{kb / 1024:.0f} MB"
+mb = lambda kb: f"{kb / 1024:.0f} MiB"
 def row(r, phase, label):
     x = r[phase]
     settled = x["rss_kb"]
