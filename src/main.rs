@@ -13,11 +13,6 @@ use ringd::config::Config;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-extern "C" {
-    /// mimalloc's `mi_collect`, from the static library the `mimalloc` crate links.
-    fn mi_collect(force: bool);
-}
-
 fn main() {
     // Before any thread exists, so every thread inherits the mask and the main thread alone
     // takes SIGTERM/SIGINT (a graceful stop, `ringd::shard::shutdown`).
@@ -58,9 +53,8 @@ fn main() {
     // allocated; mimalloc returns a thread's free pages to the OS only when that thread
     // allocates again, and this one never does. Collecting once here took RssAnon after a
     // restart with 1M keys from 283 MB to 225 MB (201 MB before the restart).
-    // SAFETY: a plain call into the allocator the binary is linked with, on this thread.
     let serving = || {
-        unsafe { mi_collect(true) };
+        ringd::shard::recovery::release_freed_memory();
         // Recovered and listening: a `Type=notify` service is now started.
         ringd::shard::shutdown::sd_notify("READY=1");
     };
