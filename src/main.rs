@@ -54,7 +54,7 @@ fn main() {
     // allocates again, and this one never does. Collecting once here took RssAnon after a
     // restart with 1M keys from 283 MB to 225 MB (201 MB before the restart).
     let serving = || {
-        ringd::shard::recovery::release_freed_memory();
+        ringd::shard::release_freed_memory();
         // Recovered and listening: a `Type=notify` service is now started.
         ringd::shard::shutdown::sd_notify("READY=1");
     };

@@ -13,22 +13,6 @@ use ringd_store::{Event, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-extern "C" {
-    /// mimalloc's `mi_collect`, from the static library the `mimalloc` crate links (in test
-    /// binaries, whose allocator is the system's, it finds mimalloc's heaps empty).
-    fn mi_collect(force: bool);
-}
-
-/// Hands the memory this thread freed back to the OS now. mimalloc returns freed pages only
-/// after a delay, when the thread allocates again, and recovery runs on the main thread,
-/// which frees big buffers (the snapshot file, its store section) and then allocates little
-/// but goes on to its next phase: without this the snapshot's bytes were still counted
-/// during the log's replay, the peak of a restart.
-pub fn release_freed_memory() {
-    // SAFETY: a plain call into the allocator the binary links, on the calling thread.
-    unsafe { mi_collect(true) };
-}
-
 /// Where the durable state lives: `<data-dir>/member/{wal,snap}` as in etcd.
 pub struct Paths {
     pub wal: PathBuf,
@@ -167,7 +151,7 @@ pub fn recover(data_dir: &Path, start: Start) -> Result<Recovered, String> {
         break;
     }
     // The snapshot's file and store section are freed: gone from RSS before the replay.
-    release_freed_memory();
+    super::release_freed_memory();
     let (wal, rec) =
         Wal::open(&paths.wal, snap_index, segment_bytes()).map_err(|e| e.to_string())?;
     if let Some(t) = &rec.torn_tail {

@@ -154,6 +154,9 @@ impl Snapshotter {
                     if done_tx.send(res).is_err() {
                         return;
                     }
+                    // The encoding buffer (unless a follower takes it) is freed: out of the
+                    // RSS now, not at the next snapshot.
+                    super::release_freed_memory();
                 }
             });
         if let Err(e) = spawned {
