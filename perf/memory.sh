@@ -210,6 +210,8 @@ if "etcd" in by and "ringd" in by:
     for phase, label in (("loaded", "after the load"), ("restarted", "after a restart")):
         e, g = by["etcd"][phase]["rss_kb"], by["ringd"][phase]["rss_kb"]
         L.append(f"- {label}: ringd/etcd VmRSS = {g / e:.2f}")
+    L.append("- etcd's figure after the load moves from run to run (1,000 to 2,900 B/key on a 2-core machine): Go "
+             "gives the heap it freed back to the OS slowly, while VmRSS looks settled; after the restart is its steady figure.")
 L += ["", "## Load", ""]
 for r in runs:
     L.append(f"- {r['server']}: {r['load']['keys']:,} keys in {r['load']['seconds']} s ({r['load']['keys_per_sec']:,}/s), {r['load']['errors']} errors; idle before the load: VmRSS {mb(r['idle']['rss_kb'])}")
@@ -232,6 +234,9 @@ if readme:
         l, s = r["loaded"], r["restarted"]
         T.append(f"| {r['server']} | {per(l['rss_kb']):.0f} B/key ({mb(l['rss_kb'])}) | {per(s['rss_kb']):.0f} B/key ({mb(s['rss_kb'])}) | "
                  f"{mb(l['hwm_kb'])} ({l['hwm_kb'] / l['rss_kb']:.2f} x settled) | {mb(s['hwm_kb'])} ({s['hwm_kb'] / s['rss_kb']:.2f} x settled) |")
+    T.append("")
+    T.append("etcd's figure after the load moves from run to run (Go gives its freed heap back to the OS slowly); "
+             "after a restart is its steady figure. Where ringd's bytes go: ARCHITECTURE.md, \"Memory per key\".")
     T.append("<!-- memory:end -->")
     block = "\n".join(T)
     text = open("README.md").read()
