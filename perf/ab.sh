@@ -2,7 +2,9 @@
 # A/B of one ringd binary under one loadgen workload: req/s, p50/p99, server CPU per request
 # (from /proc) and the group-commit batch (log entries per fdatasync, from /metrics).
 # Usage: perf/ab.sh RINGD_BINARY LABEL [WORKLOAD=put] [CONNECTIONS=64] [SECONDS=5]
-# Extra ringd flags via RINGD_ARGS, e.g. RINGD_ARGS="--shards 2". Run two binaries
+# Extra ringd flags via RINGD_ARGS, e.g. RINGD_ARGS="--shards 2"; extra loadgen flags via
+# LOADGEN_ARGS. PRELOAD=N fills a store of N keys before the measured run (not counted in
+# its CPU) and points the workload at them (--keys N --no-preload). Run two binaries
 # alternately, several rounds, on a quiet machine: the figures are noisy.
 set -euo pipefail
 BIN=$1; LABEL=$2; WORKLOAD=${3:-put}; CONNS=${4:-64}; SECS=${5:-5}
@@ -19,8 +21,15 @@ PEER=http://127.0.0.1:$PPORT
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
 for _ in $(seq 200); do curl -sf "$URL/version" >/dev/null && break; sleep 0.05; done
+EXTRA=${LOADGEN_ARGS:-}
+if [ -n "${PRELOAD:-}" ]; then
+  "$LOADGEN" preload --url "$URL" --keys "$PRELOAD" --threads 2 --quiet >/dev/null 2>&1
+  EXTRA="$EXTRA --keys $PRELOAD"
+  [ "$WORKLOAD" = put ] || EXTRA="$EXTRA --no-preload"
+fi
 T0=$(awk '{print $14+$15}' "/proc/$PID/stat")
-"$LOADGEN" "$WORKLOAD" --url "$URL" --connections "$CONNS" --threads 2 --duration "$SECS" --quiet --json "$DIR/out.json" >/dev/null
+# shellcheck disable=SC2086
+"$LOADGEN" "$WORKLOAD" --url "$URL" --connections "$CONNS" --threads 2 --duration "$SECS" $EXTRA --quiet --json "$DIR/out.json" >/dev/null
 T1=$(awk '{print $14+$15}' "/proc/$PID/stat")
 METRICS=$(curl -s "$URL/metrics" | awk '/^ringd_wal_(fsyncs|entries)_total/ {print $2}' | tr '\n' ' ')
 python3 - "$DIR/out.json" "$T0" "$T1" "$(getconf CLK_TCK)" "$SECS" "$LABEL" "$METRICS" <<'PY'

@@ -18,6 +18,10 @@
 #                        [--keys N] [--out DIR] [--no-readme] [--quick] [--readme-only] [--keep]
 #                        [--no-build] [--server-cpus LIST --loadgen-cpus LIST] [--tls] [--auth]
 #        perf/compare.sh --cluster 3|5 [perf/cluster.sh's flags]
+#        perf/compare.sh --memory [perf/memory.sh's flags]
+#
+# --memory runs perf/memory.sh: RSS per key of both after loading 1M keys of 32 bytes under
+# /bench/k%06d and after a restart, and the peaks (VmHWM) (see its --help).
 #
 # --cluster N runs perf/cluster.sh --members N: N-member clusters of both, PUT via the leader
 # and via a follower, quorum GET on a follower, kill -9 of the leader (see its --help).
@@ -46,6 +50,10 @@ INVOCATION="perf/compare.sh${*:+ $*}"
 # --cluster N: the 3- or 5-member comparison, perf/cluster.sh (the other flags go with it)
 ARGS=("$@")
 for i in "${!ARGS[@]}"; do
+  if [ "${ARGS[$i]}" = --memory ]; then
+    REST=("${ARGS[@]:0:$i}" "${ARGS[@]:$((i + 1))}")
+    MEMORY_INVOCATION=$INVOCATION exec perf/memory.sh "${REST[@]}"
+  fi
   if [ "${ARGS[$i]}" = --cluster ]; then
     REST=("${ARGS[@]:0:$i}" "${ARGS[@]:$((i + 2))}")
     CLUSTER_INVOCATION=$INVOCATION exec perf/cluster.sh --members "${ARGS[$((i + 1))]:-}" "${REST[@]}"

@@ -97,6 +97,18 @@ const _: () = assert!(TTL_WHEEL_SLOTS.is_power_of_two());
 /// behind than this is sent a snapshot (issue "cluster"), as raft does for compacted logs.
 pub const RAFT_MEM_LOG_KEEP: u64 = 4096;
 
+/// Start-up's replay applies the log after the snapshot in Ready rounds of at most this many
+/// bytes of entries (raft-rs's `max_committed_size_per_ready`, lifted once the replay is
+/// done), trimming raft's in-memory log as it goes: one round of ~100k entries (a snapshot
+/// count's worth) held every entry three times over and all of their events at once, and
+/// was the peak of a restart with a million keys.
+pub const REPLAY_READY_BYTES_MAX: u64 = 1 << 20;
+
+/// Events start-up's replay keeps for the ring, the newest ones: what the ring can hold
+/// (`EVENT_HISTORY_CAPACITY`). The events of a replay of ~100k entries held at once were
+/// ~37 MB at the peak of a restart.
+pub const REPLAY_EVENTS_KEPT: usize = EVENT_HISTORY_CAPACITY;
+
 /// Raft messages queued from the raft shard to the peer thread. The raft shard never waits
 /// for room: a message that finds the queue full is dropped and its peer reported
 /// unreachable (raft retransmits).

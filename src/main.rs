@@ -3,8 +3,8 @@
 use ringd::config::Config;
 
 /// mimalloc, not glibc's malloc. The raft shard allocates and frees many small short-lived
-/// blocks per write (the path copy of imbl B+ tree nodes, 16 entries of ~24 B each, after
-/// every published view; events; log entries) beside per-batch buffers over 1 KiB, and
+/// blocks per write (the path copy of the store's B+ tree leaves and branches after every
+/// published view; events; log entries) beside per-batch buffers over 1 KiB, and
 /// glibc's slow path (malloc_consolidate, unlink_chunk) took 14 % of the server's samples
 /// under `loadgen put`. Measured with `perf/ab.sh BIN LABEL put 64 5`, three alternating
 /// rounds: 20.6 -> 14.8 us of server CPU per PUT, 47k -> 60k req/s; GET unchanged or
@@ -12,11 +12,6 @@ use ringd::config::Config;
 /// puts.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-extern "C" {
-    /// mimalloc's `mi_collect`, from the static library the `mimalloc` crate links.
-    fn mi_collect(force: bool);
-}
 
 fn main() {
     // Before any thread exists, so every thread inherits the mask and the main thread alone
@@ -103,9 +98,8 @@ fn main() {
     // allocated; mimalloc returns a thread's free pages to the OS only when that thread
     // allocates again, and this one never does. Collecting once here took RssAnon after a
     // restart with 1M keys from 283 MB to 225 MB (201 MB before the restart).
-    // SAFETY: a plain call into the allocator the binary is linked with, on this thread.
     let serving = || {
-        unsafe { mi_collect(true) };
+        ringd::shard::release_freed_memory();
         // Recovered and listening: a `Type=notify` service is now started.
         ringd::shard::shutdown::sd_notify("READY=1");
     };

@@ -478,6 +478,44 @@ fn history_after_a_restart_renders_the_ttls_of_the_events_time() {
     assert_eq!(history(&node.addr), events);
 }
 
+/// A restart that replays more events than the history holds (the replay keeps only the
+/// newest ones, issue 11) answers `waitIndex` as before it: the newest 1000 events, 401 for
+/// the one before them.
+#[test]
+fn a_replay_of_more_events_than_the_history_answers_wait_index_as_before() {
+    let dir = TempDir::new("ringd-replay-history");
+    let port = support::free_port();
+    let node = start(dir.path(), port, &[]).unwrap();
+    let mut last = 0;
+    for i in 0..1500 {
+        let r = support::request(
+            &node.addr,
+            "PUT",
+            &format!("/v2/keys/r/k{i}"),
+            &[support::FORM],
+            b"value=v",
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+        last = r.json()["node"]["modifiedIndex"].as_u64().expect("index");
+    }
+    let answers = |addr: &str| -> Vec<String> {
+        [last - 999, last - 998, last, last - 1000]
+            .iter()
+            .map(|i| {
+                let path = format!("/v2/keys/r?wait=true&recursive=true&waitIndex={i}");
+                support::get(addr, &path).text()
+            })
+            .collect()
+    };
+    let before = answers(&node.addr);
+    assert!(before[0].contains("\"action\":\"set\""), "{}", before[0]);
+    assert!(before[3].contains("\"errorCode\":401"), "{}", before[3]);
+    // SIGKILL: no snapshot (the count is 100000), all of it comes back from the log.
+    drop(node);
+    let node = start(dir.path(), port, &[]).unwrap();
+    assert_eq!(answers(&node.addr), before);
+}
+
 /// The auth state is rebuilt by log replay, and comes back from a snapshot once the entries
 /// that made it are compacted away.
 #[test]

@@ -26,7 +26,7 @@
 //! commands. The same code runs under the deterministic simulator (tests/sim.rs).
 
 use crate::auth::{AuthCommand, AuthOutcome, AuthState};
-use crate::limits::{RAFT_MEM_LOG_KEEP, RECENT_PROPOSALS_MAX};
+use crate::limits::{RAFT_MEM_LOG_KEEP, RECENT_PROPOSALS_MAX, REPLAY_READY_BYTES_MAX};
 use crate::members::{Member, Membership};
 use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState as RaftHardState, Message,
@@ -414,7 +414,6 @@ impl<T> Replica<T> {
             mem: MemStorage::new(),
             snap: Default::default(),
         };
-        let entries: Vec<Entry> = b.entries.iter().map(to_raft_entry).collect();
         let hs = RaftHardState {
             term: b.hard_state.term.max(b.snapshot_term),
             vote: b.hard_state.vote,
@@ -425,7 +424,7 @@ impl<T> Replica<T> {
         *storage.mem.wl() = mem_log(
             (b.snapshot_index, b.snapshot_term),
             ConfState::from((voters.clone(), vec![])),
-            &entries,
+            b.entries.into_iter().map(to_raft_entry),
             hs,
         )?;
         let cfg = Config {
@@ -447,6 +446,9 @@ impl<T> Replica<T> {
         cfg.validate().map_err(|e| format!("raft config: {e}"))?;
         let logger = slog::Logger::root(TracingDrain, slog::o!());
         let mut node = RawNode::new(&cfg, storage, &logger).map_err(|e| format!("raft: {e}"))?;
+        // Start-up's replay in bounded rounds; `shrink_mem_log` lifts the bound after it.
+        node.raft
+            .set_max_committed_size_per_ready(REPLAY_READY_BYTES_MAX);
         if voters == [b.id] {
             // A single voter needs no election timeout to lead.
             node.campaign().map_err(|e| format!("raft campaign: {e}"))?;
@@ -952,8 +954,11 @@ impl<T> Replica<T> {
     /// Rebuilds raft's in-memory log with only the entries it still holds, in a Vec of their
     /// size. After recovery it held every replayed entry (~100k for a snapshot count of
     /// 100000); trimming drops them but keeps the Vec's capacity, which nothing ever reuses.
+    /// Called once start-up's replay is done, it also lifts the replay's bound on the
+    /// committed entries of one Ready (`REPLAY_READY_BYTES_MAX`).
     pub fn shrink_mem_log(&mut self) -> Result<(), String> {
         use raft::GetEntriesContext;
+        self.node.raft.set_max_committed_size_per_ready(u64::MAX);
         let store = &self.node.store().mem;
         let (first, last) = (
             store.first_index().map_err(|e| e.to_string())?,
@@ -977,7 +982,7 @@ impl<T> Replica<T> {
         let fresh = mem_log(
             (boundary.index, boundary.term),
             state.conf_state,
-            rest,
+            rest.iter().cloned(),
             state.hard_state,
         )?;
         *self.node.mut_store().mem.wl() = fresh;
@@ -1153,11 +1158,12 @@ fn expire_waiters<T>(waiters: &mut Vec<(u64, T)>, now: u64, expired: &mut Vec<T>
     }
 }
 
-fn to_raft_entry(e: &LogEntry) -> Entry {
+/// A log entry as raft-rs holds it; its payload moves over, uncopied.
+fn to_raft_entry(e: LogEntry) -> Entry {
     let mut r = Entry {
         index: e.index,
         term: e.term,
-        data: bytes::Bytes::from(e.data.clone()),
+        data: bytes::Bytes::from(e.data),
         ..Default::default()
     };
     r.set_entry_type(if e.kind == ENTRY_CONF_CHANGE {
@@ -1168,13 +1174,16 @@ fn to_raft_entry(e: &LogEntry) -> Entry {
     r
 }
 
+/// Entries handed to raft-rs's in-memory log at a time when it is built.
+const MEM_LOG_APPEND_CHUNK: usize = 1024;
+
 /// raft-rs's in-memory log: `entries` after the snapshot boundary `(index, term)` (`(0, 0)`:
 /// none, the log starts at 1), with the membership and hard state. Built at start-up and,
 /// once replay is done, again at the size of what it still holds (`shrink_mem_log`).
 fn mem_log(
     boundary: (u64, u64),
     conf_state: ConfState,
-    entries: &[Entry],
+    entries: impl IntoIterator<Item = Entry>,
     hs: RaftHardState,
 ) -> Result<MemStorageCore, String> {
     let mut core = MemStorageCore::default();
@@ -1188,7 +1197,18 @@ fn mem_log(
     } else {
         core.set_conf_state(conf_state);
     }
-    core.append(entries).map_err(|e| format!("raft log: {e}"))?;
+    // Appended a chunk at a time (`append` copies what it is given): the log's entries were
+    // held three times at the start of a replay (the log's, raft's converted ones, raft's
+    // own copy), ~40 MB for a snapshot count's worth.
+    let mut chunk = Vec::with_capacity(MEM_LOG_APPEND_CHUNK);
+    for e in entries {
+        chunk.push(e);
+        if chunk.len() == MEM_LOG_APPEND_CHUNK {
+            core.append(&chunk).map_err(|e| format!("raft log: {e}"))?;
+            chunk.clear();
+        }
+    }
+    core.append(&chunk).map_err(|e| format!("raft log: {e}"))?;
     core.set_hardstate(hs);
     Ok(core)
 }

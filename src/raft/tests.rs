@@ -162,6 +162,81 @@ fn applies_in_order_trims_its_memory_log_and_recovers_from_the_persisted_one() {
 }
 
 #[test]
+fn replay_applies_in_bounded_rounds_trimming_as_it_goes_and_the_bound_is_lifted_after() {
+    // A log of ~4 MiB: 40k entries with values of ~100 bytes.
+    let mut log = Vec::new();
+    let mut hs = HardState::default();
+    let mut r = bootstrap(Vec::new(), HardState::default());
+    drive(&mut r, &mut log, &mut hs);
+    let value = "v".repeat(100);
+    let n = 40_000u64;
+    for i in 0..n {
+        r.propose(set(&format!("/k{i}"), &value), i);
+        if i % 499 == 0 {
+            drive(&mut r, &mut log, &mut hs);
+        }
+    }
+    drive(&mut r, &mut log, &mut hs);
+    // A step applies the committed entries of its Ready and of the light Ready after
+    // `advance`, each bounded.
+    let entry_bytes = log.last().map_or(0, |e| e.data.len()) as u64;
+    let per_step_max = 2 * (REPLAY_READY_BYTES_MAX / entry_bytes + 1);
+
+    // The restart: one step at a time.
+    let mut again = bootstrap(log.clone(), hs);
+    let (mut log2, mut hs2) = (log.clone(), hs);
+    let mut rounds = Vec::new();
+    let mut trimmed_during_replay = false;
+    loop {
+        let before = again.applied_index().0;
+        let out = again
+            .step(&mut VecLog {
+                log: &mut log2,
+                hs: &mut hs2,
+            })
+            .unwrap_or_else(|()| panic!("persist failed"));
+        let applied = again.applied_index().0 - before;
+        if applied == 0 && out.persisted_entries == 0 {
+            break;
+        }
+        rounds.push(applied);
+        let first = again.node.store().first_index().unwrap_or(0);
+        trimmed_during_replay |= again.applied_index().0 < log.len() as u64 && first > 1;
+    }
+    // Everything applied (and the new term's empty entry after it).
+    assert!(again.applied_index() > r.applied_index());
+    assert_eq!(again.store().index(), r.store().index());
+    let busy: Vec<u64> = rounds.iter().copied().filter(|&a| a > 0).collect();
+    assert!(busy.len() >= 3, "rounds {rounds:?}");
+    assert!(
+        busy.iter().all(|&a| a <= per_step_max),
+        "rounds {rounds:?}, at most {per_step_max} each"
+    );
+    assert!(
+        trimmed_during_replay,
+        "raft's log kept every replayed entry"
+    );
+
+    // Once replayed, a Ready is no longer bounded: a batch of ~2 MiB applies in one step.
+    again
+        .shrink_mem_log()
+        .unwrap_or_else(|e| panic!("shrink: {e}"));
+    again.next_seq = 1 << 40;
+    for i in 0..20_000 {
+        again.propose(set(&format!("/b{i}"), &value), i);
+    }
+    let before = again.applied_index().0;
+    let out = again
+        .step(&mut VecLog {
+            log: &mut log2,
+            hs: &mut hs2,
+        })
+        .unwrap_or_else(|()| panic!("persist failed"));
+    assert_eq!(out.applied.len(), 20_000);
+    assert_eq!(again.applied_index().0 - before, 20_000);
+}
+
+#[test]
 fn quorum_reads_are_answered_after_the_writes_before_them_and_requests_time_out() {
     let mut log = Vec::new();
     let mut hs = HardState::default();

@@ -104,7 +104,7 @@ impl SaveRequest {
                 lower_this_threads_priority();
                 let started = std::time::Instant::now();
                 let saved = Saved {
-                    bytes: job.encode(),
+                    bytes: job.encode(0),
                     raft_index: job.index,
                     raft_term: job.term,
                     etcd_index: job.source.index(),
@@ -215,7 +215,7 @@ fn recover_and_encode(dir: &Path, id: u64, membership: Membership) -> Result<Sav
     }
     let job = WriteJob::freeze(&ring, &rec.replica, false);
     Ok(Saved {
-        bytes: job.encode(),
+        bytes: job.encode(0),
         raft_index: job.index,
         raft_term: job.term,
         etcd_index: job.source.index(),

@@ -26,7 +26,9 @@ use super::recovery::{write_membership, Recovered};
 use super::snapshotter::Snapshotter;
 use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ReplyTo, ShardMsg, Shared};
 use crate::auth::{http_err, AuthOutcome};
-use crate::limits::{PEER_INBOX_CAPACITY, PENDING_REQUESTS_MAX, PROPOSAL_BATCH_MAX};
+use crate::limits::{
+    PEER_INBOX_CAPACITY, PENDING_REQUESTS_MAX, PROPOSAL_BATCH_MAX, REPLAY_EVENTS_KEPT,
+};
 use crate::members::{member_id_at, Member, MemberChange, MemberError, MemberOutcome};
 use crate::raft::{HardState, LogEntry, Payload, Replica};
 use crate::ttl::TtlWheel;
@@ -280,6 +282,10 @@ pub(super) fn drive(
         d.members.extend(out.members);
         d.auth.extend(out.auth);
         d.events.extend(out.events);
+        if shared.is_none() && d.events.len() > REPLAY_EVENTS_KEPT {
+            // Start-up's replay (no ring yet): only the events the ring will hold.
+            d.events.drain(..d.events.len() - REPLAY_EVENTS_KEPT);
+        }
         d.membership_changed |= out.membership_changed;
         if out.snapshot_installed {
             d.snapshot_installed = replica.applied_index().0;

@@ -147,6 +147,8 @@ pub fn recover(data_dir: &Path, start: Start) -> Result<Recovered, String> {
         tracing::info!(snapshot = %path.display(), raft_index = snap_index, keys = store.node_count(), "loaded snapshot");
         break;
     }
+    // The snapshot's file and store section are freed: gone from RSS before the replay.
+    super::release_freed_memory();
     let (wal, rec) =
         Wal::open(&paths.wal, snap_index, segment_bytes()).map_err(|e| e.to_string())?;
     if let Some(t) = &rec.torn_tail {

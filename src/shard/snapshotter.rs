@@ -85,15 +85,17 @@ impl WriteJob {
 
     /// The snapshot file's bytes (the store's encoding is the costly part: ~280 ms of CPU for
     /// 900k keys; never on the raft shard).
-    pub(super) fn encode(&self) -> Vec<u8> {
-        let mut store = Vec::new();
-        self.source.snapshot(&mut store);
+    /// `size_hint`: the last snapshot's size, if known; the store is encoded straight into
+    /// the file's buffer, one buffer of the file's size.
+    pub(super) fn encode(&self, size_hint: usize) -> Vec<u8> {
+        let hint = size_hint.max(self.source.node_count() as usize * 64);
+        let store = |b: &mut Vec<u8>| self.source.snapshot(b);
         // The history's events, encoded here (the archived ones already are).
         let history = |f: &mut dyn FnMut(&[u8])| self.events.for_each_encoded(f);
-        crate::snapshot::encode(
+        crate::snapshot::encode_with(
             self.index,
             self.term,
-            &store,
+            (store, hint),
             history,
             self.events.encoded_bytes_hint(),
             &self.membership,
@@ -131,6 +133,7 @@ impl Snapshotter {
             .name("snapshot".to_string())
             .spawn(move || {
                 lower_this_threads_priority();
+                let mut last_bytes = 0usize;
                 while let Ok(job) = rx.recv() {
                     let job = match job {
                         SnapJob::Write(job) => *job,
@@ -154,7 +157,11 @@ impl Snapshotter {
                         }
                     };
                     let started = Instant::now();
-                    let buf = job.encode();
+                    // Room for the whole file at once (the last one's size, or ~64 B per key
+                    // for the first): the buffer never grows by copying, and pages reserved
+                    // but never written cost no memory.
+                    let buf = job.encode(last_bytes);
+                    last_bytes = buf.len() + buf.len() / 16;
                     let WriteJob {
                         index,
                         term,
@@ -184,6 +191,9 @@ impl Snapshotter {
                     if done_tx.send(res).is_err() {
                         return;
                     }
+                    // The encoding buffer (unless a follower takes it) is freed: out of the
+                    // RSS now, not at the next snapshot.
+                    super::release_freed_memory();
                 }
             });
         if let Err(e) = spawned {

@@ -322,6 +322,18 @@ fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     ))
 }
 
+/// What `scan_segment` asks of the segment's file beside its bytes.
+struct ScanIo<'a> {
+    /// The end of the last nonzero byte at or after an offset (`StorageFile::last_nonzero_end`),
+    /// for the last segment's check for unsynced data after the end of the log.
+    tail: &'a dyn Fn(usize) -> io::Result<Option<usize>>,
+    /// The bytes before an offset are read (`StorageFile::release_map_below`).
+    passed: &'a dyn Fn(usize),
+}
+
+/// How far the scan goes between two `ScanIo::passed`.
+const SCAN_RELEASE_STEP: usize = 4 << 20;
+
 /// Validates one segment's bytes and applies its records to `replay`.
 fn scan_segment(
     b: &[u8],
@@ -330,6 +342,7 @@ fn scan_segment(
     name_first: u64,
     is_last: bool,
     replay: &mut Option<Replay>,
+    io: ScanIo<'_>,
 ) -> Result<Scan, WalError> {
     let corrupt = |offset: usize, reason: String| WalError::Corrupt {
         file: path.into(),
@@ -404,7 +417,7 @@ fn scan_segment(
         match record::parse(b, x) {
             Ok(Parsed::End) => {
                 if is_last {
-                    if let Some(end) = record::last_nonzero_end(b, x) {
+                    if let Some(end) = (io.tail)(x)? {
                         zero = Some((x as u64, end as u64));
                         torn = Some(format!(
                             "{}: discarded unsynced data between offsets {x} and {end}, after the \
@@ -417,6 +430,9 @@ fn scan_segment(
             }
             Ok(Parsed::Record(r)) => {
                 replay.apply(&r, seq, x as u64, path)?;
+                if r.next / SCAN_RELEASE_STEP > x / SCAN_RELEASE_STEP {
+                    (io.passed)(x);
+                }
                 x = r.next;
             }
             Err(reason) => {
@@ -549,8 +565,20 @@ impl<S: Storage> Wal<S> {
             let path = dir.join(&name);
             let mut file = wal.storage.open(&path)?;
             let len = file.len()?;
+            let tail = |x: usize| -> io::Result<Option<usize>> {
+                Ok(file
+                    .last_nonzero_end(x as u64)?
+                    .and_then(|e| usize::try_from(e).ok()))
+            };
+            let passed = |x: usize| file.release_map_below(x as u64);
             let scan = match file.mapped() {
-                Some(b) => scan_segment(b, &path, seq, name_first, is_last, &mut replay)?,
+                Some(b) => {
+                    let io = ScanIo {
+                        tail: &tail,
+                        passed: &passed,
+                    };
+                    scan_segment(b, &path, seq, name_first, is_last, &mut replay, io)?
+                }
                 None => {
                     let mut b = vec![
                         0;
@@ -558,7 +586,11 @@ impl<S: Storage> Wal<S> {
                             .map_err(|_| io::Error::other("segment too large"))?
                     ];
                     file.read_at(0, &mut b)?;
-                    scan_segment(&b, &path, seq, name_first, is_last, &mut replay)?
+                    let io = ScanIo {
+                        tail: &|x| Ok(record::last_nonzero_end(&b, x)),
+                        passed: &|_| {},
+                    };
+                    scan_segment(&b, &path, seq, name_first, is_last, &mut replay, io)?
                 }
             };
             match scan {
@@ -585,6 +617,7 @@ impl<S: Storage> Wal<S> {
                         tracing::warn!("{note}");
                         torn_notes.push(note);
                     }
+                    file.release_map()?;
                     wal.segments.push(Segment {
                         seq,
                         first_index: name_first,
@@ -633,6 +666,9 @@ impl<S: Storage> Wal<S> {
             wal.restart(after_index)?;
         }
         let entries = wal.entries(after_index + 1, wal.last_index() + 1)?;
+        for seg in &mut wal.segments {
+            seg.file.release_map()?;
+        }
         tracing::info!(
             dir = %dir.display(),
             segments = wal.segments.len(),

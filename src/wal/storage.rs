@@ -40,6 +40,30 @@ pub trait StorageFile {
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// Reads exactly `buf.len()` bytes at `off`.
     fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// `read_at`, never through a map of the file (so none of it is counted in the process's
+    /// memory: it stays in the page cache).
+    fn read_unmapped(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read_at(off, buf)
+    }
+    /// The end of the last nonzero byte at or after `from` (`None`: all zero up to the end of
+    /// the file). Recovery's check for unsynced data after the end of the log reads the rest
+    /// of the last segment, mostly preallocated zeroes: 64 MiB through the map were 64 MiB
+    /// more of RSS at the peak of a restart. Read here from the end, a MiB at a time.
+    fn last_nonzero_end(&self, from: u64) -> io::Result<Option<u64>> {
+        const CHUNK: u64 = 1 << 20;
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut hi = self.len()?;
+        while hi > from {
+            let lo = hi.saturating_sub(CHUNK).max(from);
+            let b = &mut buf[..(hi - lo) as usize];
+            self.read_unmapped(lo, b)?;
+            if let Some(p) = b.iter().rposition(|&x| x != 0) {
+                return Ok(Some(lo + p as u64 + 1));
+            }
+            hi = lo;
+        }
+        Ok(None)
+    }
     fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()>;
     /// Makes the data written so far durable (fdatasync). `off..off+len` is the range written
     /// since the last sync, a hint for implementations that sync ranges (msync).
@@ -48,6 +72,18 @@ pub trait StorageFile {
     fn sync_all(&mut self) -> io::Result<()>;
     /// The whole file mapped in memory, if this storage maps files.
     fn mapped(&self) -> Option<&[u8]>;
+    /// Takes the pages of a read-only map out of this process (they stay in the page cache;
+    /// the next read maps what it needs). Recovery reads whole segments through the map, the
+    /// last one to its preallocated end, which left 64 MiB of it counted in the server's RSS.
+    fn release_map(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// `release_map` for the bytes before `off` only, which a reader has gone past: recovery
+    /// scans a segment's records through the map, and without this all of them (up to
+    /// 64 MiB) were resident at once.
+    fn release_map_below(&self, off: u64) {
+        let _ = off;
+    }
     /// Writes `len` zeroes at `off`, past the end of the data, and starts writing them back
     /// without waiting (the log's zeroes ahead). Durability still comes only from
     /// `sync_data`.
@@ -364,6 +400,12 @@ impl StorageFile for FsFile {
             .map_err(|e| ctx(&self.path, "cannot read", e))
     }
 
+    fn read_unmapped(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file
+            .read_exact_at(buf, off)
+            .map_err(|e| ctx(&self.path, "cannot read", e))
+    }
+
     fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
         if self.direct_pending {
             self.direct_pending = false;
@@ -454,6 +496,25 @@ impl StorageFile for FsFile {
             Map::None => None,
             Map::Ro(m) => Some(&m[..]),
             Map::Rw(m) => Some(&m[..]),
+        }
+    }
+
+    fn release_map_below(&self, off: u64) {
+        if let Map::Ro(m) = &self.map {
+            let len = usize::try_from(off).unwrap_or(usize::MAX).min(m.len());
+            // SAFETY: a shared, read-only map of a file: MADV_DONTNEED only drops this
+            // process's page table entries for the range; a later read maps the file's
+            // (unchanged) pages again. Failure only leaves the pages resident.
+            let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, len) };
+        }
+    }
+
+    fn release_map(&mut self) -> io::Result<()> {
+        // A new map of the same file holds no pages yet. A read-write map (WriteMode::Mmap)
+        // is the write path and stays.
+        match self.map {
+            Map::Ro(_) => self.remap(),
+            Map::None | Map::Rw(_) => Ok(()),
         }
     }
 }

@@ -11,6 +11,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod children;
 pub mod codec;
 pub mod error;
 pub mod event;

@@ -13,10 +13,9 @@
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU64;
-use std::sync::Arc;
 
 use crate::event::{Action, NodeRepr};
-use crate::tree::{self, Kind, Miss, Node};
+use crate::tree::{self, Children, Miss, Node};
 use crate::{Error, ErrorCode, EtcdIndex, Event};
 
 /// etcd treats an expire time before 2000-01-01T00:00:00Z as "no TTL" in Set/Create
@@ -145,7 +144,7 @@ pub struct WriteStats {
 
 /// The mutable store, owned by the single writer (the raft shard).
 pub struct Store {
-    root: Arc<Node>,
+    root: Node,
     index: u64,
     /// Files and dirs, root excluded; kept exact by every insert and removal.
     node_count: u64,
@@ -159,7 +158,7 @@ pub struct Store {
 /// An immutable snapshot of the store, cheap to clone and `Send + Sync`.
 #[derive(Clone)]
 pub struct StoreView {
-    root: Arc<Node>,
+    root: Node,
     index: u64,
     node_count: u64,
 }
@@ -219,7 +218,7 @@ fn removal_node(path: String, dir: bool, modified: u64, created: u64) -> NodeRep
 impl Store {
     pub fn new() -> Store {
         Store {
-            root: Arc::new(Node::new_root()),
+            root: Node::new_root(),
             index: 0,
             node_count: 0,
             expiry: BTreeSet::new(),
@@ -307,7 +306,7 @@ impl Store {
             }
             let comps = tree::components(&path);
             let node = match tree::lookup(&self.root, &comps) {
-                Ok(n) if !comps.is_empty() && n.expire_ns() == Some(exp) => Arc::clone(n),
+                Ok(n) if !comps.is_empty() && n.expire_ns() == Some(exp) => n.clone(),
                 // Unreachable while the index is exact; dropping a stale entry beats looping.
                 _ => {
                     self.expiry.remove(&(exp, path));
@@ -338,7 +337,7 @@ impl Store {
     /// An O(1) immutable snapshot.
     pub fn view(&self) -> StoreView {
         StoreView {
-            root: Arc::clone(&self.root),
+            root: self.root.clone(),
             index: self.index,
             node_count: self.node_count,
         }
@@ -381,21 +380,17 @@ impl Store {
             })
             .collect();
         let mut node_count = 0u64;
-        let mut stack: Vec<&Arc<Node>> = children.values().collect();
+        let mut stack: Vec<&Node> = children.iter().collect();
         while let Some(n) = stack.pop() {
             node_count += 1;
             if let Some(ch) = n.children() {
-                stack.extend(ch.values());
+                stack.extend(ch.iter());
             }
         }
-        let root = Node {
-            created: 0,
-            modified: 0,
-            expire: None,
-            kind: node.kind.clone(),
-        };
+        // The children are shared with this store, not copied (a persistent tree).
+        let root = Node::dir_with("", 0, 0, None, children.clone());
         Ok(Store::from_parts(
-            Arc::new(root),
+            root,
             self.index,
             node_count,
             expiry,
@@ -404,14 +399,14 @@ impl Store {
     }
 
     /// The tree root, for `codec`'s snapshot encoder.
-    pub(crate) fn root(&self) -> &Arc<Node> {
+    pub(crate) fn root(&self) -> &Node {
         &self.root
     }
 
     /// Assembles a store from a decoded snapshot. The caller guarantees that `node_count`
     /// and `expiry` mirror the tree (see `check_invariants` in the tests).
     pub(crate) fn from_parts(
-        root: Arc<Node>,
+        root: Node,
         index: u64,
         node_count: u64,
         expiry: BTreeSet<(u64, Box<str>)>,
@@ -438,9 +433,9 @@ impl Store {
     }
 
     /// The existing node at `comps`, as an owned handle so `self` can be mutated afterwards.
-    fn get_node(&self, comps: &[&str]) -> Result<Arc<Node>, Error> {
+    fn get_node(&self, comps: &[&str]) -> Result<Node, Error> {
         tree::lookup(&self.root, comps)
-            .map(Arc::clone)
+            .cloned()
             .map_err(|m| self.miss_error(comps, m))
     }
 
@@ -462,9 +457,9 @@ impl Store {
             return;
         };
         if let Some(slot) =
-            tree::children_mut(&mut self.root, parents).and_then(|ch| ch.get_mut(*name))
+            tree::children_mut(&mut self.root, parents).and_then(|ch| ch.get_mut(name))
         {
-            *slot = Arc::new(node);
+            *slot = node;
         }
     }
 
@@ -474,7 +469,7 @@ impl Store {
         let Some((name, parents)) = comps.split_last() else {
             return;
         };
-        let removed = tree::children_mut(&mut self.root, parents).and_then(|ch| ch.remove(*name));
+        let removed = tree::children_mut(&mut self.root, parents).and_then(|ch| ch.remove(name));
         if let Some(node) = removed {
             self.forget_subtree(&tree::join(comps), &node);
         }
@@ -484,7 +479,7 @@ impl Store {
         let (mut count, mut ttl) = (0u64, Vec::new());
         tree::for_each_in_subtree(path, node, |n, p| {
             count += 1;
-            if let (Some(e), Some(p)) = (n.expire, p) {
+            if let (Some(e), Some(p)) = (n.expire(), p) {
                 ttl.push((e.get(), Box::<str>::from(p)));
             }
         });
@@ -506,7 +501,7 @@ impl Store {
         let comps = tree::components(key);
         // Any lookup error except "not found" fails the set; with refresh, so does that.
         let prev = match tree::lookup(&self.root, &comps) {
-            Ok(n) => Some(Arc::clone(n)),
+            Ok(n) => Some(n.clone()),
             Err(Miss::NotFound(_)) if !refresh => None,
             Err(m) => {
                 self.stats.sets_fail += 1;
@@ -591,7 +586,7 @@ impl Store {
             let Some(children) = cur.children() else {
                 return Err(self.error(ErrorCode::NotDir, tree::join(&parents[..i])));
             };
-            match children.get(*c) {
+            match children.get(c) {
                 Some(child) => cur = child,
                 None => {
                     first_missing = Some(i);
@@ -613,40 +608,34 @@ impl Store {
                     return Err(self.error(ErrorCode::NotFile, path));
                 }
                 prev = Some(tree::repr_shallow(&path, existing));
-                replaced = Some(existing.expire);
+                replaced = Some(existing.expire());
             }
         }
 
         // Mutate: cannot fail from here on.
         let node = if dir {
-            Node::new_dir(next, expire)
+            Node::new_dir(name, next, expire)
         } else {
-            Node::new_file(next, value, expire)
+            Node::file(name, value, next, next, expire)
         };
-        let mut node = Arc::new(node);
+        let mut node = node;
         match first_missing {
             None => {
                 if let Some(children) = tree::children_mut(&mut self.root, parents) {
-                    match children.get_mut(name) {
-                        Some(slot) => *slot = node,
-                        None => {
-                            children.insert(Arc::from(name), node);
-                            self.node_count += 1;
-                        }
+                    if children.insert(node).is_none() {
+                        self.node_count += 1;
                     }
                 }
             }
             Some(m) => {
                 // Build the missing dirs bottom-up, then link the top one in a single insert.
                 for j in (m..parents.len()).rev() {
-                    let mut d = Node::new_dir(next, None);
-                    if let Kind::Dir(ch) = &mut d.kind {
-                        ch.insert(Arc::from(comps[j + 1]), node);
-                    }
-                    node = Arc::new(d);
+                    let mut children = Children::new();
+                    children.insert(node);
+                    node = Node::dir_with(parents[j], next, next, None, children);
                 }
                 if let Some(children) = tree::children_mut(&mut self.root, &parents[..m]) {
-                    children.insert(Arc::from(parents[m]), node);
+                    children.insert(node);
                     self.node_count += (parents.len() - m) as u64 + 1;
                 }
             }
@@ -707,23 +696,10 @@ impl Store {
         let expire = tree::stored_expire(expire);
         let prev = tree::repr_shallow(&path, &n);
         let new_value = if refresh { n.value() } else { value };
-        let new_node = match &n.kind {
-            Kind::File(_) => Node {
-                created: n.created,
-                modified: next,
-                expire,
-                kind: Kind::File(new_value.into()),
-            },
-            Kind::Dir(ch) => Node {
-                created: n.created,
-                modified: n.modified,
-                expire,
-                kind: Kind::Dir(ch.clone()),
-            },
-        };
+        let new_node = n.rewritten(new_value, next, expire);
         let event_value = (!n.is_dir()).then(|| new_value.to_string());
         self.replace_at(&comps, new_node);
-        self.untrack_expiry(&path, n.expire);
+        self.untrack_expiry(&path, n.expire());
         self.track_expiry(&path, expire);
         self.index = next;
         self.stats.update_success += 1;
@@ -780,15 +756,10 @@ impl Store {
         let expire = tree::stored_expire(expire);
         let new_value = if refresh { n.value() } else { value };
         let prev = tree::repr_shallow(&path, &n);
-        let new_node = Node {
-            created: n.created,
-            modified: next,
-            expire,
-            kind: Kind::File(new_value.into()),
-        };
+        let new_node = n.rewritten(new_value, next, expire);
         let event_value = Some(new_value.to_string());
         self.replace_at(&comps, new_node);
-        self.untrack_expiry(&path, n.expire);
+        self.untrack_expiry(&path, n.expire());
         self.track_expiry(&path, expire);
         self.index = next;
         self.stats.compare_and_swap_success += 1;
@@ -1088,7 +1059,7 @@ mod tests {
             let mut ttl = BTreeSet::new();
             tree::for_each_in_subtree("/", &self.root, |n, p| {
                 count += 1;
-                if let (Some(e), Some(p)) = (n.expire, p) {
+                if let (Some(e), Some(p)) = (n.expire(), p) {
                     ttl.insert((e.get(), Box::<str>::from(p)));
                 }
                 assert!(n.created <= self.index && n.modified <= self.index);
@@ -1099,7 +1070,16 @@ mod tests {
             assert_eq!(count - 1, self.node_count, "node_count (root excluded)");
             assert_eq!(self.view().node_count(), self.node_count);
             assert_eq!(ttl, self.expiry, "expiry index must mirror the tree");
-            assert!(self.root.expire.is_none());
+            assert!(self.root.expire().is_none());
+            assert_eq!(self.root.name(), "");
+            // Every child holds its own name, and every map keeps its invariants.
+            let mut stack = vec![&self.root];
+            while let Some(n) = stack.pop() {
+                if let Some(children) = n.children() {
+                    children.check();
+                    stack.extend(children.iter());
+                }
+            }
         }
     }
 

@@ -2,91 +2,302 @@
 //!
 //! Why persistent: the writer publishes a `StoreView` after every batch and readers on other
 //! threads keep using old views, so a snapshot must cost O(1) and a write must not copy the
-//! tree. Every node is an `Arc<Node>`; a dir's children live in an `imbl::OrdMap` (a B+ tree
-//! with shared chunks) keyed by the *last path component only*. A write path-copies the nodes
-//! and chunks from the root down to the changed key (`Arc::make_mut`), which is free when no
+//! tree. A `Node` is a small value whose contents sit behind `Arc`s; a dir's children live in
+//! a `Children` map (a persistent B+ tree of nodes, children.rs). A write path-copies the
+//! maps' nodes from the root down to the changed key (`Arc::make_mut`), which is free when no
 //! view shares them and O(depth · log fanout) when one does.
 //!
-//! Nodes do not store their own path: paths are rebuilt while walking, which keeps a small key
-//! well under the memory budget (a node is 40 bytes plus the `Arc` header).
+//! Memory per key is the design constraint (issue 11: a quarter of etcd's RSS per key). A
+//! plain file is one allocation, its text: an `Arc<str>` holding a length header, the name
+//! (last path component) and the value; the node itself (32 bytes: indexes and that pointer)
+//! sits in its parent's B+ tree leaf. Nodes do not store their path: paths are rebuilt while
+//! walking. A TTL or a dir moves the rarer fields (expiration, the children) behind one more
+//! `Arc`, so the common node stays at 32 bytes.
 
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
-use imbl::OrdMap;
-
+pub(crate) use crate::children::Children;
 use crate::event::NodeRepr;
 
-/// A dir's children, keyed by name (the last path component). `Arc<str>` keys so that the
-/// B+ tree's path copying clones a refcount, not a string.
-pub(crate) type Children = OrdMap<Arc<str>, Arc<Node>>;
+/// A name's sort key, kept beside the name so that most comparisons of a lookup read no
+/// text: the name's first 7 bytes (zero-padded) above `min(len, 8)`. Keys order as their
+/// names do, except that names of 8 bytes or more whose first 7 bytes agree have equal keys
+/// and must be compared in full; names of up to 7 bytes are equal exactly when their keys
+/// are. (If the first 7 bytes differ, the first difference decides both orders, a shorter
+/// name's zero padding counting as the end of the name; if they agree, a shorter name of up
+/// to 7 bytes is a prefix of the other.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct NameKey(u64);
 
-/// One file or dir. The root is a dir with indexes 0.
+impl NameKey {
+    pub fn of(name: &str) -> NameKey {
+        let mut b = [0u8; 8];
+        for (d, s) in b.iter_mut().zip(name.as_bytes().iter().take(7)) {
+            *d = *s;
+        }
+        b[7] = name.len().min(8) as u8;
+        NameKey(u64::from_be_bytes(b))
+    }
+
+    /// Equal keys mean equal names.
+    fn is_exact(self) -> bool {
+        self.0 & 0xff < 8
+    }
+}
+
+/// A name being looked up, with its key computed once.
+#[derive(Clone, Copy)]
+pub(crate) struct Name<'a> {
+    pub key: NameKey,
+    pub name: &'a str,
+}
+
+impl<'a> Name<'a> {
+    pub fn new(name: &'a str) -> Name<'a> {
+        Name {
+            key: NameKey::of(name),
+            name,
+        }
+    }
+}
+
+/// Orders `a` (known by its key, its name read only if needed) against `b`.
+pub(crate) fn cmp_keyed<'s>(
+    a_key: NameKey,
+    a_name: impl FnOnce() -> &'s str,
+    b: Name<'_>,
+) -> std::cmp::Ordering {
+    match a_key.cmp(&b.key) {
+        std::cmp::Ordering::Equal if !b.key.is_exact() => a_name().cmp(b.name),
+        o => o,
+    }
+}
+
+/// One file or dir. The root is a dir named "" with indexes 0.
 #[derive(Clone, Debug)]
 pub(crate) struct Node {
+    key: NameKey,
     pub created: u64,
     /// For dirs this is the index of the write that created the dir: etcd never changes a
     /// dir's stored modifiedIndex (not for child writes, not even for a dir TTL update).
     pub modified: u64,
-    /// Absolute expiration in unix nanoseconds. `NonZeroU64` keeps the `Option` at 8 bytes;
-    /// an expiration of exactly 0 ns is stored as 1 ns (both are long past).
-    pub expire: Option<NonZeroU64>,
-    pub kind: Kind,
+    body: Body,
 }
 
-/// A file's value or a dir's children. The dir map is boxed so `Kind` is 16 bytes (the
-/// niche of the `Box<str>` pointer holds the tag): files are the common case.
+/// The body of a node: cloning it (copying a leaf) bumps one reference count. The niche of
+/// the `Arc<str>` pointer holds the tag, so this is 16 bytes.
 #[derive(Clone, Debug)]
-pub(crate) enum Kind {
-    File(Box<str>),
-    Dir(Box<Children>),
+enum Body {
+    /// A file without TTL: `file_text(name, value)`.
+    File(Arc<str>),
+    Other(Arc<Other>),
+}
+
+#[derive(Clone, Debug)]
+enum Other {
+    /// A file with a TTL. Absolute expiration in unix nanoseconds; an expiration of exactly
+    /// 0 ns is stored as 1 ns (both are long past).
+    TtlFile { expire: NonZeroU64, text: Box<str> },
+    Dir {
+        expire: Option<NonZeroU64>,
+        name: Box<str>,
+        children: Children,
+    },
+}
+
+/// Header byte values below this are the name's length; this value is followed by the
+/// length in 10 bytes of 7 bits (names of 127 bytes and more: rare, and the header stays
+/// ASCII, so the text stays one valid `str` whose parts slice on char boundaries).
+const LONG_NAME: u8 = 0x7f;
+
+/// A file's text: header, name, value in one allocation of exactly that length.
+fn file_text(name: &str, value: &str) -> String {
+    let long = name.len() >= usize::from(LONG_NAME);
+    let header = if long { 11 } else { 1 };
+    let mut s = String::with_capacity(header + name.len() + value.len());
+    if long {
+        s.push(char::from(LONG_NAME));
+        let mut n = name.len();
+        for _ in 0..10 {
+            s.push(char::from((n & 0x7f) as u8));
+            n >>= 7;
+        }
+    } else {
+        s.push(char::from(name.len() as u8));
+    }
+    s.push_str(name);
+    s.push_str(value);
+    s
+}
+
+/// A file's (name, value) from its text.
+fn split_text(text: &str) -> (&str, &str) {
+    let b = text.as_bytes();
+    let (header, len): (usize, usize) = match b.first() {
+        Some(&n) if n < LONG_NAME => (1, usize::from(n)),
+        Some(_) => {
+            let len = b
+                .iter()
+                .skip(1)
+                .take(10)
+                .rev()
+                .fold(0usize, |acc, &x| (acc << 7) | usize::from(x & 0x7f));
+            (11, len)
+        }
+        None => (0, 0),
+    };
+    let name_end = header.saturating_add(len);
+    (
+        text.get(header..name_end).unwrap_or(""),
+        text.get(name_end..).unwrap_or(""),
+    )
 }
 
 impl Node {
     pub fn new_root() -> Node {
-        Node::new_dir(0, None)
+        Node::new_dir("", 0, None)
     }
 
-    pub fn new_dir(index: u64, expire: Option<NonZeroU64>) -> Node {
+    /// An empty dir created at `index`.
+    pub fn new_dir(name: &str, index: u64, expire: Option<NonZeroU64>) -> Node {
+        Node::dir_with(name, index, index, expire, Children::new())
+    }
+
+    pub fn dir_with(
+        name: &str,
+        created: u64,
+        modified: u64,
+        expire: Option<NonZeroU64>,
+        children: Children,
+    ) -> Node {
         Node {
-            created: index,
-            modified: index,
-            expire,
-            kind: Kind::Dir(Box::default()),
+            key: NameKey::of(name),
+            created,
+            modified,
+            body: Body::Other(Arc::new(Other::Dir {
+                expire,
+                name: name.into(),
+                children,
+            })),
         }
     }
 
-    pub fn new_file(index: u64, value: &str, expire: Option<NonZeroU64>) -> Node {
+    pub fn file(
+        name: &str,
+        value: &str,
+        created: u64,
+        modified: u64,
+        expire: Option<NonZeroU64>,
+    ) -> Node {
+        let text = file_text(name, value);
+        let body = match expire {
+            None => Body::File(text.into()),
+            Some(expire) => Body::Other(Arc::new(Other::TtlFile {
+                expire,
+                text: text.into(),
+            })),
+        };
         Node {
-            created: index,
-            modified: index,
-            expire,
-            kind: Kind::File(value.into()),
+            key: NameKey::of(name),
+            created,
+            modified,
+            body,
+        }
+    }
+
+    /// This file with a new value, modified index and expiration (name and created index
+    /// kept); for a dir, the dir with the new expiration (its indexes and children kept).
+    pub fn rewritten(&self, value: &str, modified: u64, expire: Option<NonZeroU64>) -> Node {
+        match self.children() {
+            Some(children) => Node::dir_with(
+                self.name(),
+                self.created,
+                self.modified,
+                expire,
+                children.clone(),
+            ),
+            None => Node::file(self.name(), value, self.created, modified, expire),
+        }
+    }
+
+    /// The node's name with its key, for lookups.
+    pub fn key_name(&self) -> Name<'_> {
+        Name {
+            key: self.key,
+            name: self.name(),
+        }
+    }
+
+    /// Orders this node's name against `name`.
+    pub fn cmp_name(&self, name: Name<'_>) -> std::cmp::Ordering {
+        cmp_keyed(self.key, || self.name(), name)
+    }
+
+    /// The last component of the node's path ("" for the root).
+    pub fn name(&self) -> &str {
+        match &self.body {
+            Body::File(text) => split_text(text).0,
+            Body::Other(o) => match &**o {
+                Other::TtlFile { text, .. } => split_text(text).0,
+                Other::Dir { name, .. } => name,
+            },
         }
     }
 
     pub fn is_dir(&self) -> bool {
-        matches!(self.kind, Kind::Dir(_))
+        self.children().is_some()
     }
 
     pub fn children(&self) -> Option<&Children> {
-        match &self.kind {
-            Kind::Dir(ch) => Some(ch),
-            Kind::File(_) => None,
+        match &self.body {
+            Body::Other(o) => match &**o {
+                Other::Dir { children, .. } => Some(children),
+                Other::TtlFile { .. } => None,
+            },
+            Body::File(_) => None,
+        }
+    }
+
+    /// A dir's children for a change, its dir fields copied first if a view shares them.
+    pub fn children_mut(&mut self) -> Option<&mut Children> {
+        // Checked first so a TTL'd file is never copied just to learn it is a file.
+        if !self.is_dir() {
+            return None;
+        }
+        match &mut self.body {
+            Body::Other(o) => match Arc::make_mut(o) {
+                Other::Dir { children, .. } => Some(children),
+                Other::TtlFile { .. } => None,
+            },
+            Body::File(_) => None,
         }
     }
 
     /// The file's value; "" for a dir (etcd's `node.Value` of a dir is the empty string,
     /// which is what a refresh of a dir "keeps").
     pub fn value(&self) -> &str {
-        match &self.kind {
-            Kind::File(v) => v,
-            Kind::Dir(_) => "",
+        match &self.body {
+            Body::File(text) => split_text(text).1,
+            Body::Other(o) => match &**o {
+                Other::TtlFile { text, .. } => split_text(text).1,
+                Other::Dir { .. } => "",
+            },
+        }
+    }
+
+    pub fn expire(&self) -> Option<NonZeroU64> {
+        match &self.body {
+            Body::File(_) => None,
+            Body::Other(o) => match &**o {
+                Other::TtlFile { expire, .. } => Some(*expire),
+                Other::Dir { expire, .. } => *expire,
+            },
         }
     }
 
     pub fn expire_ns(&self) -> Option<u64> {
-        self.expire.map(NonZeroU64::get)
+        self.expire().map(NonZeroU64::get)
     }
 }
 
@@ -164,13 +375,13 @@ pub(crate) enum Miss {
 }
 
 /// etcd's `internalGet`: walks `comps` from `root`.
-pub(crate) fn lookup<'a>(root: &'a Arc<Node>, comps: &[&str]) -> Result<&'a Arc<Node>, Miss> {
+pub(crate) fn lookup<'a>(root: &'a Node, comps: &[&str]) -> Result<&'a Node, Miss> {
     let mut cur = root;
     for (i, c) in comps.iter().enumerate() {
         let Some(children) = cur.children() else {
             return Err(Miss::NotDir(i));
         };
-        match children.get(*c) {
+        match children.get(c) {
             Some(child) => cur = child,
             None => return Err(Miss::NotFound(i + 1)),
         }
@@ -180,28 +391,12 @@ pub(crate) fn lookup<'a>(root: &'a Arc<Node>, comps: &[&str]) -> Result<&'a Arc<
 
 /// The children map of the existing dir at `comps`, path-copied for mutation. `None` if a
 /// component is missing or not a dir (callers check first, so this is defensive).
-pub(crate) fn children_mut<'a>(
-    root: &'a mut Arc<Node>,
-    comps: &[&str],
-) -> Option<&'a mut Children> {
+pub(crate) fn children_mut<'a>(root: &'a mut Node, comps: &[&str]) -> Option<&'a mut Children> {
     let mut cur = root;
     for c in comps {
-        // Check before make_mut so a file is never cloned just to learn it is a file.
-        if !cur.is_dir() {
-            return None;
-        }
-        match &mut Arc::make_mut(cur).kind {
-            Kind::Dir(ch) => cur = ch.get_mut(*c)?,
-            Kind::File(_) => return None,
-        }
+        cur = cur.children_mut()?.get_mut(c)?;
     }
-    if !cur.is_dir() {
-        return None;
-    }
-    match &mut Arc::make_mut(cur).kind {
-        Kind::Dir(ch) => Some(&mut **ch),
-        Kind::File(_) => None,
-    }
+    cur.children_mut()
 }
 
 /// etcd's `node.Repr(false, false)`: the node alone (a dir without `nodes`). Used for
@@ -210,10 +405,7 @@ pub(crate) fn repr_shallow(path: &str, n: &Node) -> NodeRepr {
     NodeRepr {
         key: Some(path.to_string()),
         dir: n.is_dir(),
-        value: match &n.kind {
-            Kind::File(v) => Some(v.to_string()),
-            Kind::Dir(_) => None,
-        },
+        value: (!n.is_dir()).then(|| n.value().to_string()),
         expiration: n.expire_ns(),
         modified_index: n.modified,
         created_index: n.created,
@@ -231,9 +423,9 @@ pub(crate) fn repr_listing(path: &str, n: &Node, recursive: bool) -> NodeRepr {
     if let Some(children) = n.children() {
         let nodes: Vec<NodeRepr> = children
             .iter()
-            .filter(|(name, _)| !is_hidden_name(name))
-            .map(|(name, child)| {
-                let p = child_path(path, name);
+            .filter(|child| !is_hidden_name(child.name()))
+            .map(|child| {
+                let p = child_path(path, child.name());
                 if recursive {
                     repr_listing(&p, child, true)
                 } else {
@@ -252,7 +444,7 @@ pub(crate) fn repr_listing(path: &str, n: &Node, recursive: bool) -> NodeRepr {
 /// overflow the writer's stack), calling `f(node, path)`. The path is only built for TTL'd
 /// nodes (and dirs, to descend), which is all a delete needs to keep the expiry index exact.
 pub(crate) fn for_each_in_subtree(path: &str, node: &Node, mut f: impl FnMut(&Node, Option<&str>)) {
-    f(node, node.expire.is_some().then_some(path));
+    f(node, node.expire().is_some().then_some(path));
     let mut stack: Vec<(String, &Node)> = Vec::new();
     if node.is_dir() {
         stack.push((path.to_string(), node));
@@ -261,10 +453,10 @@ pub(crate) fn for_each_in_subtree(path: &str, node: &Node, mut f: impl FnMut(&No
         let Some(children) = dir.children() else {
             continue;
         };
-        for (name, child) in children.iter() {
-            if child.is_dir() || child.expire.is_some() {
-                let p = child_path(&dir_path, name);
-                f(child, child.expire.is_some().then_some(p.as_str()));
+        for child in children.iter() {
+            if child.is_dir() || child.expire().is_some() {
+                let p = child_path(&dir_path, child.name());
+                f(child, child.expire().is_some().then_some(p.as_str()));
                 if child.is_dir() {
                     stack.push((p, child));
                 }
@@ -282,7 +474,7 @@ mod tests {
     #[test]
     fn sizes_stay_small() {
         // The memory budget depends on these; a regression should be a conscious decision.
-        assert_eq!(std::mem::size_of::<Kind>(), 16);
+        assert_eq!(std::mem::size_of::<Body>(), 16);
         assert_eq!(std::mem::size_of::<Node>(), 40);
     }
 
@@ -300,6 +492,43 @@ mod tests {
         assert_eq!(clean(""), "/");
         assert_eq!(clean("/a/../b"), "/b");
         assert!(matches!(clean("/a/b"), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn name_keys_order_as_names_do() {
+        let names = [
+            "",
+            "\0",
+            "\0\0",
+            "a",
+            "a\0",
+            "a\0b",
+            "ab",
+            "abcdefg",
+            "abcdefg\0",
+            "abcdefgh",
+            "abcdefgha",
+            "abcdefgi",
+            "abcdefh",
+            "b",
+            "k000123",
+            "k000124",
+            "k0001235",
+            "ü",
+            "üü",
+            "zzzzzzzzzzzz",
+        ];
+        for a in names {
+            for b in names {
+                let (ka, kb) = (NameKey::of(a), NameKey::of(b));
+                assert_eq!(cmp_keyed(ka, || a, Name::new(b)), a.cmp(b), "{a:?} {b:?}");
+                if ka != kb {
+                    assert_eq!(ka.cmp(&kb), a.cmp(b), "{a:?} {b:?}");
+                } else if a.len() < 8 || b.len() < 8 {
+                    assert_eq!(a, b);
+                }
+            }
+        }
     }
 
     #[test]
