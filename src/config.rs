@@ -3,6 +3,7 @@
 //! Go's flag package accepts `-name` as well as `--name`; scripts written for etcd use both,
 //! so single-dash long flags are rewritten to double-dash before clap sees them.
 
+use crate::limits::WATCH_HISTORY_MAX;
 use clap::Parser;
 use std::net::SocketAddr;
 
@@ -153,6 +154,26 @@ pub struct Config {
     #[arg(long, env = "RINGD_LOG_FORMAT", default_value = "text",
           value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// Events kept for `waitIndex` (etcd keeps 1000); older indexes get 401. Beyond the
+    /// newest 1000, events are kept encoded in at most 256 bytes per event of this number.
+    #[arg(long, env = "RINGD_WATCH_HISTORY", default_value_t = crate::limits::EVENT_HISTORY_CAPACITY as u64)]
+    pub watch_history: u64,
+
+    /// A one-off command instead of serving (none: serve, with the flags above).
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// ringd's commands besides serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Subcommand {
+    /// Create a ringd data dir from a stopped etcd 3.4/3.5 member's data dir: the v2 keys,
+    /// their indexes and TTLs, as etcd would serve them (docs/etcd-data-dir.md).
+    Migrate(crate::migrate::MigrateArgs),
+    /// Back a running member up (save), make new members from a backup (restore), or look
+    /// at one (status), as etcdctl's `snapshot` commands.
+    Snapshot(crate::backup::SnapshotArgs),
 }
 
 /// What `--help` says after the flags: the variables that are not flags.
@@ -307,6 +328,8 @@ pub struct Resolved {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
+    /// `--watch-history`: events kept for `waitIndex`.
+    pub watch_history: u64,
     /// TLS on the client URLs that are https, and on the peer URLs that are https.
     pub client_tls: TlsSettings,
     pub peer_tls: TlsSettings,
@@ -365,33 +388,11 @@ impl Config {
             }
             url.socket_addr()?;
         }
-        let initial_cluster = match &self.initial_cluster {
-            None => vec![(self.name.clone(), advertise_peer_urls.clone())],
-            Some(spec) => parse_initial_cluster(spec)?,
-        };
-        if !initial_cluster.iter().any(|(n, _)| n == &self.name) {
-            return Err(format!(
-                "couldn't find local name {:?} in the initial cluster configuration",
-                self.name
-            ));
-        }
-        let own = initial_cluster
-            .iter()
-            .find(|(n, _)| n == &self.name)
-            .map(|(_, urls)| urls);
-        if let Some(own) = own {
-            let (mut a, mut b) = (own.clone(), advertise_peer_urls.clone());
-            a.sort();
-            b.sort();
-            if a != b {
-                return Err(format!(
-                    "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
-                    self.name,
-                    own.join(","),
-                    advertise_peer_urls.join(",")
-                ));
-            }
-        }
+        let initial_cluster = initial_cluster(
+            &self.name,
+            self.initial_cluster.as_deref(),
+            &advertise_peer_urls,
+        )?;
         if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
             return Err(format!(
                 "--election-timeout[{}ms] should be at least 5 times as --heartbeat-interval[{}ms]",
@@ -400,6 +401,12 @@ impl Config {
         }
         if self.max_request_bytes == 0 || self.max_request_bytes > (1 << 30) {
             return Err("--max-request-bytes must be between 1 and 1 GiB".to_string());
+        }
+        if !(1..=WATCH_HISTORY_MAX).contains(&self.watch_history) {
+            return Err(format!(
+                "--watch-history must be between 1 and {WATCH_HISTORY_MAX} (events kept for waitIndex), not {}",
+                self.watch_history
+            ));
         }
         let shards = match self.shards {
             Some(0) => return Err("--shards must be at least 1".to_string()),
@@ -433,10 +440,41 @@ impl Config {
             heartbeat_interval_ms: self.heartbeat_interval,
             election_timeout_ms: self.election_timeout,
             snapshot_count: self.snapshot_count,
+            watch_history: self.watch_history,
             client_tls,
             peer_tls,
         })
     }
+}
+
+/// The initial members (`--initial-cluster`, by default this member alone at its advertised
+/// peer URLs), checked as etcd checks them: `name` is one of them, with exactly its
+/// `--initial-advertise-peer-urls`.
+pub fn initial_cluster(
+    name: &str,
+    spec: Option<&str>,
+    advertise_peer_urls: &[String],
+) -> Result<Vec<(String, Vec<String>)>, String> {
+    let initial_cluster = match spec {
+        None => vec![(name.to_string(), advertise_peer_urls.to_vec())],
+        Some(spec) => parse_initial_cluster(spec)?,
+    };
+    let Some((_, own)) = initial_cluster.iter().find(|(n, _)| n == name) else {
+        return Err(format!(
+            "couldn't find local name {name:?} in the initial cluster configuration"
+        ));
+    };
+    let (mut a, mut b) = (own.clone(), advertise_peer_urls.to_vec());
+    a.sort();
+    b.sort();
+    if a != b {
+        return Err(format!(
+            "--initial-cluster has {name}={} but missing from --initial-advertise-peer-urls={}",
+            own.join(","),
+            advertise_peer_urls.join(",")
+        ));
+    }
+    Ok(initial_cluster)
 }
 
 /// Parses `name=url,name=url2,other=url3` into members, grouping URLs by name.
@@ -554,6 +592,120 @@ mod tests {
             .resolve()
             .unwrap();
         assert!(c.peer_tls.auto_tls);
+    }
+
+    #[test]
+    fn migrate_is_a_subcommand_and_flags_alone_still_serve() {
+        let c = parse(&["-name", "n1", "--data-dir", "/tmp/x"]).unwrap();
+        assert!(c.command.is_none());
+        let c = parse(&[
+            "migrate",
+            "--from-etcd-data-dir",
+            "/var/lib/etcd",
+            "-data-dir=/tmp/new",
+        ])
+        .unwrap();
+        let Some(Subcommand::Migrate(m)) = c.command else {
+            panic!("not migrate: {c:?}");
+        };
+        assert_eq!(
+            m.from_etcd_data_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/etcd"))
+        );
+        assert_eq!(m.data_dir, std::path::Path::new("/tmp/new"));
+        assert_eq!(m.name, "default");
+        assert_eq!(m.initial_advertise_peer_urls, "http://localhost:2380");
+        // A source (a data dir or an endpoint, not both) and the new dir are required.
+        for bad in [
+            &["migrate", "--data-dir", "/tmp/new"][..],
+            &[
+                "migrate",
+                "--from-etcd-data-dir",
+                "/e",
+                "--from-endpoint",
+                "http://h:2379",
+                "--data-dir",
+                "/n",
+            ],
+            &["migrate", "--from-endpoint", "http://h:2379"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+        let c = parse(&[
+            "migrate",
+            "--from-endpoint",
+            "http://127.0.0.1:2379",
+            "--hidden-key",
+            "/_a",
+            "--hidden-key",
+            "/d/_b",
+            "--data-dir",
+            "/n",
+        ])
+        .unwrap();
+        let Some(Subcommand::Migrate(m)) = c.command else {
+            panic!("not migrate: {c:?}");
+        };
+        assert_eq!(m.from_endpoint.as_deref(), Some("http://127.0.0.1:2379"));
+        assert_eq!(m.hidden_key, ["/_a", "/d/_b"]);
+    }
+
+    #[test]
+    fn snapshot_save_restore_and_status_are_subcommands() {
+        let c = parse(&[
+            "snapshot",
+            "save",
+            "/b/s.snap",
+            "--endpoint",
+            "https://127.0.0.1:2379",
+            "--cacert",
+            "ca.pem",
+            "--user",
+            "root:pw",
+        ])
+        .unwrap();
+        let Some(Subcommand::Snapshot(s)) = c.command else {
+            panic!("not snapshot: {c:?}");
+        };
+        let crate::backup::SnapshotCommand::Save(save) = s.command else {
+            panic!("not save: {s:?}");
+        };
+        assert_eq!(save.file, std::path::Path::new("/b/s.snap"));
+        assert_eq!(save.user.as_deref(), Some("root:pw"));
+        let c = parse(&["snapshot", "restore", "s.snap", "--name", "m1"]).unwrap();
+        let Some(Subcommand::Snapshot(s)) = c.command else {
+            panic!("not snapshot: {c:?}");
+        };
+        let crate::backup::SnapshotCommand::Restore(r) = s.command else {
+            panic!("not restore: {s:?}");
+        };
+        assert_eq!((r.name.as_str(), r.data_dir), ("m1", None));
+        assert_eq!(r.initial_cluster_token, "etcd-cluster");
+        // save needs its endpoint; --cert needs --key; status knows table and json only.
+        for bad in [
+            &["snapshot", "save", "f"][..],
+            &[
+                "snapshot",
+                "save",
+                "f",
+                "--endpoint",
+                "http://a:1",
+                "--cert",
+                "c",
+            ],
+            &["snapshot", "status", "f", "-w", "yaml"],
+            &[
+                "snapshot",
+                "save",
+                "f",
+                "--data-dir",
+                "d",
+                "--user",
+                "root:pw",
+            ],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,10 +5,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod http;
 pub mod limits;
 pub mod members;
+pub mod migrate;
 pub mod raft;
 pub mod shard;
 pub mod snapshot;

@@ -1,8 +1,44 @@
 //! Every bound in one place. Each constant says what it costs; relations between them are
 //! checked at compile time.
 
-/// Events kept for `waitIndex` lookups (etcd's history size). Older indexes get 401.
+/// Events kept for `waitIndex` lookups by default (etcd's history size; `--watch-history`
+/// changes it). Older indexes get 401. Also the number of newest events the history holds as
+/// the writes made them (`Arc<Event>`s, read without decoding): with the default the history
+/// is exactly etcd's 1000-event ring, whatever the events' sizes, as before
+/// `--watch-history` existed.
 pub const EVENT_HISTORY_CAPACITY: usize = 1000;
+
+/// Largest `--watch-history`. Its encoded history may take up to
+/// `WATCH_HISTORY_MAX * WATCH_HISTORY_BYTES_PER_EVENT` (2.56 GB) of memory.
+pub const WATCH_HISTORY_MAX: u64 = 10_000_000;
+
+/// The byte budget of the history beyond the newest `EVENT_HISTORY_CAPACITY` events, per
+/// event of `--watch-history`: the older events are kept encoded (ringd-store's event codec,
+/// ~70 B for a 10-byte value with its previous value) in at most N x this many bytes. Events
+/// that are larger on average shorten the window (older indexes then get 401) instead of
+/// growing the memory.
+pub const WATCH_HISTORY_BYTES_PER_EVENT: u64 = 256;
+
+/// Events per block of the encoded history: a block is sealed (immutable, shared with
+/// readers and snapshots) when its last event arrives, and dropped whole. Smaller blocks
+/// free memory in finer steps; larger ones cost fewer allocations and pointers.
+pub const WATCH_HISTORY_BLOCK_EVENTS: u64 = 512;
+
+/// Events a `waitIndex` scan examines before it lets the shard's other connections run (a
+/// watch far behind on an unrelated prefix scans up to `--watch-history` events). Measured
+/// (benches/event_ring.rs): ~45 ns an archived event, ~15 ns a recent one, so at most
+/// ~0.2 ms between yields, and ~45 ms of shard time for a million events.
+pub const WATCH_SCAN_CHUNK_EVENTS: usize = 4096;
+
+/// The pause between two steps of a `waitIndex` scan: the timer's resolution (1 ms), so a
+/// scan uses at most a fifth of its shard (a million events behind: ~0.25 s to the answer).
+pub const WATCH_SCAN_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+// Events not yet in a sealed block must all be among the newest ones held as written.
+const _: () = assert!(WATCH_HISTORY_BLOCK_EVENTS as usize <= EVENT_HISTORY_CAPACITY);
+// Offsets inside a block are u32: a block never outgrows the budget.
+const _: () = assert!(WATCH_HISTORY_MAX * WATCH_HISTORY_BYTES_PER_EVENT < u32::MAX as u64);
+const _: () = assert!((EVENT_HISTORY_CAPACITY as u64) <= WATCH_HISTORY_MAX);
 
 /// Largest request body accepted by default (etcd's `--max-request-bytes`, 1.5 MiB).
 pub const REQUEST_BODY_BYTES_DEFAULT: usize = 1536 * 1024;
@@ -100,3 +136,9 @@ pub const BCRYPT_COST: u32 = 10;
 /// beyond that the shard runs it inline, so a flood of wrong passwords slows that shard, and
 /// never spawns threads without bound.
 pub const BCRYPT_THREADS_PER_SHARD_MAX: usize = 4;
+
+/// Snapshot saves (`GET /ringd/snapshot`, `ringd snapshot save`) a member serves at once,
+/// from the read barrier to the last byte sent. Each holds one encoded snapshot in memory
+/// (about the size of a snapshot file; twice that while it is encoded) and, while encoding,
+/// a thread at nice +10; a save beyond the bound is refused at once with 503.
+pub const SNAPSHOT_SAVES_MAX: usize = 2;

@@ -41,6 +41,51 @@ fn main() {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    if let Some(ringd::config::Subcommand::Migrate(args)) = &cfg.command {
+        let result = if let Some(url) = &args.from_endpoint {
+            // Live: SIGTERM/Ctrl-C (still blocked, taken by this thread) is the cut-over that
+            // writes NEW.
+            ringd::shard::live::run(args).map(|(report, summary)| {
+                println!("ringd migrate: {report}");
+                (url.clone(), summary)
+            })
+        } else {
+            // A one-off command, not a member: Ctrl-C or SIGTERM ends it at once (it writes
+            // into a temp dir renamed last, so an interrupted run never leaves a half-made
+            // data dir).
+            ringd::shard::shutdown::unblock_stop_signals();
+            let from = args.from_etcd_data_dir.clone().unwrap_or_default();
+            ringd::migrate::run(args).map(|s| (from.display().to_string(), s))
+        };
+        match result {
+            Ok((from, summary)) => {
+                println!(
+                    "ringd migrate: {from} -> {}: {summary}",
+                    args.data_dir.display()
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("ringd migrate: refused, nothing written: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    if let Some(ringd::config::Subcommand::Snapshot(args)) = &cfg.command {
+        // A one-off command too: a stop signal ends it (a save writes FILE.part, renamed only
+        // once checked; a restore builds its data dir aside, renamed last).
+        ringd::shard::shutdown::unblock_stop_signals();
+        match ringd::backup::run(args) {
+            Ok(out) => {
+                println!("{out}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("ringd snapshot: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let resolved = match cfg.resolve() {
         Ok(r) => r,
         Err(e) => {

@@ -79,6 +79,23 @@ impl Membership {
         }
     }
 
+    /// The membership of a new cluster from `--initial-cluster` (name, peer URLs), each
+    /// member's id computed from its peer URLs and the token, as etcd does.
+    pub fn from_initial_cluster(initial: &[(String, Vec<String>)], token: &str) -> Membership {
+        let members = initial
+            .iter()
+            .map(|(name, peers)| Member {
+                id: member_id(peers, token),
+                // etcd shows members by name only once they published it; a new cluster's
+                // members are named in --initial-cluster, which every member agrees on.
+                name: name.clone(),
+                peer_urls: peers.clone(),
+                client_urls: vec![],
+            })
+            .collect();
+        Membership::initial(members, token)
+    }
+
     /// Members that have published their client URLs (etcd's "started" members).
     pub fn started(&self) -> impl Iterator<Item = &Member> {
         self.members.values().filter(|m| !m.client_urls.is_empty())

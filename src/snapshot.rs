@@ -1,6 +1,11 @@
 //! Snapshot files: the store (with absolute TTL expirations) and the event history at one
 //! raft index, written to a temp file, fsynced, renamed, and the directory fsynced.
 //!
+//! The history section holds as many events as `--watch-history` keeps (1000 by default, up
+//! to millions): the layout below has carried any number since version 1, so a longer
+//! history needed no new version, and an older ringd reads these files (keeping what its own
+//! history holds).
+//!
 //! File layout (little endian), `<data-dir>/member/snap/<raft index, 16 hex>.snap`:
 //! ```text
 //! magic "RINGSNAP" | version u32 | raft_index u64 | raft_term u64
@@ -30,44 +35,97 @@ pub struct SnapshotFile {
     pub raft_index: u64,
     pub raft_term: u64,
     pub store: Vec<u8>,
-    pub events: Vec<Vec<u8>>,
+    /// The event history, oldest first.
+    pub events: Events,
     /// The membership at `raft_index` (None in version 1 files, from before clusters).
     pub membership: Option<Vec<u8>>,
     /// The v2 auth state at `raft_index` (None before version 3: auth did not exist).
     pub auth: Option<Vec<u8>>,
 }
 
+/// A snapshot's event history as the file holds it (`len u32 | event bytes` each, checked
+/// by `decode`): one allocation, however many events.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Events {
+    count: usize,
+    section: Vec<u8>,
+}
+
+impl Events {
+    /// Each event's encoding, oldest first.
+    pub fn iter(&self) -> EventsIter<'_> {
+        EventsIter {
+            rest: &self.section,
+            left: self.count,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// The events of an `Events`, oldest first.
+pub struct EventsIter<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl<'a> Iterator for EventsIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (len, rest) = self.rest.split_first_chunk::<4>()?;
+        let (event, rest) = rest.split_at_checked(u32::from_le_bytes(*len) as usize)?;
+        self.rest = rest;
+        self.left -= 1;
+        Some(event)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for EventsIter<'_> {}
+
 fn name(index: u64) -> String {
     format!("{index:016x}.snap")
 }
 
-/// Encodes a snapshot (file body and CRC trailer).
+/// Encodes a snapshot (file body and CRC trailer). `events` hands each history event's
+/// encoding, oldest first, to the function it is given; `events_bytes` is a size hint.
 pub fn encode(
     raft_index: u64,
     raft_term: u64,
     store: &[u8],
-    events: &[Vec<u8>],
+    events: impl FnOnce(&mut dyn FnMut(&[u8])),
+    events_bytes: usize,
     membership: &[u8],
     auth: &[u8],
 ) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(
-        store.len()
-            + membership.len()
-            + auth.len()
-            + 64
-            + events.iter().map(|e| e.len() + 4).sum::<usize>(),
-    );
+    let mut buf =
+        Vec::with_capacity(store.len() + membership.len() + auth.len() + 64 + events_bytes);
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     buf.extend_from_slice(&raft_index.to_le_bytes());
     buf.extend_from_slice(&raft_term.to_le_bytes());
     buf.extend_from_slice(&(store.len() as u64).to_le_bytes());
     buf.extend_from_slice(store);
-    buf.extend_from_slice(&(events.len() as u32).to_le_bytes());
-    for e in events {
+    // The count is filled in once the events are written.
+    let count_at = buf.len();
+    buf.extend_from_slice(&0u32.to_le_bytes());
+    let mut count: u32 = 0;
+    events(&mut |e: &[u8]| {
         buf.extend_from_slice(&(e.len() as u32).to_le_bytes());
         buf.extend_from_slice(e);
-    }
+        count += 1;
+    });
+    buf[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
     buf.extend_from_slice(&(membership.len() as u32).to_le_bytes());
     buf.extend_from_slice(membership);
     buf.extend_from_slice(&(auth.len() as u32).to_le_bytes());
@@ -77,7 +135,7 @@ pub fn encode(
     buf
 }
 
-/// Writes a snapshot durably. Returns the file path.
+/// Writes a snapshot durably (events already encoded: tests). Returns the file path.
 pub fn write(
     dir: &Path,
     raft_index: u64,
@@ -87,7 +145,9 @@ pub fn write(
     membership: &[u8],
     auth: &[u8],
 ) -> std::io::Result<PathBuf> {
-    let buf = encode(raft_index, raft_term, store, events, membership, auth);
+    let all = |f: &mut dyn FnMut(&[u8])| events.iter().for_each(|e| f(e));
+    let bytes = events.iter().map(|e| e.len() + 4).sum();
+    let buf = encode(raft_index, raft_term, store, all, bytes, membership, auth);
     write_encoded(dir, raft_index, &buf)
 }
 
@@ -188,11 +248,19 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<SnapshotFile, String> {
     let store_len = u64_of(take(8)?) as usize;
     let store = take(store_len)?.to_vec();
     let count = u32_of(take(4)?) as usize;
-    let mut events = Vec::with_capacity(count.min(crate::limits::EVENT_HISTORY_CAPACITY));
+    // The section follows magic, version, index, term, the store's length, the store and
+    // the count (`take` has checked every length).
+    let section_at = 8 + 4 + 8 + 8 + 8 + store_len + 4;
+    let mut section_len: usize = 0;
     for _ in 0..count {
         let len = u32_of(take(4)?) as usize;
-        events.push(take(len)?.to_vec());
+        take(len)?;
+        section_len += 4 + len;
     }
+    let events = Events {
+        count,
+        section: body[section_at..section_at + section_len].to_vec(),
+    };
     let membership = if version >= 2 {
         let len = u32_of(take(4)?) as usize;
         Some(take(len)?.to_vec())
@@ -284,7 +352,9 @@ mod tests {
             (s.raft_index, s.raft_term, s.store.as_slice()),
             (42, 3, &b"store-bytes"[..])
         );
-        assert_eq!(s.events, vec![b"e1".to_vec(), b"e2".to_vec()]);
+        let events: Vec<&[u8]> = s.events.iter().collect();
+        assert_eq!(events, vec![&b"e1"[..], &b"e2"[..]]);
+        assert_eq!(s.events.iter().len(), 2);
         let mut bytes = fs::read(&p).unwrap();
         bytes[20] ^= 1;
         fs::write(&p, &bytes).unwrap();
@@ -299,7 +369,7 @@ mod tests {
     #[test]
     fn version_2_files_load_without_auth() {
         let d = tmpdir("v2");
-        let v3 = encode(7, 1, b"s", &[], b"{}", b"");
+        let v3 = encode(7, 1, b"s", |_| {}, 0, b"{}", b"");
         // A version 2 file is a version 3 one without the (empty) auth section.
         let mut body = v3[..v3.len() - 8].to_vec();
         body[8..12].copy_from_slice(&2u32.to_le_bytes());

@@ -29,6 +29,8 @@ fn help_lists_etcds_flags() {
         "--election-timeout",
         "--max-request-bytes",
         "--shards",
+        "--watch-history",
+        "RINGD_WATCH_HISTORY",
         "ETCD_NAME",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
@@ -43,6 +45,10 @@ fn unknown_flags_and_bad_values_exit_with_2() {
         &["--listen-client-urls", "ftp://127.0.0.1:1"],
         &["--initial-cluster-state", "maybe"],
         &["--shards", "0"],
+        &["--watch-history", "0"],
+        &["--watch-history", "10000001"],
+        &["--watch-history", "-5"],
+        &["--watch-history", "lots"],
     ] {
         let out = ringd().args(args).output().unwrap();
         assert_eq!(
@@ -52,6 +58,19 @@ fn unknown_flags_and_bad_values_exit_with_2() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(!out.stderr.is_empty());
+    }
+}
+
+#[test]
+fn watch_history_out_of_range_is_named() {
+    for value in ["0", "99999999999"] {
+        let out = ringd().env("RINGD_WATCH_HISTORY", value).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--watch-history must be between 1 and 10000000"),
+            "{err}"
+        );
     }
 }
 

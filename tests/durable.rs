@@ -3,97 +3,10 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::TempDir;
-
-struct Node {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &std::path::Path, port: u16, extra: &[&str]) -> Result<Node, String> {
-    start_env(dir, port, extra, &[])
-}
-
-fn start_env(
-    dir: &std::path::Path,
-    port: u16,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> Result<Node, String> {
-    let url = format!("http://127.0.0.1:{port}");
-    // A peer port of its own, the same for every restart on this data dir (the default,
-    // 2380, would collide between tests running at once).
-    let peer_file = dir.join("peer_port");
-    let peer_port = match std::fs::read_to_string(&peer_file) {
-        Ok(p) => p.trim().parse::<u16>().map_err(|e| e.to_string())?,
-        Err(_) => {
-            let p = support::free_port();
-            std::fs::write(&peer_file, p.to_string()).map_err(|e| e.to_string())?;
-            p
-        }
-    };
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .map_err(|e| e.to_string())?;
-    let child = Command::new(support::ringd_binary())
-        .args(["--data-dir", &dir.join("data").display().to_string()])
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("default={peer}"),
-        ])
-        .args(extra)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut node = Node {
-        child,
-        addr: format!("127.0.0.1:{port}"),
-    };
-    for _ in 0..3000 {
-        if let Some(status) = node.child.try_wait().map_err(|e| e.to_string())? {
-            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-            return Err(format!("ringd exited with {status}: {log}"));
-        }
-        if support::request_timeout(
-            &node.addr,
-            "GET",
-            "/version",
-            &[],
-            b"",
-            Duration::from_secs(1),
-        )
-        .is_ok()
-        {
-            return Ok(node);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Err("ringd did not come up".to_string())
-}
+use support::{start_on_dir as start, start_on_dir_env as start_env, TempDir};
 
 /// xorshift64: the test's only source of randomness, seeded and printed.
 fn next(seed: &mut u64) -> u64 {

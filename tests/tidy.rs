@@ -113,6 +113,24 @@ const RULES: &[Rule] = &[
         why: "src/auth is a pure, deterministic state machine and pure permission checks",
     },
     Rule {
+        path: "src/migrate",
+        forbidden: &[
+            "crate::http",
+            "crate::raft",
+            "crate::wal",
+            "std::net",
+            "flume",
+        ],
+        tests: Tests::Checked,
+        why: "src/migrate reads etcd's files and writes a ringd data dir: no server, no log",
+    },
+    Rule {
+        path: "src/backup",
+        forbidden: &["crate::http", "crate::raft", "crate::wal", "flume"],
+        tests: Tests::Checked,
+        why: "src/backup is one-off commands over snapshot files: the network through shard::fetch, data dirs through migrate's writer",
+    },
+    Rule {
         path: "src/members.rs",
         forbidden: &["crate::shard", "crate::http"],
         tests: Tests::Checked,
@@ -164,6 +182,12 @@ const RULES: &[Rule] = &[
     },
     Rule {
         path: "src/shard/recovery.rs",
+        forbidden: &["crate::http"],
+        tests: Tests::Checked,
+        why: "the raft shard (the writer) never speaks HTTP: client shards do",
+    },
+    Rule {
+        path: "src/shard/backup.rs",
         forbidden: &["crate::http"],
         tests: Tests::Checked,
         why: "the raft shard (the writer) never speaks HTTP: client shards do",

@@ -856,3 +856,52 @@ fn watches_pipelining_and_large_bodies_over_https() {
     assert!(rest.contains(r#""value":"seen""#), "{rest}");
     assert!(rest.contains("etcdserver"), "the pipelined request: {rest}");
 }
+
+#[test]
+fn snapshot_save_over_https_with_a_client_certificate() {
+    let pki = Pki::new();
+    let (_p, tls) = client_cert_auth_member(&pki);
+    let (pem, key) = (pki.path("client.pem"), pki.path("client.key"));
+    let cfg = client_config(&pki.path("ca.pem"), Some((&pem, &key)), all_versions());
+    assert_eq!(
+        https(&tls, &cfg, "PUT", "/v2/keys/a", "value=1")
+            .unwrap()
+            .status,
+        201
+    );
+    let file = pki.dir.path().join("backup.snap");
+    let endpoint = format!("https://{tls}");
+    let save = |extra: &[String]| {
+        let out = Command::new(ringd_binary())
+            .args(["snapshot", "save"])
+            .arg(&file)
+            .args(["--endpoint", &endpoint])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let cert = vec![
+        "--cert".to_string(),
+        pki.path("client.pem"),
+        "--key".to_string(),
+        pki.path("client.key"),
+    ];
+    // Without a client certificate the member refuses the handshake; without the CA the
+    // member's certificate is not trusted: nothing is saved.
+    let ca = vec!["--cacert".to_string(), pki.path("ca.pem")];
+    for flags in [ca.clone(), cert.clone()] {
+        let (ok, out) = save(&flags);
+        assert!(!ok, "{out}");
+        assert!(!file.exists());
+    }
+    let (ok, out) = save(&[ca, cert.clone()].concat());
+    assert!(ok, "{out}");
+    assert!(out.contains("Snapshot saved at"), "{out}");
+    std::fs::remove_file(&file).unwrap();
+    let insecure = [cert, vec!["--insecure-skip-tls-verify".to_string()]].concat();
+    let (ok, out) = save(&insecure);
+    assert!(ok && file.exists(), "{out}");
+}

@@ -246,6 +246,9 @@ fn describe(spec: &Spec) -> String {
     )
 }
 
+/// How long the reachability check before a run waits for each target's TCP connect.
+const REACH_TIMEOUT: Duration = Duration::from_secs(3);
+
 fn run_spec(spec: &Spec) -> Result<i32, String> {
     let mut targets: Vec<(String, String, Target)> = spec
         .targets
@@ -268,6 +271,14 @@ fn run_spec(spec: &Spec) -> Result<i32, String> {
         }
         for (_, _, t) in &mut targets {
             *t = t.clone().with_tls(&config)?;
+        }
+    }
+    // A target nobody listens on fails at once, not after a preload spent its timeout on
+    // refused connections.
+    for (_, url, t) in &targets {
+        if let Err(e) = std::net::TcpStream::connect_timeout(&t.addr, REACH_TIMEOUT) {
+            eprintln!("loadgen: cannot connect to {url} ({}): {e}", t.addr);
+            return Ok(1);
         }
     }
     let compare = targets.len() > 1;

@@ -105,3 +105,22 @@ fn wrong_answers_are_counted_and_fail_the_run() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_unreachable_target_fails_at_once_before_any_preload() {
+    // A port nobody listens on: bound, its number taken, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let out = Command::new(BIN)
+        .args(["get", "--url", &format!("http://127.0.0.1:{port}")])
+        .args(["--duration", "30", "--quiet"])
+        .output()
+        .expect("run loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect to"), "{stderr}");
+    // The preload (and the 30 s run) never started.
+    assert!(!stderr.contains("preloaded"), "{stderr}");
+}

@@ -380,6 +380,11 @@ pub struct MetricsSample {
     /// Leader changes seen, and requests that failed (timed out), as etcd counts them.
     pub leader_changes: u64,
     pub proposals_failed: u64,
+    /// The watch history: the oldest index `waitIndex` still answers for, the encoded
+    /// history's bytes now and its bound (`--watch-history`).
+    pub watch_history_oldest_index: u64,
+    pub watch_history_bytes: u64,
+    pub watch_history_bytes_max: u64,
     /// On the leader: the average round trip to each follower, in microseconds.
     pub peer_round_trip_us: Vec<(u64, u64)>,
 }
@@ -465,6 +470,21 @@ pub fn metrics(t: &Totals, sample: &MetricsSample) -> String {
             "ringd_server_proposals_failed_total",
             "Requests that were not applied in time (no leader, no quorum).",
             sample.proposals_failed,
+        ),
+        (
+            "ringd_watch_history_oldest_index",
+            "Oldest etcd index a waitIndex watch is answered for (older: 401).",
+            sample.watch_history_oldest_index,
+        ),
+        (
+            "ringd_watch_history_bytes",
+            "Bytes the watch history allocates besides the newest 1000 events (its encoded events and slots).",
+            sample.watch_history_bytes,
+        ),
+        (
+            "ringd_watch_history_bytes_max",
+            "The watch history's memory bound reported at start (besides the newest 1000 events).",
+            sample.watch_history_bytes_max,
         ),
     ];
     for (name, help, v) in gauges {
@@ -624,6 +644,9 @@ mod tests {
             has_leader: 1,
             leader_changes: 1,
             proposals_failed: 0,
+            watch_history_oldest_index: 1,
+            watch_history_bytes: 10,
+            watch_history_bytes_max: 20,
             peer_round_trip_us: vec![(0xab, 250)],
         };
         let text = metrics(&t, &sample);
@@ -631,6 +654,8 @@ mod tests {
         assert!(text.contains("# TYPE ringd_keys gauge\nringd_keys 3\n"));
         assert!(text.contains("# TYPE ringd_wal_fsyncs_total counter\nringd_wal_fsyncs_total 2\n"));
         assert!(text.contains("\nringd_server_has_leader 1\n"));
+        assert!(text.contains("\nringd_watch_history_bytes 10\n"));
+        assert!(text.contains("\nringd_watch_history_bytes_max 20\n"));
         assert!(text.contains("\nringd_peer_round_trip_microseconds{to=\"ab\"} 250\n"));
     }
 

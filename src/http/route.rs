@@ -82,6 +82,9 @@ pub enum Route {
         target: AuthTarget,
         body: Vec<u8>,
     },
+    /// `GET /ringd/snapshot`: a consistent snapshot file of the member's state (ringd's own,
+    /// for `ringd snapshot save`).
+    Snapshot,
     /// A request Go's server rejects before any handler runs: plain 400, connection closed.
     Malformed,
 }
@@ -183,6 +186,7 @@ pub fn route(req: &Request) -> Route {
         "/v2/stats/self" => allow(GET, "GET", Route::Stats(StatsKind::SelfStats)),
         "/v2/stats/leader" => allow(GET, "GET", Route::Stats(StatsKind::Leader)),
         "/v2/stats/store" => allow(GET, "GET", Route::Stats(StatsKind::Store)),
+        "/ringd/snapshot" => allow(GET, "GET", Route::Snapshot),
         p if p.starts_with("/v2/auth/") => auth_route(req, p),
         _ => Route::NotFound,
     }
@@ -706,6 +710,17 @@ mod tests {
             route(&req(Method::Put, "/v2/stats/self", None, "")),
             Route::MethodNotAllowed { .. }
         ));
+        assert_eq!(
+            route(&req(Method::Get, "/ringd/snapshot", None, "")),
+            Route::Snapshot
+        );
+        assert_eq!(
+            route(&req(Method::Post, "/ringd/snapshot", None, "")),
+            Route::MethodNotAllowed {
+                allow: Some("GET"),
+                cluster_id: false
+            }
+        );
     }
 
     /// etcd's auth mux: targets, `Invalid path` whatever the method, 405s with etcd's Allow.

@@ -12,7 +12,10 @@
 //! - The peer thread (`peer.rs`): one monoio executor that carries raft messages to and from
 //!   the other members (docs/peer-wire.md) and answers etcd's peer endpoints.
 
+pub mod backup;
 pub mod client;
+pub mod fetch;
+pub mod live;
 pub mod peer;
 pub mod raft_shard;
 pub mod recovery;
@@ -25,7 +28,7 @@ use crate::config::Resolved;
 use crate::limits::{
     MAILBOX_CAPACITY, PEER_INBOX_CAPACITY, PEER_OUTBOX_CAPACITY, SHARD_EVENT_QUEUE_CAPACITY,
 };
-use crate::members::{member_id, Member, Membership};
+use crate::members::{Member, Membership};
 use crate::stats::ShardCounters;
 use crate::watch::ring::EventRing;
 use arc_swap::ArcSwap;
@@ -116,6 +119,8 @@ pub struct Shared {
     /// Since when the peer thread has had a working stream to each peer (etcd's
     /// `ActiveSince`), for the strict reconfiguration checks.
     pub peer_active: std::sync::Mutex<std::collections::BTreeMap<u64, Instant>>,
+    /// Snapshot saves running (`backup::SaveSlot`, at most `SNAPSHOT_SAVES_MAX`).
+    pub snapshot_saves: std::sync::atomic::AtomicUsize,
 }
 
 /// The reply to a proposal: the outcome and the raft position it was applied at.
@@ -153,6 +158,9 @@ pub enum Proposal {
         sorted: bool,
         reply: ReplyTo,
     },
+    /// `GET /ringd/snapshot`: a snapshot of the state after every earlier write, answered on
+    /// the request's own channel (`backup.rs`).
+    Snapshot(backup::SaveRequest),
 }
 
 /// Where a reply goes: the shard that sent the proposal and its id there.
@@ -233,6 +241,29 @@ impl Outbox {
                 }
             }
         }
+    }
+}
+
+/// Reports the history's size and memory bound at start.
+fn log_history_bound(ring: &EventRing) {
+    if ring.archive_bytes_max() == 0 {
+        tracing::info!(
+            events = ring.capacity(),
+            bound_bytes = ring.bound_bytes(),
+            "watch history: the last {} events, held as written (etcd's history)",
+            ring.capacity()
+        );
+    } else {
+        tracing::info!(
+            events = ring.capacity(),
+            recent_events = ring.recent_capacity(),
+            archive_bytes_max = ring.archive_bytes_max(),
+            bound_bytes = ring.bound_bytes(),
+            "watch history: the last {} events; memory bound {} bytes for the encoded history, beside the newest {} events held as written",
+            ring.capacity(),
+            ring.bound_bytes(),
+            ring.recent_capacity()
+        );
     }
 }
 
@@ -341,8 +372,13 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
                 .map_err(|e| format!("cannot write {}: {e}", record_path.display()))?;
         }
     }
-    let ring = EventRing::new();
-    for ev in rec.history.drain(..).chain(replayed) {
+    let ring = EventRing::new(cfg.watch_history);
+    log_history_bound(&ring);
+    ring.restore(rec.history.iter())
+        .map_err(|e| format!("snapshot history: {e}"))?;
+    // The snapshot's events are no longer needed: free them before serving.
+    rec.history = Default::default();
+    for ev in replayed {
         ring.publish(ev);
     }
     let shared = Arc::new(Shared {
@@ -371,6 +407,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         followers: Default::default(),
         append_rates: Default::default(),
         peer_active: Default::default(),
+        snapshot_saves: Default::default(),
     });
     let (mailbox_tx, mailbox_rx) = flume::bounded::<Proposal>(MAILBOX_CAPACITY);
     let mut event_txs = Vec::new();
@@ -650,27 +687,13 @@ fn fetch_members(url: &str, tls: Option<&tls::Connector>) -> Result<(u64, Vec<Me
 
 /// The membership of a new cluster from `--initial-cluster`, and this member's id in it.
 fn initial_membership(cfg: &Resolved) -> (u64, Membership) {
-    let members: Vec<Member> = cfg
-        .initial_cluster
-        .iter()
-        .map(|(name, peers)| Member {
-            id: member_id(peers, &cfg.initial_cluster_token),
-            // etcd shows members by name only once they published it; a new cluster's
-            // members are named in --initial-cluster, which every member agrees on.
-            name: name.clone(),
-            peer_urls: peers.clone(),
-            client_urls: vec![],
-        })
-        .collect();
-    let self_id = members
-        .iter()
+    let m = Membership::from_initial_cluster(&cfg.initial_cluster, &cfg.initial_cluster_token);
+    let self_id = m
+        .members
+        .values()
         .find(|m| m.name == cfg.name)
-        .map(|m| m.id)
-        .unwrap_or(0);
-    (
-        self_id,
-        Membership::initial(members, &cfg.initial_cluster_token),
-    )
+        .map_or(0, |m| m.id);
+    (self_id, m)
 }
 
 /// Binds `addr` without SO_REUSEPORT and lets it go: fails when any other socket listens

@@ -20,6 +20,7 @@
 //! Recovery (`recovery.rs`) builds what this loop starts from; snapshots are written on
 //! their own thread (`snapshotter.rs`); peers are served by the peer thread (`peer.rs`).
 
+use super::backup::SaveRequest;
 use super::peer::PeerIn;
 use super::recovery::{write_membership, Recovered};
 use super::snapshotter::Snapshotter;
@@ -52,15 +53,22 @@ pub enum Token {
         sorted: bool,
         reply: ReplyTo,
     },
+    /// A snapshot save: started once its read index is applied (`backup.rs`).
+    Snapshot(SaveRequest),
 }
 
 impl Token {
-    fn reply_to(&self) -> ReplyTo {
+    /// Sends `reply` to whoever waits; a snapshot save gets its error on its own channel.
+    fn answer(self, replies: &mut Outbox, reply: Reply) {
         match self {
             Token::Client(r)
             | Token::Member(r, _)
             | Token::Auth(r)
-            | Token::Read { reply: r, .. } => *r,
+            | Token::Read { reply: r, .. } => replies.push(r, reply),
+            Token::Snapshot(save) => {
+                let why = reply.result.err().map_or(String::new(), |e| e.cause);
+                save.fail(500, why);
+            }
         }
     }
 }
@@ -392,8 +400,7 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
         for p in batch.drain(..) {
             if stop_deadline.is_some() {
                 // Arrived after the stop began: never proposed, so never acknowledged.
-                let (to, reply) = stopped_reply(&replica, &p);
-                replies.push(to, reply);
+                stopped(&replica, p, &mut replies);
                 continue;
             }
             match p {
@@ -412,8 +419,8 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
                     .then(|| Err(MemberError::new(500, "etcdserver: request timed out")));
                 let auth = matches!(token, Token::Auth(..))
                     .then(|| Err(http_err(500, "etcdserver: request timed out")));
-                replies.push(
-                    token.reply_to(),
+                token.answer(
+                    &mut replies,
                     Reply {
                         result: Err(timeout_error(&replica)),
                         raft_index: replica.applied_index(),
@@ -480,10 +487,14 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
                 wheel.schedule(next);
             }
         }
-        answer(&replica, drained.applied, drained.reads, &mut replies);
+        let (saves, reads): (Vec<Token>, Vec<Token>) = drained
+            .reads
+            .into_iter()
+            .partition(|t| matches!(t, Token::Snapshot(_)));
+        answer(&replica, drained.applied, reads, &mut replies);
         for (token, outcome) in drained.auth {
-            replies.push(
-                token.reply_to(),
+            token.answer(
+                &mut replies,
                 Reply {
                     result: Err(timeout_error(&replica)),
                     raft_index: replica.applied_index(),
@@ -514,6 +525,12 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
                 &mut wheel,
                 &mut replies,
             );
+        }
+        // After the publish: the ring holds every event up to the store's index.
+        for token in saves {
+            if let Token::Snapshot(save) = token {
+                save.start(&shared.ring, &replica);
+            }
         }
         if let Some(deadline) = stop_deadline {
             // Every write proposed before the stop is answered (applied, hence fsynced on a
@@ -559,11 +576,14 @@ fn peer_in(shared: &Shared, replica: &mut Replica<Token>, rtt: &mut RoundTrips, 
 fn propose(replica: &mut Replica<Token>, p: Proposal, now: u64, replies: &mut Outbox) {
     if replica.pending_count() >= PENDING_REQUESTS_MAX {
         // Bounded: a member that cannot commit (no quorum) must not queue without end.
-        let reply = match &p {
+        let reply = match p {
             Proposal::Write { reply, .. }
             | Proposal::QuorumGet { reply, .. }
             | Proposal::Member { reply, .. }
-            | Proposal::Auth { reply, .. } => *reply,
+            | Proposal::Auth { reply, .. } => reply,
+            Proposal::Snapshot(save) => {
+                return save.fail(500, timeout_error(replica).cause);
+            }
         };
         replies.push(
             reply,
@@ -600,6 +620,8 @@ fn propose(replica: &mut Replica<Token>, p: Proposal, now: u64, replies: &mut Ou
         Proposal::Auth { cmd, reply } => {
             replica.propose_payload(Payload::Auth(cmd), Some(Token::Auth(reply)));
         }
+        // A read barrier, as a quorum GET's.
+        Proposal::Snapshot(save) => replica.read(Token::Snapshot(save)),
         // Handled by `member_change` before this is called.
         Proposal::Member { reply, .. } => replies.push(
             reply,
@@ -614,7 +636,7 @@ const STOP_DRAIN_MAX: Duration = Duration::from_secs(5);
 
 /// The answer to a request that reached the raft shard after the stop began (etcd's
 /// `ErrStopped`).
-fn stopped_reply(replica: &Replica<Token>, p: &Proposal) -> (ReplyTo, Reply) {
+fn stopped(replica: &Replica<Token>, p: Proposal, replies: &mut Outbox) {
     const STOPPED: &str = "etcdserver: server stopped";
     let mut reply = Reply {
         result: Err(Error::new(
@@ -628,17 +650,18 @@ fn stopped_reply(replica: &Replica<Token>, p: &Proposal) -> (ReplyTo, Reply) {
         auth: None,
     };
     let to = match p {
-        Proposal::Write { reply, .. } | Proposal::QuorumGet { reply, .. } => *reply,
+        Proposal::Write { reply, .. } | Proposal::QuorumGet { reply, .. } => reply,
         Proposal::Member { reply: to, .. } => {
             reply.member = Some(Err(MemberError::new(500, STOPPED)));
-            *to
+            to
         }
         Proposal::Auth { reply: to, .. } => {
             reply.auth = Some(Err(http_err(500, STOPPED)));
-            *to
+            to
         }
+        Proposal::Snapshot(save) => return save.fail(500, STOPPED),
     };
-    (to, reply)
+    replies.push(to, reply);
 }
 
 fn member_reply(replica: &Replica<Token>, outcome: MemberOutcome) -> Reply {
@@ -773,8 +796,8 @@ fn answer(
     replies: &mut Outbox,
 ) {
     for a in applied {
-        replies.push(
-            a.token.reply_to(),
+        a.token.answer(
+            replies,
             Reply {
                 result: a.result,
                 raft_index: a.raft_index,

@@ -6,6 +6,7 @@
 use super::raft_shard::{drive, BatchStats, Token};
 use super::unix_now_ns;
 use crate::auth::AuthState;
+use crate::limits::EVENT_HISTORY_CAPACITY;
 use crate::members::Membership;
 use crate::raft::{Bootstrap, Replica};
 use crate::wal::{Wal, WAL_SEGMENT_BYTES};
@@ -32,8 +33,9 @@ impl Paths {
 pub struct Recovered {
     pub replica: Replica<Token>,
     pub wal: Wal,
-    /// Event history from the snapshot plus the events replayed from the log, in order.
-    pub history: Vec<Arc<Event>>,
+    /// The snapshot's event history, still encoded (`EventRing::restore` decodes only what
+    /// it keeps as written); the log's replay continues it.
+    pub history: crate::snapshot::Events,
     pub snapshot_index: u64,
     pub paths: Paths,
 }
@@ -110,7 +112,7 @@ pub fn recover(data_dir: &Path, start: Start) -> Result<Recovered, String> {
         .map_err(|e| format!("cannot create {}: {e}", paths.snap.display()))?;
     let mut store = Store::new();
     let mut auth = AuthState::default();
-    let mut history: Vec<Arc<Event>> = Vec::new();
+    let mut history = crate::snapshot::Events::default();
     let (mut snap_index, mut snap_term) = (0, 0);
     let snaps =
         crate::snapshot::list(&paths.snap).map_err(|e| format!("cannot list snapshots: {e}"))?;
@@ -125,12 +127,7 @@ pub fn recover(data_dir: &Path, start: Start) -> Result<Recovered, String> {
         };
         store =
             Store::restore(&file.store).map_err(|e| format!("snapshot {}: {e}", path.display()))?;
-        history = file
-            .events
-            .iter()
-            .map(|b| Event::decode(b).map(Arc::new))
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("snapshot {} events: {e}", path.display()))?;
+        history = file.events;
         auth = decode_auth(file.auth.as_deref())
             .map_err(|e| format!("snapshot {}: {e}", path.display()))?;
         snap_index = file.raft_index;
@@ -214,9 +211,14 @@ pub fn recover(data_dir: &Path, start: Start) -> Result<Recovered, String> {
 fn decode_transfer(bytes: &[u8]) -> Result<crate::raft::SnapshotData, String> {
     let file = crate::snapshot::decode(bytes, Path::new("<from the leader>"))?;
     let store = Store::restore(&file.store).map_err(|e| format!("snapshot store: {e}"))?;
+    // The newest events only, as many as a snapshot held before `--watch-history` (the
+    // follower's history restarts there): the replica hands them over decoded, and a
+    // leader's history of millions would cost this member gigabytes at once.
+    let skip = file.events.len().saturating_sub(EVENT_HISTORY_CAPACITY);
     let events = file
         .events
         .iter()
+        .skip(skip)
         .map(|b| Event::decode(b).map(Arc::new))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("snapshot events: {e}"))?;

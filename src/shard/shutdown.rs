@@ -32,6 +32,16 @@ pub fn block_stop_signals() {
     }
 }
 
+/// Undoes `block_stop_signals` in the calling thread: for one-off commands (`ringd migrate`),
+/// which a stop signal simply ends.
+pub fn unblock_stop_signals() {
+    let set = stop_set();
+    // SAFETY: changes only this thread's signal mask, with a valid set.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Waits up to `timeout` (forever with `None`) for SIGTERM or SIGINT; returns its name.
 /// The signals must be blocked (`block_stop_signals`).
 pub fn wait_stop_signal(timeout: Option<Duration>) -> Option<&'static str> {

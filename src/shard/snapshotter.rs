@@ -7,9 +7,9 @@
 
 use super::raft_shard::{fatal, Token};
 use super::Shared;
-use crate::limits::EVENT_HISTORY_CAPACITY;
 use crate::raft::Replica;
 use crate::wal::{FsStorage, Wal};
+use crate::watch::ring::EventRing;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use std::time::Instant;
 /// at normal priority it takes its share of the cores from the shards and the raft shard,
 /// and write latency suffers while it runs. Lowered, it uses the time they leave; writes
 /// never wait for it (the log keeps everything until it finishes).
-fn lower_this_threads_priority() {
+pub(super) fn lower_this_threads_priority() {
     // SAFETY: plain syscalls; gettid cannot fail, setpriority on our own tid only.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) };
     let Ok(tid) = libc::id_t::try_from(tid) else {
@@ -32,12 +32,13 @@ fn lower_this_threads_priority() {
     }
 }
 
-/// A snapshot to write: a frozen store, the event history and the membership at one index.
-struct WriteJob {
-    index: u64,
-    term: u64,
-    source: ringd_store::SnapshotSource,
-    events: Vec<Vec<u8>>,
+/// A snapshot to write (or to send a `ringd snapshot save`, `backup.rs`): a frozen store, the
+/// event history and the membership at one index.
+pub(super) struct WriteJob {
+    pub(super) index: u64,
+    pub(super) term: u64,
+    pub(super) source: ringd_store::SnapshotSource,
+    events: crate::watch::ring::FrozenHistory,
     membership: Vec<u8>,
     auth: Vec<u8>,
     voters: Vec<u64>,
@@ -58,6 +59,49 @@ enum SnapJob {
     },
 }
 
+impl WriteJob {
+    /// The applied state, frozen: the store in O(1), the event history (the last 1000 events,
+    /// encoded here: cheap), the membership and the auth state. Called after the batch's
+    /// events are in the ring, so the history reaches the store's index.
+    pub(super) fn freeze(ring: &EventRing, replica: &Replica<Token>, transfer: bool) -> WriteJob {
+        // The whole history the ring keeps (`--watch-history`): a restart answers the same
+        // `waitIndex` window, the log's replay adding what came after.
+        let events = ring.freeze(replica.store().index().0);
+        // The term of the applied entry, not the current term: raft checks a follower's log
+        // against it.
+        let point = replica.snapshot_point();
+        WriteJob {
+            index: point.index,
+            term: point.term,
+            source: replica.store().snapshot_source(),
+            events,
+            membership: replica.membership().encode(),
+            // Strings and maps: serializing cannot fail.
+            auth: serde_json::to_vec(&**replica.auth()).unwrap_or_default(),
+            voters: point.voters,
+            transfer,
+        }
+    }
+
+    /// The snapshot file's bytes (the store's encoding is the costly part: ~280 ms of CPU for
+    /// 900k keys; never on the raft shard).
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut store = Vec::new();
+        self.source.snapshot(&mut store);
+        // The history's events, encoded here (the archived ones already are).
+        let history = |f: &mut dyn FnMut(&[u8])| self.events.for_each_encoded(f);
+        crate::snapshot::encode(
+            self.index,
+            self.term,
+            &store,
+            history,
+            self.events.encoded_bytes_hint(),
+            &self.membership,
+            &self.auth,
+        )
+    }
+}
+
 /// A snapshot the thread made durable; with its bytes when they are to be sent to a follower.
 pub(super) struct Written {
     index: u64,
@@ -65,9 +109,10 @@ pub(super) struct Written {
 }
 
 /// Snapshots are encoded and written on their own thread from an O(1) frozen copy of the
-/// store, so writes keep flowing meanwhile (no stop-the-world). The raft shard only collects
-/// the last 1000 events (cheap) and, when the file is durable, detaches the old log segments,
-/// which the snapshot thread then removes.
+/// store, so writes keep flowing meanwhile (no stop-the-world). The raft shard only freezes
+/// the event history (O(1) for its encoded blocks, at most 1000 `Arc` copies for the newest
+/// events) and, when the file is durable, detaches the old log segments, which the snapshot
+/// thread then removes.
 pub struct Snapshotter {
     jobs: flume::Sender<SnapJob>,
     done: flume::Receiver<Result<Written, String>>,
@@ -87,16 +132,7 @@ impl Snapshotter {
             .spawn(move || {
                 lower_this_threads_priority();
                 while let Ok(job) = rx.recv() {
-                    let WriteJob {
-                        index,
-                        term,
-                        source,
-                        events,
-                        membership,
-                        auth,
-                        voters,
-                        transfer,
-                    } = match job {
+                    let job = match job {
                         SnapJob::Write(job) => *job,
                         SnapJob::Remove {
                             segments,
@@ -118,10 +154,14 @@ impl Snapshotter {
                         }
                     };
                     let started = Instant::now();
-                    let mut store = Vec::new();
-                    source.snapshot(&mut store);
-                    let buf =
-                        crate::snapshot::encode(index, term, &store, &events, &membership, &auth);
+                    let buf = job.encode();
+                    let WriteJob {
+                        index,
+                        term,
+                        voters,
+                        transfer,
+                        ..
+                    } = job;
                     let res = crate::snapshot::write_encoded(&dir, index, &buf)
                         .map(|_| {
                             tracing::info!(
@@ -172,34 +212,7 @@ impl Snapshotter {
         {
             return;
         }
-        let current = replica.store().index().0;
-        let start = shared
-            .ring
-            .start_index(current)
-            .max(current.saturating_sub(EVENT_HISTORY_CAPACITY as u64 - 1))
-            .max(1);
-        let mut events = Vec::new();
-        for i in start..=current {
-            if let Some(ev) = shared.ring.get(i) {
-                let mut b = Vec::new();
-                ev.encode(&mut b);
-                events.push(b);
-            }
-        }
-        // The term of the applied entry, not the current term: raft checks a follower's log
-        // against it.
-        let point = replica.snapshot_point();
-        let job = SnapJob::Write(Box::new(WriteJob {
-            index: point.index,
-            term: point.term,
-            source: replica.store().snapshot_source(),
-            events,
-            membership: replica.membership().encode(),
-            // Strings and maps: serializing cannot fail.
-            auth: serde_json::to_vec(&**replica.auth()).unwrap_or_default(),
-            voters: point.voters,
-            transfer,
-        }));
+        let job = SnapJob::Write(Box::new(WriteJob::freeze(&shared.ring, replica, transfer)));
         self.in_flight = self.jobs.try_send(job).is_ok();
     }
 

@@ -84,6 +84,11 @@ impl Member {
         format!("http://{}:{}", self.ip, self.proxy_port)
     }
 
+    /// The data dir the member runs on (made by the member, or beforehand by a test).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -200,6 +205,17 @@ impl Cluster {
     /// published) and the cluster version is decided: etcd writes both into its store, so
     /// from then on its store index moves only with the clients' writes.
     pub fn start_of(kind: Kind, n: usize, token: &str, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::prepare(kind, n, token);
+        for i in 0..n {
+            c.spawn(i, extra);
+        }
+        c.wait_started(n);
+        c
+    }
+
+    /// `n` member slots of `kind` (addresses, ports, link proxies), none started: for tests
+    /// that make the members' data dirs first (`ringd snapshot restore`).
+    pub fn prepare(kind: Kind, n: usize, token: &str) -> Cluster {
         let dir = TempDir::new(&format!("{}-cluster", kind.name()));
         let links: Links = Arc::default();
         let ids: Ids = Arc::default();
@@ -211,17 +227,27 @@ impl Cluster {
             let proxy = start_proxy(&members, i, links.clone(), ids.clone());
             members[i].proxy_port = proxy;
         }
-        let mut c = Cluster {
+        Cluster {
             members,
             kind,
             links,
             ids,
             token: token.to_string(),
             dir,
-        };
-        for i in 0..n {
-            c.spawn(i, extra);
         }
+    }
+
+    /// The cluster's `--initial-cluster-token`.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Waits until the `n` members agree on a leader, every member lists every other's
+    /// client URLs (each member has published) and the cluster version is decided (etcd
+    /// writes both into its store, so from then on its store index moves only with the
+    /// clients' writes); records the members' ids.
+    pub fn wait_started(&mut self, n: usize) {
+        let c = self;
         c.wait_for_leader(&(0..n).collect::<Vec<_>>());
         // As with etcd, a member is started once it has published its client URLs through
         // raft: wait until every member lists every other's.
@@ -254,7 +280,6 @@ impl Cluster {
                 .to_string();
             c.learn_id(i, &id);
         }
-        c
     }
 
     /// Records member `i`'s id (for the proxies, and `Member::id`).

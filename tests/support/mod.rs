@@ -144,6 +144,41 @@ impl Server {
         Server::start(Kind::Etcd, &bin, &["--enable-v2=true"])
     }
 
+    /// Starts the reference etcd with more flags (`extra` comes last, so `--data-dir DIR`
+    /// there replaces the server's own temp data dir: Go's flag package keeps the last value).
+    pub fn etcd_with(extra: &[&str]) -> Server {
+        let bin = etcd_binary().expect("etcd is not installed (apt-get install etcd-server)");
+        let args: Vec<&str> = std::iter::once("--enable-v2=true")
+            .chain(extra.iter().copied())
+            .collect();
+        Server::start(Kind::Etcd, &bin, &args)
+    }
+
+    /// Stops the server with SIGTERM (etcd and ringd shut down cleanly on it) and waits for
+    /// it to exit, at most `START_TIMEOUT` (then it is killed and this panics).
+    pub fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: a signal to our own child, which has not been waited for (its pid is ours).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{} did not exit on SIGTERM", self.kind.name());
+                }
+            }
+        }
+    }
+
     /// Starts ringd with the etcd flags plus `extra` (e.g. `["--shards", "2"]`).
     pub fn ringd(extra: &[&str]) -> Server {
         Server::start(Kind::Ringd, &ringd_binary(), extra)
@@ -352,6 +387,98 @@ impl Drop for Server {
     }
 }
 
+/// A ringd process on a data dir that outlives it: restarts (`start_on_dir` again on the same
+/// dir) reuse the dir, the log and the peer port. Killed (and waited for) on drop.
+pub struct Node {
+    pub child: Child,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts ringd on `dir/data` with its client URL on `port` (log appended to
+/// `dir/server.log`) and waits until it answers `GET /version`.
+pub fn start_on_dir(dir: &Path, port: u16, extra: &[&str]) -> Result<Node, String> {
+    start_on_dir_env(dir, port, extra, &[])
+}
+
+/// [`start_on_dir`] with extra environment variables.
+pub fn start_on_dir_env(
+    dir: &Path,
+    port: u16,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Node, String> {
+    let url = format!("http://127.0.0.1:{port}");
+    // A peer port of its own, the same for every restart on this data dir (the default,
+    // 2380, would collide between tests running at once).
+    let peer_file = dir.join("peer_port");
+    let peer_port = match std::fs::read_to_string(&peer_file) {
+        Ok(p) => p.trim().parse::<u16>().map_err(|e| e.to_string())?,
+        Err(_) => {
+            let p = free_port();
+            std::fs::write(&peer_file, p.to_string()).map_err(|e| e.to_string())?;
+            p
+        }
+    };
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .map_err(|e| e.to_string())?;
+    let child = Command::new(ringd_binary())
+        .args(["--data-dir", &dir.join("data").display().to_string()])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("default={peer}"),
+        ])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut node = Node {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+    };
+    for _ in 0..3000 {
+        if let Some(status) = node.child.try_wait().map_err(|e| e.to_string())? {
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            return Err(format!("ringd exited with {status}: {log}"));
+        }
+        if request_timeout(
+            &node.addr,
+            "GET",
+            "/version",
+            &[],
+            b"",
+            Duration::from_secs(1),
+        )
+        .is_ok()
+        {
+            return Ok(node);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err("ringd did not come up".to_string())
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP client
 // ---------------------------------------------------------------------------------------------
@@ -481,7 +608,39 @@ impl Stream {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Stream, String> {
+        let mut stream = Stream::connect(addr, timeout)?;
+        stream.write_request(method, path, headers, body)?;
+        if method == "HEAD" {
+            stream.framing = Framing::None;
+        }
+        Ok(stream)
+    }
+
+    /// A keep-alive connection with nothing sent yet: `write_request` and `read_response`
+    /// (requests may be pipelined: several written before their answers are read).
+    pub fn connect(addr: &str, timeout: Duration) -> Result<Stream, String> {
         let sock = connect(addr, timeout)?;
+        Ok(Stream {
+            reader: BufReader::new(sock),
+            response: Response::default(),
+            framing: Framing::UntilClose,
+            line_buf: Vec::new(),
+            pending: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// Writes one request on the connection. `Host` and (when there is a body, or for
+    /// PUT/POST) `Content-Length` are added unless given in `headers`.
+    pub fn write_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), String> {
+        let sock = self.reader.get_ref();
+        let addr = sock.peer_addr().map_err(|e| e.to_string())?.to_string();
         let mut req = format!("{method} {path} HTTP/1.1\r\n");
         let has = |n: &str| headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n));
         if !has("host") {
@@ -496,22 +655,20 @@ impl Stream {
         req.push_str("\r\n");
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
-        (&sock)
+        (&*sock)
             .write_all(&bytes)
-            .map_err(|e| format!("write: {e}"))?;
-        let is_head = method == "HEAD";
-        Ok(Stream {
-            reader: BufReader::new(sock),
-            response: Response::default(),
-            framing: if is_head {
-                Framing::None
-            } else {
-                Framing::UntilClose
-            },
-            line_buf: Vec::new(),
-            pending: Vec::new(),
-            done: false,
-        })
+            .map_err(|e| format!("write: {e}"))
+    }
+
+    /// Keep-alive: reads the next whole response on the connection (not for HEAD requests).
+    pub fn read_response(&mut self) -> Result<Response, String> {
+        self.response = Response::default();
+        self.framing = Framing::UntilClose;
+        self.pending.clear();
+        self.done = false;
+        self.read_head()?;
+        self.read_all()?;
+        Ok(std::mem::take(&mut self.response))
     }
 
     /// Sets the timeout of the following socket reads.

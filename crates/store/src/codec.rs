@@ -274,6 +274,23 @@ impl<'a> Reader<'a> {
     }
 
     fn str(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
+        let bytes = self.len_prefixed(what)?;
+        std::str::from_utf8(bytes).map_err(|e| {
+            DecodeError::new(
+                self.pos - bytes.len() + e.valid_up_to(),
+                DecodeErrorKind::BadUtf8(what),
+            )
+        })
+    }
+
+    /// Steps over a `str` without reading it (no UTF-8 check: the history scan skips values
+    /// of up to `--max-request-bytes` this way).
+    fn skip_str(&mut self, what: &'static str) -> Result<(), DecodeError> {
+        self.len_prefixed(what).map(|_| ())
+    }
+
+    /// A varint length, then that many bytes.
+    fn len_prefixed(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
         let start = self.pos;
         let len = self.varint(what)?;
         let remaining = self.remaining();
@@ -288,16 +305,8 @@ impl<'a> Reader<'a> {
             ));
         }
         let bytes = &self.buf[self.pos..self.pos + len as usize];
-        match std::str::from_utf8(bytes) {
-            Ok(s) => {
-                self.pos += bytes.len();
-                Ok(s)
-            }
-            Err(e) => Err(DecodeError::new(
-                self.pos + e.valid_up_to(),
-                DecodeErrorKind::BadUtf8(what),
-            )),
-        }
+        self.pos += bytes.len();
+        Ok(bytes)
     }
 
     fn flags(&mut self, what: &'static str, allowed: u8) -> Result<u8, DecodeError> {
@@ -625,17 +634,7 @@ impl Event {
     /// Decodes exactly one event occupying all of `bytes`.
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.version(EVENT_FORMAT_VERSION)?;
-        let tag_at = r.pos;
-        let tag = r.u8("action tag")?;
-        let action = action_from_tag(tag)
-            .ok_or_else(|| DecodeError::new(tag_at, DecodeErrorKind::BadTag("action", tag)))?;
-        let flags = r.flags("event flags", E_PREV | E_REFRESH | E_TIME)?;
-        let etcd_index = r.varint("etcd_index")?;
-        let time = match flags & E_TIME {
-            0 => None,
-            _ => Some(r.u64("event time")?),
-        };
+        let (action, flags, etcd_index, time) = event_prefix(&mut r)?;
         let node = decode_node(&mut r, 0)?;
         let prev_node = if flags & E_PREV != 0 {
             Some(decode_node(&mut r, 0)?)
@@ -652,6 +651,112 @@ impl Event {
             time,
         })
     }
+}
+
+/// What the history scan matches an encoded event on, read by `Event::decode_head` without
+/// allocating and without reading values: the watch rules (`watch::history_matches_head`)
+/// need the action, the refresh flag, the key and the previous node's kind and key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHead<'a> {
+    pub action: Action,
+    pub refresh: bool,
+    /// `node.modified_index`: the event's index (`Event::index`).
+    pub index: u64,
+    /// `node.key`, as bytes: the scan does not check it for UTF-8 (`decode` does).
+    pub key: Option<&'a [u8]>,
+    /// `prev_node`'s `dir` and `key`, when the event has a previous node.
+    pub prev: Option<(bool, Option<&'a [u8]>)>,
+}
+
+impl Event {
+    /// Reads the matching facts of an encoded event (see `EventHead`). It checks the framing
+    /// it walks over but not the whole event: `decode` does that.
+    pub fn decode_head(bytes: &[u8]) -> Result<EventHead<'_>, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let (action, flags, _, _) = event_prefix(&mut r)?;
+        let (_, key, index) = node_head(&mut r, 0)?;
+        let prev = if flags & E_PREV != 0 {
+            let (dir, key, _) = node_head(&mut r, 0)?;
+            Some((dir, key))
+        } else {
+            None
+        };
+        Ok(EventHead {
+            action,
+            refresh: flags & E_REFRESH != 0,
+            index,
+            key,
+            prev,
+        })
+    }
+}
+
+/// An event's version, action, flags, etcd_index and time (the part before its nodes).
+fn event_prefix(r: &mut Reader<'_>) -> Result<(Action, u8, u64, Option<u64>), DecodeError> {
+    r.version(EVENT_FORMAT_VERSION)?;
+    let tag_at = r.pos;
+    let tag = r.u8("action tag")?;
+    let action = action_from_tag(tag)
+        .ok_or_else(|| DecodeError::new(tag_at, DecodeErrorKind::BadTag("action", tag)))?;
+    let flags = r.flags("event flags", E_PREV | E_REFRESH | E_TIME)?;
+    let etcd_index = r.varint("etcd_index")?;
+    let time = match flags & E_TIME {
+        0 => None,
+        _ => Some(r.u64("event time")?),
+    };
+    Ok((action, flags, etcd_index, time))
+}
+
+/// A node's flags and key (read by `key`: checked as a `str`, or raw bytes).
+fn node_start<'a, K>(
+    r: &mut Reader<'a>,
+    key: impl FnOnce(&mut Reader<'a>, &'static str) -> Result<K, DecodeError>,
+) -> Result<(u8, Option<K>), DecodeError> {
+    let flags = r.flags(
+        "node flags",
+        N_KEY | N_DIR | N_VALUE | N_EXPIRATION | N_NODES,
+    )?;
+    let key = match flags & N_KEY {
+        0 => None,
+        _ => Some(key(r, "node key")?),
+    };
+    Ok((flags, key))
+}
+
+/// The child count of a node at `depth`, refused past `MAX_NODE_DEPTH`.
+fn child_count(r: &mut Reader<'_>, depth: usize) -> Result<u64, DecodeError> {
+    let at = r.pos;
+    let count = r.count("node count", MIN_EVENT_NODE_LEN)?;
+    if count > 0 && depth >= MAX_NODE_DEPTH {
+        return Err(DecodeError::new(
+            at,
+            DecodeErrorKind::TooDeep(MAX_NODE_DEPTH),
+        ));
+    }
+    Ok(count)
+}
+
+/// A node's `dir`, `key` (unchecked bytes) and `modified_index`, stepping over the rest of it
+/// (children included, `depth` as in `decode_node`).
+fn node_head<'a>(
+    r: &mut Reader<'a>,
+    depth: usize,
+) -> Result<(bool, Option<&'a [u8]>, u64), DecodeError> {
+    let (flags, key) = node_start(r, Reader::len_prefixed)?;
+    if flags & N_VALUE != 0 {
+        r.skip_str("node value")?;
+    }
+    if flags & N_EXPIRATION != 0 {
+        r.u64("node expiration")?;
+    }
+    let modified_index = r.varint("modified_index")?;
+    r.varint("created_index")?;
+    if flags & N_NODES != 0 {
+        for _ in 0..child_count(r, depth)? {
+            node_head(r, depth + 1)?;
+        }
+    }
+    Ok((flags & N_DIR != 0, key, modified_index))
 }
 
 fn encode_node(out: &mut Vec<u8>, n: &NodeRepr) {
@@ -683,14 +788,8 @@ fn encode_node(out: &mut Vec<u8>, n: &NodeRepr) {
 
 /// `depth` is the nesting of this node (0 for an event's `node` and `prev_node`).
 fn decode_node(r: &mut Reader<'_>, depth: usize) -> Result<NodeRepr, DecodeError> {
-    let flags = r.flags(
-        "node flags",
-        N_KEY | N_DIR | N_VALUE | N_EXPIRATION | N_NODES,
-    )?;
-    let key = match flags & N_KEY {
-        0 => None,
-        _ => Some(r.str("node key")?.to_string()),
-    };
+    let (flags, key) = node_start(r, Reader::str)?;
+    let key = key.map(str::to_string);
     let value = match flags & N_VALUE {
         0 => None,
         _ => Some(r.str("node value")?.to_string()),
@@ -702,14 +801,7 @@ fn decode_node(r: &mut Reader<'_>, depth: usize) -> Result<NodeRepr, DecodeError
     let modified_index = r.varint("modified_index")?;
     let created_index = r.varint("created_index")?;
     let nodes = if flags & N_NODES != 0 {
-        let at = r.pos;
-        let count = r.count("node count", MIN_EVENT_NODE_LEN)?;
-        if count > 0 && depth >= MAX_NODE_DEPTH {
-            return Err(DecodeError::new(
-                at,
-                DecodeErrorKind::TooDeep(MAX_NODE_DEPTH),
-            ));
-        }
+        let count = child_count(r, depth)?;
         let mut nodes = Vec::with_capacity(count as usize);
         for _ in 0..count {
             nodes.push(decode_node(r, depth + 1)?);
@@ -972,6 +1064,78 @@ impl Store {
             expiry,
             stats_from_fields(stats),
         ))
+    }
+}
+
+/// Writes a snapshot (the input of `Store::restore`) from a tree held elsewhere: an etcd
+/// member's v2 store, for `ringd migrate`. Nodes are added in the order the format stores
+/// them: depth-first, each dir's children in strictly ascending name order, a dir announcing
+/// how many children follow. Nothing is checked here; `Store::restore` checks the result as it
+/// checks any snapshot (names, order, indexes against the store index, counts).
+pub struct SnapshotBuilder {
+    out: Vec<u8>,
+    nodes: u64,
+}
+
+impl SnapshotBuilder {
+    /// A snapshot of a store at `index` with these write stats, whose root has
+    /// `root_children` children.
+    pub fn new(index: u64, stats: &WriteStats, root_children: usize) -> SnapshotBuilder {
+        let mut out = Vec::new();
+        out.extend_from_slice(&SNAPSHOT_MAGIC);
+        out.push(SNAPSHOT_FORMAT_VERSION);
+        put_u64(&mut out, index);
+        put_u64(&mut out, 0); // the node count, known at `finish`
+        for v in stats_fields(stats) {
+            put_u64(&mut out, v);
+        }
+        put_varint(&mut out, root_children as u64);
+        SnapshotBuilder { out, nodes: 0 }
+    }
+
+    /// A dir (its modified index is its created index, as in etcd); its `children` follow.
+    pub fn dir(&mut self, name: &str, created: u64, expire: Option<u64>, children: usize) {
+        self.node_head(name, true, created, expire);
+        put_varint(&mut self.out, children as u64);
+    }
+
+    /// A file.
+    pub fn file(
+        &mut self,
+        name: &str,
+        created: u64,
+        modified: u64,
+        expire: Option<u64>,
+        value: &str,
+    ) {
+        self.node_head(name, false, created, expire);
+        put_varint(&mut self.out, modified.wrapping_sub(created));
+        if let Some(e) = expire {
+            put_u64(&mut self.out, e);
+        }
+        put_str(&mut self.out, value);
+    }
+
+    fn node_head(&mut self, name: &str, dir: bool, created: u64, expire: Option<u64>) {
+        self.nodes += 1;
+        put_str(&mut self.out, name);
+        self.out
+            .push(bit(dir, S_DIR) | bit(expire.is_some(), S_EXPIRE));
+        put_varint(&mut self.out, created);
+        if dir {
+            if let Some(e) = expire {
+                put_u64(&mut self.out, e);
+            }
+        }
+    }
+
+    /// The snapshot bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        let count_at = SNAPSHOT_MAGIC.len() + 1 + 8;
+        self.out[count_at..count_at + 8].copy_from_slice(&self.nodes.to_le_bytes());
+        let body = (self.out.len() - SNAPSHOT_HEADER_LEN) as u64;
+        put_u64(&mut self.out, body);
+        self.out
     }
 }
 

@@ -18,7 +18,7 @@ pub mod store;
 mod tree;
 pub mod watch;
 
-pub use codec::{DecodeError, DecodeErrorKind, SnapshotSource};
+pub use codec::{DecodeError, DecodeErrorKind, EventHead, SnapshotBuilder, SnapshotSource};
 pub use error::{Error, ErrorCode};
 pub use event::{Action, Event, NodeRepr};
 pub use store::{Command, Store, StoreView, WriteStats};

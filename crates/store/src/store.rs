@@ -358,6 +358,51 @@ impl Store {
         self.expiry.len()
     }
 
+    /// A store whose root is the dir at `key` in this one, with this store's index and
+    /// stats, and every node below it with its indexes and expiration: `ringd migrate` serves
+    /// etcd's `/1` (the v2 key space inside etcd's own store) as the root. The dir's own
+    /// indexes and TTL are dropped (a root has none). O(nodes below `key`).
+    pub fn reroot(&self, key: &str) -> Result<Store, Error> {
+        let comps = tree::components(key);
+        let node = self.get_node(&comps)?;
+        let Some(children) = node.children() else {
+            return Err(self.error(ErrorCode::NotDir, tree::join(&comps)));
+        };
+        let prefix = tree::join(&comps);
+        let expiry = self
+            .expiry
+            .iter()
+            .filter_map(|(e, path)| {
+                if comps.is_empty() {
+                    return Some((*e, path.clone()));
+                }
+                let rest = path.strip_prefix(prefix.as_str())?;
+                rest.starts_with('/').then(|| (*e, Box::<str>::from(rest)))
+            })
+            .collect();
+        let mut node_count = 0u64;
+        let mut stack: Vec<&Arc<Node>> = children.values().collect();
+        while let Some(n) = stack.pop() {
+            node_count += 1;
+            if let Some(ch) = n.children() {
+                stack.extend(ch.values());
+            }
+        }
+        let root = Node {
+            created: 0,
+            modified: 0,
+            expire: None,
+            kind: node.kind.clone(),
+        };
+        Ok(Store::from_parts(
+            Arc::new(root),
+            self.index,
+            node_count,
+            expiry,
+            self.stats.clone(),
+        ))
+    }
+
     /// The tree root, for `codec`'s snapshot encoder.
     pub(crate) fn root(&self) -> &Arc<Node> {
         &self.root
@@ -1056,6 +1101,80 @@ mod tests {
             assert_eq!(ttl, self.expiry, "expiry index must mirror the tree");
             assert!(self.root.expire.is_none());
         }
+    }
+
+    #[test]
+    fn reroot_keeps_indexes_expirations_and_hidden_nodes_below_the_new_root() {
+        let mut s = Store::new();
+        s.apply(&set("/0/members/a", "m")).unwrap(); // 1
+        s.apply(&set("/1/a", "x")).unwrap(); // 2
+        s.apply(&set_ttl("/1/d/t", "y", T0 + 5 * SEC)).unwrap(); // 3
+        s.apply(&set("/1/d/_h", "hidden")).unwrap(); // 4
+        s.apply(&Command::Update {
+            key: "/1/a".into(),
+            value: "x2".into(),
+            expire: None,
+            refresh: false,
+            at: 0,
+        })
+        .unwrap(); // 5
+        s.apply(&set_ttl("/0/x", "z", T0)).unwrap(); // 6
+        let r = s.reroot("/1").unwrap();
+        r.check_invariants();
+        assert_eq!((r.index(), r.node_count()), (EtcdIndex(6), 4));
+        assert_eq!(r.next_expiration(), Some(T0 + 5 * SEC));
+        let a = get(&r, "/a");
+        assert_eq!((a.created_index, a.modified_index), (2, 5));
+        assert_eq!(get(&r, "/d/_h").value.as_deref(), Some("hidden"));
+        assert_eq!(get(&r, "/d").created_index, 3);
+        assert!(r.view().get("/0", false, false).is_err());
+        assert_eq!(r.write_stats(), s.write_stats());
+        // Expiring through the rerooted store removes the key under its new path.
+        let mut r = r;
+        let ev = r.expire(T0 + 5 * SEC);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].key(), "/d/t");
+        assert_eq!(ev[0].etcd_index, 7);
+        r.check_invariants();
+        assert_eq!(
+            s.reroot("/1/a").unwrap_err().code,
+            ErrorCode::NotDir,
+            "a file cannot be a root"
+        );
+        assert_eq!(s.reroot("/nope").unwrap_err().code, ErrorCode::KeyNotFound);
+        let whole = s.reroot("/").unwrap();
+        whole.check_invariants();
+        assert_eq!(whole.node_count(), s.node_count());
+    }
+
+    #[test]
+    fn a_built_snapshot_restores_to_the_tree_it_describes() {
+        let stats = WriteStats {
+            sets_success: 3,
+            ..WriteStats::default()
+        };
+        let mut b = crate::SnapshotBuilder::new(9, &stats, 2);
+        b.dir("d", 4, Some(T0), 2);
+        b.file("_h", 5, 5, None, "hidden");
+        b.file("f", 6, 9, Some(T0 + SEC), "v");
+        b.file("k", 2, 3, None, "x");
+        let s = Store::restore(&b.finish()).unwrap();
+        s.check_invariants();
+        assert_eq!((s.index(), s.node_count()), (EtcdIndex(9), 4));
+        assert_eq!(s.write_stats(), &stats);
+        let f = get(&s, "/d/f");
+        assert_eq!((f.created_index, f.modified_index), (6, 9));
+        assert_eq!(f.expiration, Some(T0 + SEC));
+        assert_eq!(get(&s, "/d").expiration, Some(T0));
+        assert_eq!(s.next_expiration(), Some(T0));
+        // Children out of order, or an index past the store's, are refused by restore.
+        let mut b = crate::SnapshotBuilder::new(9, &stats, 2);
+        b.file("b", 1, 1, None, "");
+        b.file("a", 1, 1, None, "");
+        assert!(Store::restore(&b.finish()).is_err());
+        let mut b = crate::SnapshotBuilder::new(9, &stats, 1);
+        b.file("a", 1, 10, None, "");
+        assert!(Store::restore(&b.finish()).is_err());
     }
 
     #[test]

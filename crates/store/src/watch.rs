@@ -6,7 +6,7 @@
 
 use crate::event::Action;
 use crate::tree;
-use crate::Event;
+use crate::{Event, EventHead};
 
 /// Is `event` a delete or expire of a dir? Those reach watchers below the removed dir.
 fn is_dir_removal(event: &Event) -> bool {
@@ -82,31 +82,75 @@ pub fn live_matches(watch_key: &str, recursive: bool, event: &Event) -> bool {
 /// Does the history scan for `watch_key` return `event`? (EventHistory.scan's test,
 /// refresh events skipped, hidden keys included.)
 pub fn history_matches(watch_key: &str, recursive: bool, event: &Event) -> bool {
-    if event.refresh {
-        return false;
+    HistoryWatch::new(watch_key, recursive).matches(event)
+}
+
+/// `history_matches` on an encoded event's head (`Event::decode_head`): the same rule, for
+/// the history kept encoded.
+pub fn history_matches_head(watch_key: &str, recursive: bool, head: &EventHead<'_>) -> bool {
+    HistoryWatch::new(watch_key, recursive).matches_head(head)
+}
+
+/// A watch as the history scan tests events against it: the key cleaned once for a scan of
+/// many events (`history_matches` and `history_matches_head` for one).
+pub struct HistoryWatch<'a> {
+    key: std::borrow::Cow<'a, str>,
+    recursive: bool,
+}
+
+impl<'a> HistoryWatch<'a> {
+    pub fn new(watch_key: &'a str, recursive: bool) -> HistoryWatch<'a> {
+        HistoryWatch {
+            key: tree::clean(watch_key),
+            recursive,
+        }
     }
-    let watch_key = tree::clean(watch_key);
-    let watch_key = watch_key.as_ref();
-    let key = event.key();
-    let mut ok = key == watch_key;
-    if recursive && !ok {
-        // etcd adds a trailing slash so "/d" does not match "/dd"; the root stays "/".
-        ok = match key.strip_prefix(watch_key) {
-            Some(rest) => watch_key.ends_with('/') || rest.starts_with('/'),
-            None => false,
+
+    pub fn matches(&self, event: &Event) -> bool {
+        let removed_dir = is_dir_removal(event).then(|| {
+            event
+                .prev_node
+                .as_ref()
+                .and_then(|p| p.key.as_deref())
+                .unwrap_or("/")
+                .as_bytes()
+        });
+        self.test(event.refresh, event.key().as_bytes(), removed_dir)
+    }
+
+    pub fn matches_head(&self, head: &EventHead<'_>) -> bool {
+        let removed_dir = match head.prev {
+            Some((true, key)) if matches!(head.action, Action::Delete | Action::Expire) => {
+                Some(key.unwrap_or(b"/"))
+            }
+            _ => None,
         };
+        self.test(head.refresh, head.key.unwrap_or(b"/"), removed_dir)
     }
-    if !ok && is_dir_removal(event) {
-        // Verbatim etcd: a *plain* prefix test, so deleting "/d" also matches a watch on
-        // "/dd" in the history scan (unlike live delivery).
-        let prev_key = event
-            .prev_node
-            .as_ref()
-            .and_then(|p| p.key.as_deref())
-            .unwrap_or("/");
-        ok = watch_key.starts_with(prev_key);
+
+    /// The rule on an event's parts (keys as bytes: an archived event's key is not checked
+    /// for UTF-8 on every scan); `removed_dir` is the removed dir's key for a dir
+    /// delete/expire.
+    fn test(&self, refresh: bool, key: &[u8], removed_dir: Option<&[u8]>) -> bool {
+        if refresh {
+            return false;
+        }
+        let watch_key = self.key.as_bytes();
+        let mut ok = key == watch_key;
+        if self.recursive && !ok {
+            // etcd adds a trailing slash so "/d" does not match "/dd"; the root stays "/".
+            ok = match key.strip_prefix(watch_key) {
+                Some(rest) => watch_key.ends_with(b"/") || rest.starts_with(b"/"),
+                None => false,
+            };
+        }
+        if let (false, Some(prev_key)) = (ok, removed_dir) {
+            // Verbatim etcd: a *plain* prefix test, so deleting "/d" also matches a watch on
+            // "/dd" in the history scan (unlike live delivery).
+            ok = watch_key.starts_with(prev_key);
+        }
+        ok
     }
-    ok
 }
 
 #[cfg(test)]
@@ -276,5 +320,66 @@ mod tests {
         let e = e.expect("create");
         assert!(live_matches("/", true, &e));
         assert!(!live_matches("/", false, &e));
+    }
+
+    #[test]
+    fn history_rule_on_encoded_heads_agrees_with_the_rule_on_events() {
+        let mut events = Vec::new();
+        for action in [
+            Action::Set,
+            Action::Create,
+            Action::Update,
+            Action::Delete,
+            Action::Expire,
+            Action::CompareAndSwap,
+            Action::CompareAndDelete,
+        ] {
+            for key in ["/d", "/d/x", "/dd", "/d/_h", "/f", "/"] {
+                for prev_dir in [None, Some(false), Some(true)] {
+                    events.push(ev(action, key, prev_dir));
+                }
+            }
+        }
+        let mut refresh = set_ev("/d/x");
+        refresh.refresh = true;
+        events.push(refresh);
+        // Values (skipped unread), expirations, a time and children are stepped over.
+        let mut full = ev(Action::Delete, "/d", Some(true));
+        full.node.value = Some("v".repeat(300));
+        full.node.expiration = Some(1 << 60);
+        full.time = Some(7);
+        full.node.nodes = Some(vec![node("/d/a", false), node("/d/b", true)]);
+        if let Some(p) = full.prev_node.as_mut() {
+            p.value = Some("p".into());
+        }
+        events.push(full);
+        let mut rootless = set_ev("/x");
+        rootless.node.key = None;
+        events.push(rootless);
+        let watches = [
+            "/", "/d", "/d/x", "/dd", "/d/_h", "/f", "/f/x", "/ff", "", "/d/",
+        ];
+        for e in &events {
+            let mut b = Vec::new();
+            e.encode(&mut b);
+            let head = Event::decode_head(&b).expect("head");
+            assert_eq!(head.index, e.index());
+            assert_eq!(head.key, e.node.key.as_deref().map(str::as_bytes));
+            for w in watches {
+                for recursive in [false, true] {
+                    assert_eq!(
+                        history_matches_head(w, recursive, &head),
+                        history_matches(w, recursive, e),
+                        "{w} recursive={recursive} {e:?}"
+                    );
+                }
+            }
+        }
+        // A head never reads past its input.
+        let mut b = Vec::new();
+        events[0].encode(&mut b);
+        for cut in 0..b.len() - 1 {
+            assert!(Event::decode_head(&b[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }

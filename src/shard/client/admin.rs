@@ -126,8 +126,8 @@ pub(super) fn serve_other(
                 body.as_bytes(),
             );
         }
-        // Answered by `auth::auth_api` before this is called.
-        Route::Auth { .. } => {}
+        // Answered by `auth::auth_api` and `backup::snapshot` before this is called.
+        Route::Auth { .. } | Route::Snapshot => {}
     }
     None
 }
@@ -324,6 +324,9 @@ fn metrics(ctx: &Rc<ShardCtx>) -> String {
         has_leader: u64::from(p.leader != 0),
         leader_changes: shared.leader_changes.load(Ordering::Relaxed),
         proposals_failed: shared.proposals_failed.load(Ordering::Relaxed),
+        watch_history_oldest_index: shared.ring.start_index(p.view.index().0),
+        watch_history_bytes: shared.ring.bytes(),
+        watch_history_bytes_max: shared.ring.bound_bytes(),
         peer_round_trip_us: if p.state == "StateLeader" {
             let followers = shared.followers.lock().unwrap_or_else(|e| e.into_inner());
             followers

@@ -324,6 +324,7 @@ async fn answer(
     let needs_credentials = match &route {
         Route::Keys(Ok(_)) => true,
         Route::Members { method, .. } => !matches!(method, Method::Get | Method::Head),
+        Route::Snapshot => true,
         _ => false,
     };
     let who = match &auth {
@@ -357,6 +358,19 @@ async fn answer(
                     .is_some_and(|a| !super::auth::has_root_access(a, who.as_ref())) =>
         {
             super::auth::no_auth(&mut conn.out, head);
+            keep
+        }
+        // Root only, as etcd's v3 snapshot when auth is on.
+        Route::Snapshot
+            if auth
+                .as_ref()
+                .is_some_and(|a| !super::auth::has_root_access(a, who.as_ref())) =>
+        {
+            super::auth::no_auth(&mut conn.out, head);
+            keep
+        }
+        Route::Snapshot => {
+            super::backup::snapshot(ctx, conn).await?;
             keep
         }
         Route::Keys(Ok(kr)) => match keys(ctx, kr, conn).await? {

@@ -13,6 +13,7 @@
 
 mod admin;
 mod auth;
+mod backup;
 mod conn;
 mod keys;
 mod watch;

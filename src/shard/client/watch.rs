@@ -1,7 +1,8 @@
 //! Watches (`wait=true`): a long poll or a stream, answered first from the event ring's
 //! history and then from this shard's watcher registry, as chunked responses.
 //!
-//! `watch` registers the watcher and writes the response head; the connection's loop then
+//! `watch` scans the history, registers the watcher and writes the response head; the
+//! connection's task then
 //! waits on it with `wait`, which holds no buffer: the socket is watched for readability
 //! (no read buffer pinned in the kernel), the input and output buffers are let go, and the
 //! event arrives already rendered (once per shard, `dispatch_loop`), so a long poll's answer
@@ -12,18 +13,27 @@ use super::conn::{Conn, Flow};
 use super::keys::error_response;
 use super::{ShardCtx, Watcher};
 use crate::http::response::{chunk, last_chunk, message_response, write_head, LAST_CHUNK};
-use crate::limits::REQUEST_HEADER_BYTES_MAX;
+use crate::limits::{
+    REQUEST_HEADER_BYTES_MAX, RESPONSE_BUFFER_FLUSH_BYTES, WATCH_SCAN_CHUNK_EVENTS,
+    WATCH_SCAN_PAUSE,
+};
+use crate::shard::Published;
 use crate::watch::registry::Delivery;
+use crate::watch::ring::Scan;
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::Poll;
 
-/// A long poll or stream watch. Everything up to registration is synchronous, so no batch
-/// can be dispatched between reading the current index and registering: the history covers
-/// every event <= current, the registry every event > current.
+/// A long poll or stream watch. The history is scanned in steps of at most
+/// `WATCH_SCAN_CHUNK_EVENTS` events, yielding to the shard's other tasks between steps (a
+/// `waitIndex` a million events behind on an unrelated prefix must not stall the shard). The
+/// last step and the registration are synchronous, so no batch can be dispatched between
+/// reading the current index and registering: the history covers every event <= current,
+/// the registry every event > current.
 pub(super) async fn watch(
     ctx: &Rc<ShardCtx>,
     conn: &mut Conn,
@@ -33,47 +43,108 @@ pub(super) async fn watch(
     stream: bool,
     since: u64,
 ) -> std::io::Result<Flow> {
-    // Before the view is read: from here on the raft shard sends this shard every batch's
-    // events, or this read sees the view that holds them (`Shared::watching`).
-    ctx.shared.watching[ctx.id].store(true, Ordering::SeqCst);
-    std::sync::atomic::fence(Ordering::SeqCst);
-    let p = ctx.shared.published.load_full();
-    let current = p.view.index().0;
+    let mut p = watch_view(ctx);
+    let mut current = p.view.index().0;
     let mut since = if since == 0 { current + 1 } else { since };
-    let mut history = Vec::new();
-    while since <= current {
-        match ctx.shared.ring.scan(key, recursive, since, current) {
-            Err(e) => {
-                error_response(&mut conn.out, false, cid, &e);
-                return Ok(Flow::KeepAlive);
-            }
-            Ok(Some(ev)) => {
-                since = ev.index() + 1;
-                history.push(ev);
-                // etcd's long poll answers with the first hit; a stream goes on (unlike
-                // etcd, which falls silent after a history hit).
-                if !stream {
-                    break;
+    // The index the watch asked for (a stream's next after each hit): 401's cause names it.
+    let mut asked = since;
+    let mut head_written = false;
+    loop {
+        let mut budget = WATCH_SCAN_CHUNK_EVENTS;
+        while since <= current && budget > 0 {
+            let step =
+                ctx.shared
+                    .ring
+                    .scan_from(key, recursive, asked, since, current, &mut budget);
+            match step {
+                Err(e) if !head_written => {
+                    error_response(&mut conn.out, false, cid, &e);
+                    return Ok(Flow::KeepAlive);
                 }
+                Err(_) => {
+                    // A stream whose next event the history dropped while it caught up (the
+                    // writer lapped it): end it; the client's next watch from there gets 401.
+                    last_chunk(&mut conn.out);
+                    return Ok(Flow::KeepAlive);
+                }
+                Ok(Scan::Found(ev)) => {
+                    if !head_written {
+                        watch_head(conn, cid, &p, current);
+                        head_written = true;
+                    }
+                    chunk(&mut conn.out, &ev, crate::shard::unix_now_ns());
+                    // etcd's long poll answers with the first hit; a stream goes on (unlike
+                    // etcd, which falls silent after a history hit).
+                    if !stream {
+                        last_chunk(&mut conn.out);
+                        return Ok(Flow::KeepAlive);
+                    }
+                    since = ev.index() + 1;
+                    asked = since;
+                    if conn.out.len() >= RESPONSE_BUFFER_FLUSH_BYTES {
+                        break;
+                    }
+                }
+                Ok(Scan::NotFound) => since = current + 1,
+                Ok(Scan::Paused(next)) => since = next,
             }
-            Ok(None) => since = current + 1,
         }
+        if since > current {
+            break;
+        }
+        // More history to scan: let the shard's other connections run (a stream sends what it
+        // found so far), then go on up to the index current by then. The pause is a timer, so
+        // the shard polls its I/O first: a task that wakes itself goes to the front of monoio's
+        // run queue and, with other tasks ready, runs many steps before the I/O is polled
+        // (measured beside watches a million events behind: GET p99 45 ms with a self-wake,
+        // 4.6 ms with a wake from a task spawned behind the others).
+        if head_written && !conn.out.is_empty() {
+            conn.flush().await?;
+        } else {
+            monoio::time::sleep(WATCH_SCAN_PAUSE).await;
+        }
+        p = watch_view(ctx);
+        current = p.view.index().0;
     }
-    let watcher = if stream || history.is_empty() {
+    // Caught up to `current` without answering: a long poll that had no history hit, or a
+    // stream (whatever it sent). Registered in the same synchronous step as the last scan.
+    let watcher = {
         let mut reg = ctx.registry.borrow_mut();
         let w = reg.register(key, recursive, stream, since);
         ctx.watchers_now(reg.len());
         match w {
-            Some(w) => Some(w),
+            Some(w) => w,
             None => {
                 drop(reg);
-                message_response(&mut conn.out, false, 503, "too many watchers");
+                if head_written {
+                    // A stream that caught up from the history but cannot be registered.
+                    last_chunk(&mut conn.out);
+                } else {
+                    message_response(&mut conn.out, false, 503, "too many watchers");
+                }
                 return Ok(Flow::KeepAlive);
             }
         }
-    } else {
-        None
     };
+    if !head_written {
+        watch_head(conn, cid, &p, current);
+    }
+    Ok(Flow::Watch(watcher))
+}
+
+/// The published view, read after marking this shard as watching: from then on the raft
+/// shard sends this shard every batch's events, or this read sees the view that holds them
+/// (`Shared::watching`). Done again before every read, as the shard may clear the mark while
+/// a scan yields (its last watcher gone), and the last read precedes the registration.
+fn watch_view(ctx: &Rc<ShardCtx>) -> Arc<Published> {
+    ctx.shared.watching[ctx.id].store(true, Ordering::SeqCst);
+    std::sync::atomic::fence(Ordering::SeqCst);
+    ctx.shared.published.load_full()
+}
+
+/// The head of a watch's chunked answer: `X-Etcd-Index` is the index the watch started at
+/// (for a history hit, the current index, as etcd).
+fn watch_head(conn: &mut Conn, cid: &str, p: &Published, current: u64) {
     let (ei, ri, rt) = (
         current.to_string(),
         p.raft_index.to_string(),
@@ -91,16 +162,6 @@ pub(super) async fn watch(
         ],
         None,
     );
-    for ev in &history {
-        chunk(&mut conn.out, ev, crate::shard::unix_now_ns());
-    }
-    match watcher {
-        Some(w) => Ok(Flow::Watch(w)),
-        None => {
-            last_chunk(&mut conn.out);
-            Ok(Flow::KeepAlive)
-        }
-    }
 }
 
 pub(super) fn unregister(ctx: &ShardCtx, w: &Watcher) {
