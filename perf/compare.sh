@@ -19,12 +19,16 @@
 #                        [--no-build] [--server-cpus LIST --loadgen-cpus LIST] [--tls] [--auth]
 #        perf/compare.sh --cluster 3|5 [perf/cluster.sh's flags]
 #        perf/compare.sh --memory [perf/memory.sh's flags]
+#        perf/compare.sh --scale [perf/scale.sh's flags]
 #
 # --memory runs perf/memory.sh: RSS per key of both after loading 1M keys of 32 bytes under
 # /bench/k%06d and after a restart, and the peaks (VmHWM) (see its --help).
 #
 # --cluster N runs perf/cluster.sh --members N: N-member clusters of both, PUT via the leader
 # and via a follower, quorum GET on a follower, kill -9 of the leader (see its --help).
+#
+# --scale runs perf/scale.sh: idle watchers (RSS per watcher, GET p99 beside them), one PUT's
+# fan-out to 1,000 and 10,000 watchers of its key, recursive stream watchers under 64 writers.
 #
 # --tls serves both over https (a throw-away CA and server certificate made with openssl; loadgen
 # trusts it with --cacert); by default GET and PUT at 64 connections, kept alive (get, put) and
@@ -57,6 +61,10 @@ for i in "${!ARGS[@]}"; do
   if [ "${ARGS[$i]}" = --cluster ]; then
     REST=("${ARGS[@]:0:$i}" "${ARGS[@]:$((i + 2))}")
     CLUSTER_INVOCATION=$INVOCATION exec perf/cluster.sh --members "${ARGS[$((i + 1))]:-}" "${REST[@]}"
+  fi
+  if [ "${ARGS[$i]}" = --scale ]; then
+    REST=("${ARGS[@]:0:$i}" "${ARGS[@]:$((i + 1))}")
+    SCALE_INVOCATION=$INVOCATION exec perf/scale.sh "${REST[@]}"
   fi
 done
 

@@ -311,6 +311,47 @@ fn loadgen_put_get_watch_against_ringd() {
     );
 }
 
+/// `loadgen fanout` (long polls of one key, one PUT at a time) and `loadgen streams`
+/// (recursive stream watchers under writers): clean runs whose reports account for every
+/// watcher and every event (no timing asserted).
+#[test]
+fn loadgen_fanout_and_streams_against_ringd() {
+    let bin = loadgen_binary();
+    let dir = TempDir::new();
+    let server = start_ringd(&dir.0);
+    let clean = |name: &str, line: &str| {
+        let (status, output, report) = run_loadgen(&bin, &server, &dir.0, name, &args(line));
+        assert!(
+            status.success(),
+            "loadgen {line} exited with {status}:\n{output}"
+        );
+        let v = report.unwrap_or_else(|| panic!("loadgen {name}: no JSON report:\n{output}"));
+        assert_eq!(v["errors"], serde_json::json!({}), "{v}");
+        v
+    };
+    let f = clean(
+        "fanout",
+        "fanout --watchers 60 --puts 3 --warmup-puts 1 --pause-ms 1",
+    );
+    assert_eq!(f["armed"], 60, "{f}");
+    assert_eq!(f["puts"], 3, "{f}");
+    for put in f["per_put"].as_array().expect("per_put") {
+        assert_eq!(put["delivered"], 60, "{f}");
+    }
+    for k in ["first_ms", "median_ms", "last_ms"] {
+        assert!(f[k]["max"].is_number(), "{k}: {f}");
+    }
+    let s = clean(
+        "streams",
+        "streams --watchers 8 --writers 3 --duration 0.5 --keys 10",
+    );
+    let writes = s["writes"].as_u64().expect("writes");
+    assert!(writes > 0, "{s}");
+    // every write under the dir is an event for every watcher, none missed
+    assert_eq!(s["events_total"], s["events_expected"], "{s}");
+    assert!(s["counts"].get("events missed").is_none(), "{s}");
+}
+
 /// A command line's words.
 fn args(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()

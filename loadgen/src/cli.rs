@@ -38,6 +38,12 @@ pub enum Command {
     Watch(WatchArgs),
     /// Fill --keys keys as fast as possible (pipelined PUTs).
     Preload(Common),
+    /// Fan-out: N long-poll watchers of one key, one PUT at a time; when each PUT's event
+    /// reached the first, median and last watcher after its ack (kernel receive times).
+    Fanout(FanoutArgs),
+    /// N recursive stream watchers of one dir while W connections write under it: events/s
+    /// delivered, delivery time from each write's ack (kernel receive times), events missed.
+    Streams(StreamsArgs),
     /// A static HTTP responder answering every request with a fixed 200 (for tests).
     #[command(hide = true)]
     ServeStatic(ServeArgs),
@@ -179,6 +185,83 @@ pub struct WatchArgs {
     /// Watch this single key (default: recursive watch on PREFIX/watch)
     #[arg(long)]
     pub key: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    /// Target base URL (plain http), e.g. http://127.0.0.1:2379
+    #[arg(long)]
+    pub url: String,
+    /// Long-poll watchers of the key (one connection each)
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// Measured PUTs, one at a time
+    #[arg(long, default_value_t = 20)]
+    pub puts: usize,
+    /// Unmeasured PUTs first
+    #[arg(long, default_value_t = 2)]
+    pub warmup_puts: usize,
+    /// The watched (and written) key
+    #[arg(long, default_value = "/loadgen/fanout")]
+    pub key: String,
+    /// Value size in bytes
+    #[arg(long, default_value_t = 64)]
+    pub value_size: usize,
+    /// Only open and arm the watchers, print `armed N`, keep them idle SECS seconds, end
+    #[arg(long, value_name = "SECS")]
+    pub hold: Option<f64>,
+    /// Milliseconds between a PUT's last delivery (all re-armed) and the next PUT
+    #[arg(long, default_value_t = 100)]
+    pub pause_ms: u64,
+    /// Seconds allowed for the connections, the heads, and one PUT's deliveries
+    #[arg(long, default_value_t = 20.0)]
+    pub timeout: f64,
+    /// Write the result as one JSON object to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Only the summary line
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// The server's pid, when it runs here: its CPU time per measured PUT is reported
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StreamsArgs {
+    /// Target base URL (plain http), e.g. http://127.0.0.1:2379
+    #[arg(long)]
+    pub url: String,
+    /// Recursive stream watchers of the dir (one connection each)
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// Writer connections (closed loop, one PUT in flight each)
+    #[arg(long, default_value_t = 64)]
+    pub writers: usize,
+    /// The watched dir; writes go to DIR/k<n % keys>
+    #[arg(long, default_value = "/loadgen/streams")]
+    pub dir: String,
+    /// Keys written under the dir
+    #[arg(short = 'k', long, default_value_t = 1000)]
+    pub keys: u64,
+    /// Value size in bytes
+    #[arg(long, default_value_t = 64)]
+    pub value_size: usize,
+    /// Seconds of writing
+    #[arg(short = 'd', long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds allowed for the connections, and for the watchers to catch up at the end
+    #[arg(long, default_value_t = 20.0)]
+    pub timeout: f64,
+    /// Write the result as one JSON object to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Only the summary line
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// The server's pid, when it runs here: its CPU time while the writers write is reported
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -356,6 +439,8 @@ impl Spec {
             ),
             Command::Preload(c) => (c, Workload::Preload),
             Command::ServeStatic(_) => return Err("serve-static is not a workload".into()),
+            Command::Fanout(_) => return Err("fanout is run by fanout::run".into()),
+            Command::Streams(_) => return Err("streams is run by streams::run".into()),
         };
         let mut workload = workload;
         match &mut workload {

@@ -3,11 +3,14 @@
 
 mod cli;
 mod etcd;
+mod fanout;
 mod http;
+mod rawnet;
 mod runner;
 mod schedule;
 mod serve;
 mod stats;
+mod streams;
 mod tls;
 mod watch;
 mod workload;
@@ -25,11 +28,27 @@ use stats::{compare_rows, print_table, ratio, ErrKind, RunResult};
 
 fn main() {
     let cli = Cli::parse();
+    // Thousands of watchers (or connections) need as many descriptors.
+    rawnet::raise_fd_limit();
     let code = match &cli.command {
         Command::ServeStatic(a) => match serve::serve(a) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("loadgen serve-static: {e}");
+                1
+            }
+        },
+        Command::Fanout(a) => match fanout_cfg(a).and_then(|c| fanout::run(&c)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("loadgen fanout: {e}");
+                1
+            }
+        },
+        Command::Streams(a) => match streams_cfg(a).and_then(|c| streams::run(&c)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("loadgen streams: {e}");
                 1
             }
         },
@@ -48,6 +67,51 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+fn fanout_cfg(a: &cli::FanoutArgs) -> Result<fanout::FanoutCfg, String> {
+    let secs = |s: f64, what: &str| {
+        Duration::try_from_secs_f64(s).map_err(|_| format!("--{what} must be a positive number"))
+    };
+    if a.watchers == 0 {
+        return Err("--watchers must be >= 1".into());
+    }
+    Ok(fanout::FanoutCfg {
+        target: parse_url(&a.url)?,
+        watchers: a.watchers,
+        puts: a.puts,
+        warmup_puts: a.warmup_puts,
+        key: a.key.clone(),
+        value_size: a.value_size,
+        hold: a.hold.map(|h| secs(h, "hold")).transpose()?,
+        timeout: secs(a.timeout, "timeout")?,
+        pause: Duration::from_millis(a.pause_ms),
+        json: a.json.clone(),
+        quiet: a.quiet,
+        server_pid: a.server_pid,
+    })
+}
+
+fn streams_cfg(a: &cli::StreamsArgs) -> Result<streams::StreamsCfg, String> {
+    let secs = |s: f64, what: &str| {
+        Duration::try_from_secs_f64(s).map_err(|_| format!("--{what} must be a positive number"))
+    };
+    if a.watchers == 0 || a.writers == 0 || a.keys == 0 {
+        return Err("--watchers, --writers and --keys must be >= 1".into());
+    }
+    Ok(streams::StreamsCfg {
+        target: parse_url(&a.url)?,
+        watchers: a.watchers,
+        writers: a.writers,
+        dir: a.dir.clone(),
+        keys: a.keys,
+        value_size: a.value_size,
+        duration: secs(a.duration, "duration")?,
+        timeout: secs(a.timeout, "timeout")?,
+        json: a.json.clone(),
+        quiet: a.quiet,
+        server_pid: a.server_pid,
+    })
 }
 
 fn seed() -> u64 {

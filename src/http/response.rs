@@ -160,8 +160,21 @@ pub fn chunk(out: &mut Vec<u8>, ev: &Event, now: u64) {
 }
 
 /// The zero-length chunk that ends a chunked response.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// The zero-length chunk that ends a chunked response.
 pub fn last_chunk(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"0\r\n\r\n");
+    out.extend_from_slice(LAST_CHUNK);
+}
+
+/// A live watch event as a long poll ends with it: its chunk, then the last chunk. A stream
+/// sends the same bytes without the last `LAST_CHUNK.len()`. A shard renders each event once
+/// for all its watchers, as etcd renders an event once.
+pub fn watch_event(ev: &Event, now: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    chunk(&mut out, ev, now);
+    out.extend_from_slice(LAST_CHUNK);
+    out
 }
 
 /// The status code of a response written by this module, read back from its status line.

@@ -10,7 +10,7 @@
 //! bytes (the TCP read is cancelable; the ciphertext it returns is kept here).
 
 use crate::config::TlsSettings;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -64,6 +64,10 @@ pub enum Stream {
 impl Stream {
     /// Reads into `buf[buf.len()..buf.capacity()]` (at least one byte of room is reserved)
     /// and returns the buffer with what was read appended. Ok(0): the peer closed.
+    ///
+    /// The TLS paths of this and the other I/O methods run in boxed futures: a connection's
+    /// task would otherwise carry their state (rustls's record handling, several awaits) in
+    /// its size for its whole life, plain or not; an idle watcher is little but that task.
     pub async fn read_into(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         if buf.capacity() == buf.len() {
             buf.reserve(4096);
@@ -74,8 +78,8 @@ impl Stream {
                 let (res, slice) = s.read(monoio::buf::IoBufMut::slice_mut(buf, len..)).await;
                 (res, slice.into_inner())
             }
-            Stream::Server(t) => t.read_into(buf).await,
-            Stream::Client(t) => t.read_into(buf).await,
+            Stream::Server(t) => Box::pin(t.read_into(buf)).await,
+            Stream::Client(t) => Box::pin(t.read_into(buf)).await,
         }
     }
 
@@ -86,8 +90,8 @@ impl Stream {
                 let (res, buf) = s.write_all(buf).await;
                 (res.map(|_| ()), buf)
             }
-            Stream::Server(t) => t.write_all(buf).await,
-            Stream::Client(t) => t.write_all(buf).await,
+            Stream::Server(t) => Box::pin(t.write_all(buf)).await,
+            Stream::Client(t) => Box::pin(t.write_all(buf)).await,
         }
     }
 
@@ -98,50 +102,85 @@ impl Stream {
             Stream::Plain(_) => {}
             Stream::Server(t) => {
                 t.conn.send_close_notify();
-                let _ = t.send_pending().await;
+                let _ = Box::pin(t.send_pending()).await;
             }
             Stream::Client(t) => {
                 t.conn.send_close_notify();
-                let _ = t.send_pending().await;
+                let _ = Box::pin(t.send_pending()).await;
             }
         }
     }
 
-    /// A read that may be cancelled without losing bytes (watches wait on it beside their
-    /// watcher). Plaintext read is appended to `out`; Ok(0): the peer closed.
-    pub async fn cancelable_read_into(
-        &mut self,
-        out: &mut Vec<u8>,
-        handle: monoio::io::CancelHandle,
-    ) -> io::Result<usize> {
-        let tcp = match self {
-            Stream::Plain(s) => s,
-            Stream::Server(t) => {
-                let before = out.len();
-                t.plaintext_into(out)?;
-                if out.len() > before {
-                    return Ok(out.len() - before);
-                }
-                &mut t.tcp
-            }
-            Stream::Client(_) => return Err(io::Error::other("not a client connection")),
-        };
-        let (res, buf) = tcp.cancelable_read(Vec::with_capacity(1024), handle).await;
-        let n = res?;
+    /// Writes a shared byte string (a watch event rendered once for all the shard's
+    /// watchers): plain TCP sends it as it is, without a copy.
+    pub async fn write_shared(&mut self, mut bytes: bytes::Bytes) -> io::Result<()> {
         match self {
-            Stream::Server(t) if n > 0 => {
-                t.ciphertext.extend_from_slice(&buf[..n]);
-                let before = out.len();
-                t.plaintext_into(out)?;
-                Ok((out.len() - before).max(1))
+            Stream::Plain(s) => {
+                // One send as a rule; monoio's `write_all` would do, but its future is twice
+                // the size, and every idle watcher's task carries this one.
+                while !bytes.is_empty() {
+                    let (res, back) = s.write(bytes).await;
+                    bytes = back;
+                    match res? {
+                        0 => return Err(io::ErrorKind::WriteZero.into()),
+                        n => bytes::Buf::advance(&mut bytes, n),
+                    }
+                }
+                Ok(())
             }
-            _ => {
-                out.extend_from_slice(&buf[..n]);
-                Ok(n)
+            Stream::Server(t) => Box::pin(t.write_all_slice(&bytes)).await,
+            Stream::Client(t) => Box::pin(t.write_all_slice(&bytes)).await,
+        }
+    }
+
+    /// Waits until the socket has something to read (or the peer closed), holding no buffer:
+    /// an idle watcher waits on this beside its watcher, and costs no read buffer while it
+    /// waits. Dropping the future cancels the wait. Plaintext a TLS session already holds
+    /// counts as readable.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.readable(false).await,
+            Stream::Server(t) => {
+                if t.has_input() {
+                    return Ok(());
+                }
+                t.tcp.readable(false).await
             }
+            Stream::Client(t) => t.tcp.readable(false).await,
+        }
+    }
+
+    /// After `readable`: appends to `out` the plaintext that can be read without waiting for
+    /// more from the peer (TLS: possibly none yet, a record may be incomplete). Ok(false):
+    /// the peer closed.
+    pub async fn read_ready(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+        match self {
+            Stream::Plain(_) | Stream::Client(_) => {
+                out.reserve(READY_READ_BYTES);
+                let (res, buf) = self.read_into(std::mem::take(out)).await;
+                *out = buf;
+                Ok(res? > 0)
+            }
+            Stream::Server(t) => Box::pin(t.read_ready(out)).await,
         }
     }
 }
+
+impl Stream {
+    /// Lets go of buffers that hold nothing (TLS: the ciphertext read buffer, up to 16 KiB, and
+    /// the record output buffer), before a connection waits idle on a watcher.
+    pub fn release_buffers(&mut self) {
+        match self {
+            Stream::Plain(_) => {}
+            Stream::Server(t) => t.shrink_idle(),
+            Stream::Client(t) => t.shrink_idle(),
+        }
+    }
+}
+
+/// Bytes reserved for a read of what a watcher's client sends while it waits (normally
+/// nothing; a pipelined request at most).
+const READY_READ_BYTES: usize = 1024;
 
 /// A rustls session over a TCP stream. `ciphertext[consumed..]` was read from the socket
 /// and not yet handed to rustls.
@@ -292,17 +331,48 @@ where
     }
 
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let res = self.write_all_slice(&buf).await;
+        (res, buf)
+    }
+
+    async fn write_all_slice(&mut self, buf: &[u8]) -> io::Result<()> {
         let mut at = 0;
         while at < buf.len() {
-            match self.conn.writer().write(&buf[at..]) {
-                Ok(n) => at += n,
-                Err(e) => return (Err(e), buf),
-            }
-            if let Err(e) = self.send_pending().await {
-                return (Err(e), buf);
-            }
+            at += self.conn.writer().write(&buf[at..])?;
+            self.send_pending().await?;
         }
-        (Ok(()), buf)
+        Ok(())
+    }
+
+    /// `Stream::read_ready` of a TLS session: one read of the ciphertext the socket holds.
+    async fn read_ready(&mut self, out: &mut Vec<u8>) -> io::Result<bool> {
+        let before = out.len();
+        self.plaintext_into(out)?;
+        if out.len() > before {
+            return Ok(true);
+        }
+        let open = self.fill().await? > 0;
+        self.plaintext_into(out)?;
+        Ok(open || out.len() > before)
+    }
+
+    /// Ciphertext buffered and not yet handed to rustls, or plaintext rustls holds.
+    fn has_input(&mut self) -> bool {
+        self.consumed < self.ciphertext.len()
+            || self
+                .conn
+                .process_new_packets()
+                .map_or(true, |s| s.plaintext_bytes_to_read() > 0)
+    }
+
+    /// Lets go of the ciphertext and output buffers when they hold nothing (an idle watcher
+    /// keeps no 16 KiB read buffer).
+    fn shrink_idle(&mut self) {
+        if self.consumed == self.ciphertext.len() {
+            self.ciphertext = Vec::new();
+            self.consumed = 0;
+        }
+        self.out = Vec::new();
     }
 }
 

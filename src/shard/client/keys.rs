@@ -91,13 +91,35 @@ pub(super) async fn propose(ctx: &Rc<ShardCtx>, make: impl FnOnce(ReplyTo) -> Pr
     reply
 }
 
+/// A plain GET (not `quorum=true`): answered at once from the published view, no await.
+pub(super) fn get(
+    ctx: &ShardCtx,
+    out: &mut Vec<u8>,
+    head: bool,
+    key: &str,
+    recursive: bool,
+    sorted: bool,
+) {
+    let counters = &ctx.shared.counters[ctx.id];
+    let p = ctx.shared.published.load();
+    match p.view.get(key, recursive, sorted) {
+        Ok(ev) => {
+            counters.get_ok();
+            event_response(out, head, &ctx.cid, &ev, p.raft_index, p.raft_term, false);
+        }
+        Err(e) => {
+            counters.get_fail();
+            error_response(out, head, &ctx.cid, &e);
+        }
+    }
+}
+
 pub(super) async fn keys(
     ctx: &Rc<ShardCtx>,
     kr: KeyRequest,
     conn: &mut Conn,
 ) -> std::io::Result<Flow> {
     let cid = ctx.cid.as_str();
-    let counters = &ctx.shared.counters[ctx.id];
     let head = kr.head;
     let reply = match kr.op {
         KeyOp::Get {
@@ -106,25 +128,7 @@ pub(super) async fn keys(
             sorted,
             quorum: false,
         } => {
-            let p = ctx.shared.published.load();
-            match p.view.get(&key, recursive, sorted) {
-                Ok(ev) => {
-                    counters.get_ok();
-                    event_response(
-                        &mut conn.out,
-                        head,
-                        cid,
-                        &ev,
-                        p.raft_index,
-                        p.raft_term,
-                        false,
-                    );
-                }
-                Err(e) => {
-                    counters.get_fail();
-                    error_response(&mut conn.out, head, cid, &e);
-                }
-            }
+            get(ctx, &mut conn.out, head, &key, recursive, sorted);
             return Ok(Flow::KeepAlive);
         }
         KeyOp::Get {

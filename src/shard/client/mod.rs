@@ -20,10 +20,12 @@ mod watch;
 
 use conn::serve_conn;
 
+use crate::http::response;
 use crate::limits::CONNECTIONS_PER_SHARD_MAX;
-use crate::shard::tls::{Accepted, Acceptor, Stream};
+use crate::shard::tls::Acceptor;
 use crate::shard::{Proposal, Reply, ShardMsg, Shared};
-use crate::watch::registry::Registry;
+use crate::watch::registry::{Registry, Watch};
+use bytes::Bytes;
 use monoio::net::TcpListener;
 use ringd_store::{Error, ErrorCode};
 use std::cell::RefCell;
@@ -33,11 +35,15 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+/// A live watcher on this shard; its payloads are events rendered once for the shard's
+/// watchers (`http::response::watch_event`).
+type Watcher = Watch<Bytes>;
+
 struct ShardCtx {
     id: usize,
     shared: Arc<Shared>,
     mailbox: flume::Sender<Proposal>,
-    registry: RefCell<Registry>,
+    registry: RefCell<Registry<Bytes>>,
     connections: std::cell::Cell<usize>,
     /// Proposals of this shard waiting for the raft shard's reply, by id.
     pending: RefCell<std::collections::HashMap<u64, Rc<ReplySlot>>>,
@@ -139,16 +145,22 @@ pub fn shard_main(
 
 async fn dispatch_loop(ctx: Rc<ShardCtx>, inbox: flume::Receiver<ShardMsg>) {
     while let Ok(msg) = inbox.recv_async().await {
-        if let Some(events) = &msg.events {
-            let mut reg = ctx.registry.borrow_mut();
-            reg.dispatch(events);
-            ctx.watchers_now(reg.len());
-        }
+        // Replies first: a write's acknowledgement leaves before the fan-out of its event.
         let mut pending = ctx.pending.borrow_mut();
         for (id, reply) in msg.replies {
             if let Some(slot) = pending.remove(&id) {
                 slot.fill(reply);
             }
+        }
+        if let Some(events) = &msg.events {
+            // Each event is rendered once, for all of this shard's watchers (`ttl` against
+            // the event's own time, or this one for the rare unstamped event), when the
+            // first watcher that wants it is found; delivering it to a watcher is a
+            // reference count and a wake.
+            let now = crate::shard::unix_now_ns();
+            let mut reg = ctx.registry.borrow_mut();
+            reg.dispatch(events, |ev| Bytes::from(response::watch_event(ev, now)));
+            ctx.watchers_now(reg.len());
         }
         if ctx.shared.shard_overflow[ctx.id].swap(false, Ordering::AcqRel) {
             // The raft shard dropped a batch for us (our queue was full): some events and
@@ -191,24 +203,12 @@ async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, tls: Option<Accep
                 ctx.shared.counters[ctx.id]
                     .connections
                     .fetch_add(1, Ordering::Relaxed);
-                let ctx2 = ctx.clone();
-                let tls = tls.clone();
-                monoio::spawn(async move {
-                    let accepted = match tls {
-                        None => Some(Accepted {
-                            stream: Stream::Plain(stream),
-                            client_cn: None,
-                        }),
-                        Some(tls) => tls.accept(stream, remote).await,
-                    };
-                    if let Some(a) = accepted {
-                        serve_conn(&ctx2, a).await;
-                    }
-                    ctx2.connections.set(ctx2.connections.get() - 1);
-                    ctx2.shared.counters[ctx2.id]
-                        .connections
-                        .fetch_sub(1, Ordering::Relaxed);
+                let accept = Box::new(conn::Accept {
+                    tcp: stream,
+                    remote,
+                    tls: tls.clone(),
                 });
+                monoio::spawn(serve_conn(ctx.clone(), accept));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.

@@ -1,21 +1,26 @@
 //! Watches (`wait=true`): a long poll or a stream, answered first from the event ring's
 //! history and then from this shard's watcher registry, as chunked responses.
 //!
-//! While a watcher waits, its connection keeps reading the socket (`wait_event`), so a client
-//! that goes away frees its watcher at once.
+//! `watch` scans the history, registers the watcher and writes the response head; the
+//! connection's task then
+//! waits on it with `wait`, which holds no buffer: the socket is watched for readability
+//! (no read buffer pinned in the kernel), the input and output buffers are let go, and the
+//! event arrives already rendered (once per shard, `dispatch_loop`), so a long poll's answer
+//! is one write of shared bytes. While a watcher waits, its connection still notices the
+//! client going away, and frees its watcher at once.
 
 use super::conn::{Conn, Flow};
 use super::keys::error_response;
-use super::ShardCtx;
-use crate::http::response::{chunk, last_chunk, message_response, write_head};
+use super::{ShardCtx, Watcher};
+use crate::http::response::{chunk, last_chunk, message_response, write_head, LAST_CHUNK};
 use crate::limits::{
     REQUEST_HEADER_BYTES_MAX, RESPONSE_BUFFER_FLUSH_BYTES, WATCH_SCAN_CHUNK_EVENTS,
     WATCH_SCAN_PAUSE,
 };
 use crate::shard::Published;
+use crate::watch::registry::Delivery;
 use crate::watch::ring::Scan;
-use monoio::io::Canceller;
-use ringd_store::Event;
+use bytes::Bytes;
 use std::future::Future;
 use std::pin::pin;
 use std::rc::Rc;
@@ -103,12 +108,12 @@ pub(super) async fn watch(
     }
     // Caught up to `current` without answering: a long poll that had no history hit, or a
     // stream (whatever it sent). Registered in the same synchronous step as the last scan.
-    let handle = {
+    let watcher = {
         let mut reg = ctx.registry.borrow_mut();
-        let h = reg.register(key, recursive, stream, since);
+        let w = reg.register(key, recursive, stream, since);
         ctx.watchers_now(reg.len());
-        match h {
-            Some(h) => h,
+        match w {
+            Some(w) => w,
             None => {
                 drop(reg);
                 if head_written {
@@ -124,39 +129,7 @@ pub(super) async fn watch(
     if !head_written {
         watch_head(conn, cid, &p, current);
     }
-    let unregister = |ctx: &Rc<ShardCtx>| {
-        let mut reg = ctx.registry.borrow_mut();
-        reg.remove(&handle.key, handle.id);
-        ctx.watchers_now(reg.len());
-    };
-    if let Err(e) = conn.flush().await {
-        unregister(ctx);
-        return Err(e);
-    }
-    loop {
-        match wait_event(conn, &handle.rx).await {
-            Wake::Event(ev) => {
-                chunk(&mut conn.out, &ev, crate::shard::unix_now_ns());
-                if !stream {
-                    last_chunk(&mut conn.out);
-                    return Ok(Flow::KeepAlive);
-                }
-                if let Err(e) = conn.flush().await {
-                    unregister(ctx);
-                    return Err(e);
-                }
-            }
-            Wake::Closed => {
-                unregister(ctx);
-                return Ok(Flow::Close);
-            }
-            Wake::WatcherGone => {
-                // A stream that fell behind was dropped by the registry: end the response.
-                last_chunk(&mut conn.out);
-                return Ok(Flow::KeepAlive);
-            }
-        }
-    }
+    Ok(Flow::Watch(watcher))
 }
 
 /// The published view, read after marking this shard as watching: from then on the raft
@@ -191,10 +164,75 @@ fn watch_head(conn: &mut Conn, cid: &str, p: &Published, current: u64) {
     );
 }
 
+pub(super) fn unregister(ctx: &ShardCtx, w: &Watcher) {
+    let mut reg = ctx.registry.borrow_mut();
+    reg.remove(w);
+    ctx.watchers_now(reg.len());
+}
+
+/// Waits for a registered watcher's events (its response head is flushed) and writes them:
+/// a long poll's one event ends its response; a stream goes on until its client goes away
+/// or it falls behind. This is all an idle watcher's task holds: the buffers are let go.
+pub(super) async fn wait(ctx: &ShardCtx, conn: &mut Conn, w: Rc<Watcher>) -> std::io::Result<Flow> {
+    conn.release_buffers();
+    loop {
+        let res = match next(conn, &w).await {
+            Wake::Event(bytes) if !w.is_stream() => {
+                // The long poll's answer: the event's chunk and the last chunk, as rendered.
+                match conn.stream.write_shared(bytes).await {
+                    Ok(()) => return Ok(Flow::KeepAlive),
+                    Err(e) => Err(e),
+                }
+            }
+            Wake::Event(bytes) if w.pending() == 0 => {
+                let chunk = bytes.slice(..bytes.len() - LAST_CHUNK.len());
+                conn.stream.write_shared(chunk).await
+            }
+            // A stream behind by several events: one write for all of them (boxed: its
+            // state need not be part of every idle watcher's).
+            Wake::Event(bytes) => Box::pin(write_pending(conn, &w, bytes)).await,
+            Wake::Closed => {
+                unregister(ctx, &w);
+                return Ok(Flow::Close);
+            }
+            Wake::Ended => {
+                // A stream that fell behind (or a shard that lost a batch): end the response.
+                last_chunk(&mut conn.out);
+                return Ok(Flow::KeepAlive);
+            }
+        };
+        if let Err(e) = res {
+            unregister(ctx, &w);
+            return Err(e);
+        }
+    }
+}
+
+/// Writes `first` and every event the stream watcher has pending in one write.
+async fn write_pending(conn: &mut Conn, w: &Watcher, first: Bytes) -> std::io::Result<()> {
+    conn.out
+        .extend_from_slice(&first[..first.len() - LAST_CHUNK.len()]);
+    while let Some(Delivery::Event(b)) = w.try_next() {
+        conn.out.extend_from_slice(&b[..b.len() - LAST_CHUNK.len()]);
+    }
+    conn.flush().await?;
+    conn.release_buffers();
+    Ok(())
+}
+
 enum Wake {
-    Event(Arc<Event>),
+    Event(Bytes),
     Closed,
-    WatcherGone,
+    Ended,
+}
+
+impl From<Delivery<Bytes>> for Wake {
+    fn from(d: Delivery<Bytes>) -> Wake {
+        match d {
+            Delivery::Event(b) => Wake::Event(b),
+            Delivery::Ended => Wake::Ended,
+        }
+    }
 }
 
 enum Either<A, B> {
@@ -202,48 +240,37 @@ enum Either<A, B> {
     Right(B),
 }
 
-/// Waits for the watcher's next event while reading the socket, so a client that goes away
-/// frees its watcher at once. Bytes the client sends meanwhile (a pipelined request) are kept.
-async fn wait_event(conn: &mut Conn, rx: &flume::Receiver<Arc<Event>>) -> Wake {
+/// Waits for the watcher's next event while watching the socket, so a client that goes away
+/// frees its watcher at once. Bytes the client sends meanwhile (a pipelined request) are
+/// read and kept, up to `REQUEST_HEADER_BYTES_MAX`.
+async fn next(conn: &mut Conn, w: &Watcher) -> Wake {
     loop {
         if conn.inbuf.len() - conn.start >= REQUEST_HEADER_BYTES_MAX {
-            return match rx.recv_async().await {
-                Ok(ev) => Wake::Event(ev),
-                Err(_) => Wake::WatcherGone,
-            };
+            return std::future::poll_fn(|cx| w.poll_next(cx)).await.into();
         }
-        let canceller = Canceller::new();
-        let mut got = Vec::new();
-        let (event, read) = {
-            let mut read = pin!(conn
-                .stream
-                .cancelable_read_into(&mut got, canceller.handle()));
-            let mut recv = pin!(rx.recv_async());
-            let which = std::future::poll_fn(|cx| {
-                if let Poll::Ready(v) = recv.as_mut().poll(cx) {
-                    return Poll::Ready(Either::Left(v));
+        let ready = {
+            let mut readable = pin!(conn.stream.readable());
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(d) = w.poll_next(cx) {
+                    return Poll::Ready(Either::Left(d));
                 }
-                if let Poll::Ready(v) = read.as_mut().poll(cx) {
-                    return Poll::Ready(Either::Right(v));
+                if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+                    return Poll::Ready(Either::Right(r));
                 }
                 Poll::Pending
             })
-            .await;
-            match which {
-                Either::Left(ev) => {
-                    // The read is cancelled; what it got before is kept (TLS: decrypted).
-                    canceller.cancel();
-                    (Some(ev), read.await)
-                }
-                Either::Right(res) => (None, res),
-            }
+            .await
         };
-        conn.inbuf.extend_from_slice(&got);
-        match (event, read) {
-            (_, Ok(0)) | (None, Err(_)) => return Wake::Closed,
-            (Some(Ok(ev)), _) => return Wake::Event(ev),
-            (Some(Err(_)), _) => return Wake::WatcherGone,
-            (None, Ok(_)) => {}
+        match ready {
+            Either::Left(d) => return d.into(),
+            Either::Right(Err(_)) => return Wake::Closed,
+            // Boxed: rare (a pipelined request), and no part of an idle watcher's state.
+            Either::Right(Ok(())) => {
+                match Box::pin(conn.stream.read_ready(&mut conn.inbuf)).await {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => return Wake::Closed,
+                }
+            }
         }
     }
 }
