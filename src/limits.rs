@@ -104,11 +104,6 @@ pub const RAFT_MEM_LOG_KEEP: u64 = 4096;
 /// was the peak of a restart with a million keys.
 pub const REPLAY_READY_BYTES_MAX: u64 = 1 << 20;
 
-/// Events start-up's replay keeps for the ring, the newest ones: what the ring can hold
-/// (`EVENT_HISTORY_CAPACITY`). The events of a replay of ~100k entries held at once were
-/// ~37 MB at the peak of a restart.
-pub const REPLAY_EVENTS_KEPT: usize = EVENT_HISTORY_CAPACITY;
-
 /// Raft messages queued from the raft shard to the peer thread. The raft shard never waits
 /// for room: a message that finds the queue full is dropped and its peer reported
 /// unreachable (raft retransmits).

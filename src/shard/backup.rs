@@ -204,15 +204,12 @@ fn recover_and_encode(dir: &Path, id: u64, membership: Membership) -> Result<Sav
             request_timeout_ticks: 100,
         },
     )?;
-    let replayed = super::recovery::replay(&mut rec);
     // The member's history as its snapshot kept it (`--watch-history`), at least etcd's 1000.
     let capacity = (rec.history.len() as u64).max(crate::limits::EVENT_HISTORY_CAPACITY as u64);
     let ring = EventRing::new(capacity);
     ring.restore(rec.history.iter())
         .map_err(|e| format!("snapshot history: {e}"))?;
-    for ev in replayed {
-        ring.publish(ev);
-    }
+    super::recovery::replay(&mut rec, &ring);
     let job = WriteJob::freeze(&ring, &rec.replica, false);
     Ok(Saved {
         bytes: job.encode(0),

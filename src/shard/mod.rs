@@ -360,7 +360,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
     ring.restore(rec.history.iter())
         .map_err(|e| format!("snapshot history: {e}"))?;
     rec.history = Default::default();
-    let mut replayed = recovery::replay(&mut rec);
+    recovery::replay(&mut rec, &ring);
     // A member that leads alone (a one-member cluster) publishes its name and client URLs
     // before it serves anyone, as etcd does; members of a larger cluster publish once they
     // know a leader (the raft shard retries until it is applied).
@@ -374,13 +374,10 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
                 },
                 None,
             );
-            replayed.extend(recovery::replay(&mut rec));
+            recovery::replay(&mut rec, &ring);
             recovery::write_membership(&record_path, self_id, rec.replica.membership())
                 .map_err(|e| format!("cannot write {}: {e}", record_path.display()))?;
         }
-    }
-    for ev in replayed {
-        ring.publish(ev);
     }
     let shared = Arc::new(Shared {
         published: ArcSwap::from_pointee(Published::of(&rec.replica)),

@@ -27,7 +27,7 @@ use super::snapshotter::Snapshotter;
 use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ReplyTo, ShardMsg, Shared};
 use crate::auth::{http_err, AuthOutcome};
 use crate::limits::{
-    PEER_INBOX_CAPACITY, PENDING_REQUESTS_MAX, PROPOSAL_BATCH_MAX, REPLAY_EVENTS_KEPT,
+    PEER_INBOX_CAPACITY, PENDING_REQUESTS_MAX, PROPOSAL_BATCH_MAX,
 };
 use crate::members::{member_id_at, Member, MemberChange, MemberError, MemberOutcome};
 use crate::raft::{HardState, LogEntry, Payload, Replica};
@@ -239,6 +239,8 @@ pub(super) struct Drained {
 }
 
 /// Runs Ready rounds until raft has nothing more to do.
+// One call site serves, one replays: the two sets of `Option`s say which.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn drive(
     replica: &mut Replica<Token>,
     wal: &mut Wal,
@@ -247,6 +249,7 @@ pub(super) fn drive(
     rtt: &mut RoundTrips,
     shared: Option<&Shared>,
     snap_dir: Option<&std::path::Path>,
+    mut replayed: Option<&mut dyn FnMut(Arc<Event>)>,
 ) -> Drained {
     let mut d = Drained::default();
     loop {
@@ -281,10 +284,11 @@ pub(super) fn drive(
         d.reads.extend(out.reads);
         d.members.extend(out.members);
         d.auth.extend(out.auth);
-        d.events.extend(out.events);
-        if shared.is_none() && d.events.len() > REPLAY_EVENTS_KEPT {
-            // Start-up's replay (no ring yet): only the events the ring will hold.
-            d.events.drain(..d.events.len() - REPLAY_EVENTS_KEPT);
+        match replayed.as_mut() {
+            // Start-up's replay: each round's events go to the ring at once (it holds
+            // `--watch-history` of them in bounded memory), not all of a replay's at the end.
+            Some(sink) => out.events.into_iter().for_each(sink),
+            None => d.events.extend(out.events),
         }
         d.membership_changed |= out.membership_changed;
         if out.snapshot_installed {
@@ -465,6 +469,7 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
             &mut rtt,
             Some(&shared),
             Some(&paths.snap),
+            None,
         );
         shared.wal_syncs.store(stats.syncs, Ordering::Relaxed);
         shared

@@ -10,6 +10,7 @@ use crate::limits::EVENT_HISTORY_CAPACITY;
 use crate::members::Membership;
 use crate::raft::{Bootstrap, Replica};
 use crate::wal::{Wal, WAL_SEGMENT_BYTES};
+use crate::watch::ring::EventRing;
 use ringd_store::{Event, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -255,12 +256,14 @@ fn segment_bytes() -> u64 {
         .unwrap_or(WAL_SEGMENT_BYTES)
 }
 
-/// Start-up: elects this member (single voter) and replays the log into the store, returning
-/// the replayed events for the ring. Runs before any shard serves.
-pub fn replay(rec: &mut Recovered) -> Vec<Arc<Event>> {
+/// Start-up: elects this member (single voter) and replays the log into the store, handing
+/// the replayed events to `ring` as they are applied (the ring bounds what is kept). Runs
+/// before any shard serves.
+pub fn replay(rec: &mut Recovered, ring: &EventRing) {
     let mut stats = BatchStats::default();
     let mut rtt = Default::default();
-    let events = drive(
+    let mut publish = |e: Arc<Event>| ring.publish(e);
+    drive(
         &mut rec.replica,
         &mut rec.wal,
         None,
@@ -268,11 +271,10 @@ pub fn replay(rec: &mut Recovered) -> Vec<Arc<Event>> {
         &mut rtt,
         None,
         None,
-    )
-    .events;
+        Some(&mut publish),
+    );
     if let Err(e) = rec.replica.shrink_mem_log() {
         // Only memory is at stake: the log as it is stays correct.
         tracing::warn!("cannot shrink raft's in-memory log after replay: {e}");
     }
-    events
 }
