@@ -26,9 +26,7 @@ use super::recovery::{write_membership, Recovered};
 use super::snapshotter::Snapshotter;
 use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ReplyTo, ShardMsg, Shared};
 use crate::auth::{http_err, AuthOutcome};
-use crate::limits::{
-    PEER_INBOX_CAPACITY, PENDING_REQUESTS_MAX, PROPOSAL_BATCH_MAX,
-};
+use crate::limits::{PEER_INBOX_CAPACITY, PENDING_REQUESTS_MAX, PROPOSAL_BATCH_MAX};
 use crate::members::{member_id_at, Member, MemberChange, MemberError, MemberOutcome};
 use crate::raft::{HardState, LogEntry, Payload, Replica};
 use crate::ttl::TtlWheel;
