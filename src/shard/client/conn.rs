@@ -70,6 +70,21 @@ impl Conn {
         res.map(|_| ())
     }
 
+    /// `flush` for a small answer on a plain connection (a watch's head): sent from here
+    /// when the socket takes it whole, through the ring otherwise.
+    pub(super) async fn flush_now(&mut self) -> std::io::Result<()> {
+        if let (Some(fd), false) = (self.stream.plain_fd(), self.out.is_empty()) {
+            match crate::shard::tls::send_now(fd, &self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.flush().await
+    }
+
     fn compact(&mut self) {
         if self.start == self.inbuf.len() {
             self.inbuf.clear();
@@ -128,7 +143,7 @@ pub(super) async fn serve_conn(ctx: Rc<ShardCtx>, accept: Box<Accept>) {
                 Ok(None) => break true,
                 Err(_) => break false,
             };
-            match super::watch::wait(&ctx, c, w).await {
+            match super::watch::wait(&ctx, c, w, !close_after).await {
                 Ok(Flow::KeepAlive) if !close_after => {}
                 Ok(_) => break Box::pin(c.flush()).await.is_ok(),
                 Err(_) => break false,
@@ -188,7 +203,7 @@ async fn serve_requests(
                     };
                     match flow {
                         Flow::Watch(w) => {
-                            if let Err(e) = conn.flush().await {
+                            if let Err(e) = conn.flush_now().await {
                                 super::watch::unregister(ctx, &w);
                                 return Err(e);
                             }

@@ -173,10 +173,20 @@ pub(super) fn unregister(ctx: &ShardCtx, w: &Watcher) {
 /// Waits for a registered watcher's events (its response head is flushed) and writes them:
 /// a long poll's one event ends its response; a stream goes on until its client goes away
 /// or it falls behind. This is all an idle watcher's task holds: the buffers are let go.
-pub(super) async fn wait(ctx: &ShardCtx, conn: &mut Conn, w: Rc<Watcher>) -> std::io::Result<Flow> {
+/// `keep_alive`: the connection goes on after the response (a long poll may then be answered
+/// from `next`, see there).
+pub(super) async fn wait(
+    ctx: &ShardCtx,
+    conn: &mut Conn,
+    w: Rc<Watcher>,
+    keep_alive: bool,
+) -> std::io::Result<Flow> {
     conn.release_buffers();
     loop {
-        let res = match next(conn, &w).await {
+        let res = match next(conn, &w, keep_alive).await {
+            // A long poll answered by `next`; the client's next request, if it sent one, is
+            // in the input buffer.
+            Wake::Answered => return Ok(Flow::KeepAlive),
             Wake::Event(bytes) if !w.is_stream() => {
                 // The long poll's answer: the event's chunk and the last chunk, as rendered.
                 match conn.stream.write_shared(bytes).await {
@@ -222,6 +232,8 @@ async fn write_pending(conn: &mut Conn, w: &Watcher, first: Bytes) -> std::io::R
 
 enum Wake {
     Event(Bytes),
+    /// A long poll's event was sent (`next`) and the socket became readable after it.
+    Answered,
     Closed,
     Ended,
 }
@@ -238,21 +250,60 @@ impl From<Delivery<Bytes>> for Wake {
 enum Either<A, B> {
     Left(A),
     Right(B),
+    /// A long poll's answer was sent (and a request is already buffered behind it).
+    Answered,
 }
 
 /// Waits for the watcher's next event while watching the socket, so a client that goes away
 /// frees its watcher at once. Bytes the client sends meanwhile (a pipelined request) are
 /// read and kept, up to `REQUEST_HEADER_BYTES_MAX`.
-async fn next(conn: &mut Conn, w: &Watcher) -> Wake {
+///
+/// A long poll on a plain keep-alive connection is answered from here: its event is sent
+/// with `send_now` as soon as it arrives, and the wait for readability goes on, now for the
+/// client's next request (`Wake::Answered` once it is readable). The pending readiness
+/// poll is neither cancelled nor submitted again, and the answer costs no submission: in a
+/// fan-out to 10,000 watchers, the cancellations alone were a tenth of the shard's time.
+/// When the socket does not take the whole answer, the rest goes the usual way.
+async fn next(conn: &mut Conn, w: &Watcher, keep_alive: bool) -> Wake {
+    let answer_here = if keep_alive && !w.is_stream() {
+        conn.stream.plain_fd()
+    } else {
+        None
+    };
+    let mut answered = false;
     loop {
+        // A request the client pipelined behind the watch, already read: once the event is
+        // sent, it is next.
+        let buffered = conn.inbuf.len() > conn.start;
         if conn.inbuf.len() - conn.start >= REQUEST_HEADER_BYTES_MAX {
+            if answered {
+                return Wake::Answered;
+            }
             return std::future::poll_fn(|cx| w.poll_next(cx)).await.into();
         }
         let ready = {
             let mut readable = pin!(conn.stream.readable());
             std::future::poll_fn(|cx| {
-                if let Poll::Ready(d) = w.poll_next(cx) {
-                    return Poll::Ready(Either::Left(d));
+                if !answered {
+                    if let Poll::Ready(d) = w.poll_next(cx) {
+                        let (Delivery::Event(bytes), Some(fd)) = (&d, answer_here) else {
+                            return Poll::Ready(Either::Left(d));
+                        };
+                        match crate::shard::tls::send_now(fd, bytes) {
+                            Ok(n) if n == bytes.len() && buffered => {
+                                return Poll::Ready(Either::Answered)
+                            }
+                            Ok(n) if n == bytes.len() => answered = true,
+                            Ok(n) => {
+                                let rest = bytes.slice(n..);
+                                return Poll::Ready(Either::Left(Delivery::Event(rest)));
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                return Poll::Ready(Either::Left(d));
+                            }
+                            Err(e) => return Poll::Ready(Either::Right(Err(e))),
+                        }
+                    }
                 }
                 if let Poll::Ready(r) = readable.as_mut().poll(cx) {
                     return Poll::Ready(Either::Right(r));
@@ -263,10 +314,12 @@ async fn next(conn: &mut Conn, w: &Watcher) -> Wake {
         };
         match ready {
             Either::Left(d) => return d.into(),
+            Either::Answered => return Wake::Answered,
             Either::Right(Err(_)) => return Wake::Closed,
             // Boxed: rare (a pipelined request), and no part of an idle watcher's state.
             Either::Right(Ok(())) => {
                 match Box::pin(conn.stream.read_ready(&mut conn.inbuf)).await {
+                    Ok(true) if answered && conn.inbuf.len() > conn.start => return Wake::Answered,
                     Ok(true) => {}
                     Ok(false) | Err(_) => return Wake::Closed,
                 }
