@@ -255,6 +255,10 @@ pub struct Tls<C> {
     ciphertext: Vec<u8>,
     consumed: usize,
     out: Vec<u8>,
+    /// Plaintext rustls holds, as its last `IoState` said (less what was read since), and
+    /// whether the peer's close_notify has come: `read_into` sizes its read by it.
+    plain: usize,
+    peer_closed: bool,
 }
 
 impl<C, D> Tls<C>
@@ -269,6 +273,8 @@ where
             ciphertext: Vec::with_capacity(CIPHERTEXT_READ_BYTES),
             consumed: 0,
             out: Vec::new(),
+            plain: 0,
+            peer_closed: false,
         }
     }
 
@@ -301,9 +307,12 @@ where
             };
             self.consumed += n;
             taken += n;
-            self.conn
+            let state = self
+                .conn
                 .process_new_packets()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            self.plain = state.plaintext_bytes_to_read();
+            self.peer_closed = state.peer_has_closed();
             if n == 0 {
                 break;
             }
@@ -348,8 +357,14 @@ where
             let mut chunk = [0u8; 4096];
             match self.conn.reader().read(&mut chunk) {
                 Ok(0) => return Ok(()),
-                Ok(n) => out.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Ok(n) => {
+                    self.plain = self.plain.saturating_sub(n);
+                    out.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.plain = 0;
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -357,19 +372,33 @@ where
 
     async fn read_into(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         loop {
-            let len = buf.len();
-            let room = buf.capacity() - len;
-            buf.resize(len + room, 0);
-            let res = self.conn.reader().read(&mut buf[len..]);
-            match res {
-                Ok(n) => {
-                    buf.truncate(len + n);
-                    return (Ok(n), buf);
+            // Only the bytes rustls holds are made room for (zeroed, as its reader wants an
+            // initialized slice): zeroing the whole spare capacity, 4-8 KiB per read for a
+            // request of a few hundred bytes, was ~3% of an https GET's server CPU. Nothing
+            // held and no close_notify: nothing to read, so no read is tried.
+            if self.plain > 0 || self.peer_closed {
+                if buf.capacity() == buf.len() {
+                    buf.reserve(4096);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(len),
-                Err(e) => {
-                    buf.truncate(len);
-                    return (Err(e), buf);
+                let len = buf.len();
+                let room = buf.capacity() - len;
+                let want = self.plain.max(1).min(room);
+                buf.resize(len + want, 0);
+                let res = self.conn.reader().read(&mut buf[len..]);
+                match res {
+                    Ok(n) => {
+                        buf.truncate(len + n);
+                        self.plain = self.plain.saturating_sub(n);
+                        return (Ok(n), buf);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        buf.truncate(len);
+                        self.plain = 0;
+                    }
+                    Err(e) => {
+                        buf.truncate(len);
+                        return (Err(e), buf);
+                    }
                 }
             }
             let progress = match self.feed() {
