@@ -35,8 +35,8 @@ use crate::http::{
     ReqHeaders, Target, MAX_BODY,
 };
 use crate::rawnet::{
-    connect_nb, process_cpu_ms, raise_fd_limit, realtime_ns, recv_ts, send_now, set_int_opt, Epoll,
-    Fd, Received,
+    connect_nb, connect_result, process_cpu_ms, raise_fd_limit, realtime_ns, recv_ts, send_now,
+    set_int_opt, Epoll, Fd, Received,
 };
 
 pub struct FanoutCfg {
@@ -176,25 +176,7 @@ impl Fanout<'_> {
     /// A connection is up: read events from now on, and send the watch.
     fn connected(&mut self, i: usize) -> Result<(), String> {
         let fd = self.ws[i].fd.0;
-        let mut err: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: valid pointers to an int and its length.
-        unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&mut err as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if err != 0 {
-            return Err(format!(
-                "connect {}: {}",
-                self.cfg.target.addr,
-                io::Error::from_raw_os_error(err)
-            ));
-        }
+        connect_result(fd).map_err(|e| format!("connect {}: {e}", self.cfg.target.addr))?;
         self.epoll
             .ctl(libc::EPOLL_CTL_MOD, fd, libc::EPOLLIN as u32, i)
             .map_err(|e| format!("epoll_ctl: {e}"))?;

@@ -187,6 +187,26 @@ pub fn send_now(fd: RawFd, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The outcome of a non-blocking connect once its socket is writable (SO_ERROR).
+pub fn connect_result(fd: RawFd) -> io::Result<()> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid pointers to an int and its length.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    match err {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
 pub struct Epoll(Fd);
 
 impl Epoll {

@@ -24,7 +24,8 @@ use crate::http::{
     ReqHeaders, Target, MAX_BODY,
 };
 use crate::rawnet::{
-    connect_nb, process_cpu_ms, raise_fd_limit, realtime_ns, recv_ts, send_now, Epoll, Fd,
+    connect_nb, connect_result, process_cpu_ms, raise_fd_limit, realtime_ns, recv_ts, send_now,
+    Epoll, Fd,
 };
 use crate::stats::new_hist;
 
@@ -216,19 +217,7 @@ impl Run<'_> {
 
     fn connected(&mut self, i: usize) {
         let fd = self.conns[i].fd.0;
-        let mut err: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: valid pointers to an int and its length.
-        unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&mut err as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if err != 0 {
+        if connect_result(fd).is_err() {
             return self.kill(i, "connect failed");
         }
         if self
