@@ -1,7 +1,8 @@
 //! Watch behaviour tied to connections, which the differential test cannot show: a watcher
 //! is freed the moment its client disconnects; a stream keeps streaming after a history hit
 //! (etcd falls silent there); many watchers of one key all get the event; a pipelined request
-//! sent behind a long poll is answered after it.
+//! sent behind a long poll is answered after it; a long poll answered from its wait serves the
+//! connection's next requests, or closes it under `Connection: close`.
 
 mod support;
 
@@ -120,4 +121,61 @@ fn a_request_pipelined_behind_a_long_poll_is_answered_after_it() {
     }
     let text = String::from_utf8_lossy(&got);
     assert!(text.find("\"value\":\"1\"").unwrap() < text.find("etcdcluster").unwrap());
+}
+
+/// Reads until `done` holds for what was read (bounded by the read timeout).
+fn read_until(c: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&String::from_utf8_lossy(&got)) {
+        let k = c.read(&mut buf).unwrap();
+        assert!(k > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..k]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn a_kept_alive_long_poll_serves_the_next_requests_after_its_event() {
+    // The answer is sent from the watcher's wait and the connection then waits for the next
+    // request on the same readiness poll: it must serve it, and a second watch after it.
+    let s = Server::ringd(&["--shards", "1"]);
+    let mut c = TcpStream::connect(s.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /v2/keys/ka?wait=true HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    await_watchers(&s, |w| w == 1);
+    s.put_form("/v2/keys/ka", "value=1");
+    let first = read_until(&mut c, |t| t.ends_with("0\r\n\r\n"));
+    assert!(first.contains("\"value\":\"1\""), "{first}");
+    await_watchers(&s, |w| w == 0);
+    c.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let version = read_until(&mut c, |t| t.contains("etcdcluster"));
+    assert!(version.starts_with("HTTP/1.1 200"), "{version}");
+    c.write_all(b"GET /v2/keys/ka?wait=true HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    await_watchers(&s, |w| w == 1);
+    s.put_form("/v2/keys/ka", "value=2");
+    let second = read_until(&mut c, |t| {
+        t.contains("\"value\":\"2\"") && t.ends_with("0\r\n\r\n")
+    });
+    assert!(second.contains("\"value\":\"2\""), "{second}");
+}
+
+#[test]
+fn a_long_poll_with_connection_close_is_closed_after_its_event() {
+    let s = Server::ringd(&["--shards", "1"]);
+    let mut c = TcpStream::connect(s.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /v2/keys/cc?wait=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    await_watchers(&s, |w| w == 1);
+    s.put_form("/v2/keys/cc", "value=1");
+    let mut got = Vec::new();
+    // To the end of the stream: the server closes after the response.
+    c.read_to_end(&mut got).unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("\"value\":\"1\""), "{text}");
+    assert!(text.ends_with("0\r\n\r\n"), "{text}");
 }
