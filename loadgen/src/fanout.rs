@@ -35,8 +35,8 @@ use crate::http::{
     ReqHeaders, Target, MAX_BODY,
 };
 use crate::rawnet::{
-    connect_nb, connect_result, process_cpu_ms, raise_fd_limit, realtime_ns, recv_ts, send_now,
-    set_int_opt, Epoll, Fd, Received,
+    connect_result, process_cpu_ms, raise_fd_limit, realtime_ns, recv_ts, send_now, set_int_opt,
+    Epoll, Fd, Received,
 };
 
 pub struct FanoutCfg {
@@ -132,11 +132,7 @@ impl Fanout<'_> {
         while start < n {
             let end = (start + CONNECT_BATCH).min(n);
             for i in start..end {
-                let fd = connect_nb(&self.cfg.target.addr)
-                    .map_err(|e| format!("connect {}: {e}", self.cfg.target.addr))?;
-                self.epoll
-                    .ctl(libc::EPOLL_CTL_ADD, fd.0, libc::EPOLLOUT as u32, i)
-                    .map_err(|e| format!("epoll_ctl: {e}"))?;
+                let fd = self.epoll.connect(&self.cfg.target.addr, i)?;
                 self.ws.push(Watcher {
                     fd,
                     state: State::Connecting,

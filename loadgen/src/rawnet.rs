@@ -217,6 +217,14 @@ impl Epoll {
         })?)))
     }
 
+    /// A non-blocking connect to `addr`, watched for writability (its end) under `token`.
+    pub fn connect(&self, addr: &SocketAddr, token: usize) -> Result<Fd, String> {
+        let fd = connect_nb(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        self.ctl(libc::EPOLL_CTL_ADD, fd.0, libc::EPOLLOUT as u32, token)
+            .map_err(|e| format!("epoll_ctl: {e}"))?;
+        Ok(fd)
+    }
+
     pub fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: usize) -> io::Result<()> {
         let mut ev = libc::epoll_event {
             events,

@@ -24,8 +24,7 @@ use crate::http::{
     ReqHeaders, Target, MAX_BODY,
 };
 use crate::rawnet::{
-    connect_nb, connect_result, process_cpu_ms, raise_fd_limit, realtime_ns, recv_ts, send_now,
-    Epoll, Fd,
+    connect_result, process_cpu_ms, raise_fd_limit, realtime_ns, recv_ts, send_now, Epoll, Fd,
 };
 use crate::stats::new_hist;
 
@@ -153,11 +152,7 @@ impl Run<'_> {
 
     fn add(&mut self, from: Option<u64>) -> Result<(), String> {
         let i = self.conns.len();
-        let fd = connect_nb(&self.cfg.target.addr)
-            .map_err(|e| format!("connect {}: {e}", self.cfg.target.addr))?;
-        self.epoll
-            .ctl(libc::EPOLL_CTL_ADD, fd.0, libc::EPOLLOUT as u32, i)
-            .map_err(|e| format!("epoll_ctl: {e}"))?;
+        let fd = self.epoll.connect(&self.cfg.target.addr, i)?;
         self.conns.push(Conn {
             fd,
             state: State::Connecting,
@@ -310,21 +305,13 @@ impl Run<'_> {
         let _ = self
             .epoll
             .ctl(libc::EPOLL_CTL_DEL, self.conns[i].fd.0, 0, i);
-        let fd = match connect_nb(&self.cfg.target.addr) {
+        let fd = match self.epoll.connect(&self.cfg.target.addr, i) {
             Ok(fd) => fd,
             Err(_) => {
                 self.conns[i].state = State::Dead;
                 return self.errors.add("reconnect failed", 1);
             }
         };
-        if self
-            .epoll
-            .ctl(libc::EPOLL_CTL_ADD, fd.0, libc::EPOLLOUT as u32, i)
-            .is_err()
-        {
-            self.conns[i].state = State::Dead;
-            return self.errors.add("epoll_ctl failed", 1);
-        }
         let c = &mut self.conns[i];
         c.fd = fd;
         c.state = State::Connecting;
