@@ -481,6 +481,13 @@ impl World {
         let first_tick = self.now + 1 + self.rng.below(self.nodes[i].period);
         self.push(first_tick, Ev::Tick(i, run));
         self.drive(i);
+        // As `recovery::replay` does once the log is replayed: the bound on a Ready's
+        // committed entries is for start-up only.
+        if let Some(up) = self.nodes[i].up.as_mut() {
+            up.replica
+                .shrink_mem_log()
+                .unwrap_or_else(|e| panic!("node {id}: {e}"));
+        }
     }
 
     /// Power loss on node `i`: the process state is gone, and the disk keeps what was synced

@@ -516,7 +516,12 @@ fn measure(
                 .filter_map(|w| w.delivered_ns)
                 .map(|t| t - ack_ns)
                 .collect();
-        let missed = f.live() - d.len();
+        // Live watchers the event never reached (a watcher that got it and then died counts
+        // as delivered, not as missed).
+        let missed =
+            f.ws.iter()
+                .filter(|w| w.state != State::Dead && w.delivered_ns.is_none())
+                .count();
         for _ in 0..missed {
             f.errors.add("undelivered (timeout)");
         }

@@ -259,6 +259,7 @@ pub(super) fn drive(
             shared,
             snap_dir,
         };
+        let applied_before = replica.applied_index();
         let out = match replica.step(&mut io) {
             Ok(out) => out,
             Err(e) => fatal("log write or fsync failed", e),
@@ -270,7 +271,11 @@ pub(super) fn drive(
             stats.syncs += 1;
             stats.entries += out.persisted_entries as u64;
         }
-        let done = out.applied.is_empty()
+        // Entries applied without an event or a waiter (a failed CAS, a no-op, an expiry
+        // that removed nothing) are progress too: start-up's replay hands raft-rs's entries
+        // over in bounded rounds, and a round of only such entries must not end it.
+        let done = replica.applied_index() == applied_before
+            && out.applied.is_empty()
             && out.events.is_empty()
             && out.persisted_entries == 0
             && out.reads.is_empty()

@@ -871,8 +871,11 @@ mod tests {
         let ring = EventRing::with_budget(20_000, 1 << 20);
         let done = std::sync::atomic::AtomicBool::new(false);
         let published = AtomicU64::new(0);
+        // The writer starts once both readers run, so they read while it writes.
+        let start = std::sync::Barrier::new(3);
         std::thread::scope(|s| {
             s.spawn(|| {
+                start.wait();
                 for i in 1..=60_000 {
                     ring.publish(ev(i));
                     published.store(i, Ordering::Release);
@@ -880,8 +883,9 @@ mod tests {
                 done.store(true, Ordering::Release);
             });
             for r in 0..2u64 {
-                let (ring, done, published) = (&ring, &done, &published);
+                let (ring, done, published, start) = (&ring, &done, &published, &start);
                 s.spawn(move || {
+                    start.wait();
                     let mut x = r + 1;
                     while !done.load(Ordering::Acquire) {
                         let current = published.load(Ordering::Acquire);

@@ -470,6 +470,7 @@ impl Children {
             count: &mut usize,
         ) -> usize {
             assert!(n.items() <= MAX, "overfull node");
+            assert!(is_root || n.items() >= MIN, "underfull node below the root");
             match n {
                 BNode::Leaf(nodes) => {
                     assert!(is_root || !nodes.is_empty(), "empty leaf below the root");

@@ -532,6 +532,27 @@ mod tests {
     }
 
     #[test]
+    fn a_file_gives_back_its_name_and_value_at_every_name_length() {
+        // Names below 127 bytes take a one-byte header, longer ones the 11-byte form; both
+        // must split back into exactly the name and value, multi-byte characters included.
+        for len in [0, 1, 126, 127, 128, 300, 20_000] {
+            for unit in ["a", "\u{e9}", "\u{1f600}"] {
+                let name: String = unit.repeat(len / unit.len().max(1));
+                for value in ["", "v", "\u{e9}t\u{e9}", "\u{7f}x"] {
+                    let n = Node::file(&name, value, 1, 2, None);
+                    assert_eq!(
+                        (n.name(), n.value()),
+                        (name.as_str(), value),
+                        "{len} {unit}"
+                    );
+                    let t = Node::file(&name, value, 1, 2, NonZeroU64::new(5));
+                    assert_eq!((t.name(), t.value()), (name.as_str(), value), "{len} ttl");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn stored_expire_is_never_zero() {
         assert_eq!(stored_expire(Some(0)).map(NonZeroU64::get), Some(1));
         assert_eq!(stored_expire(Some(7)).map(NonZeroU64::get), Some(7));

@@ -147,19 +147,24 @@ pub fn shard_main(
 /// How often a shard looks whether its connections or watchers changed (`trim_loop`).
 const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Hands the memory this shard freed back to the OS once a second, when its connections or
-/// watchers changed since the last look. Thousands of watchers arriving at once each read
-/// their request into a buffer and let it go once registered; mimalloc purges such freed
-/// pages only as the thread goes on allocating, and a shard whose watchers then sit idle
-/// kept them counted (~170-360 B per idle watcher of 10,000). A steady load (the same
-/// connections) never pays for it.
+/// Hands the memory this shard freed back to the OS once its connections and watchers have
+/// stopped changing (a tick with no change after ticks with some). Thousands of watchers
+/// arriving at once each read their request into a buffer and let it go once registered;
+/// mimalloc purges such freed pages only as the thread goes on allocating, and a shard whose
+/// watchers then sit idle kept them counted (~170-360 B per idle watcher of 10,000). While
+/// connections or watchers keep coming and going the thread keeps allocating, so nothing is
+/// forced then: a forced collect walks the whole heap.
 async fn trim_loop(ctx: Rc<ShardCtx>) {
     let mut seen = (0, 0);
+    let mut changed = false;
     loop {
         monoio::time::sleep(TRIM_INTERVAL).await;
         let now = (ctx.connections.get(), ctx.registry.borrow().len());
         if now != seen {
             seen = now;
+            changed = true;
+        } else if changed {
+            changed = false;
             crate::shard::release_freed_memory();
         }
     }
