@@ -958,7 +958,7 @@ impl<T> Replica<T> {
     /// committed entries of one Ready (`REPLAY_READY_BYTES_MAX`).
     pub fn shrink_mem_log(&mut self) -> Result<(), String> {
         use raft::GetEntriesContext;
-        self.node.raft.set_max_committed_size_per_ready(u64::MAX);
+        self.end_replay();
         let store = &self.node.store().mem;
         let (first, last) = (
             store.first_index().map_err(|e| e.to_string())?,
@@ -987,6 +987,12 @@ impl<T> Replica<T> {
         )?;
         *self.node.mut_store().mem.wl() = fresh;
         Ok(())
+    }
+
+    /// Lifts start-up's bound on the committed entries one Ready hands over
+    /// (`REPLAY_READY_BYTES_MAX`): from here on a Ready applies all that is committed.
+    pub fn end_replay(&mut self) {
+        self.node.raft.set_max_committed_size_per_ready(u64::MAX);
     }
 
     /// Drops applied entries from raft's in-memory log beyond `RAFT_MEM_LOG_KEEP`, in chunks
