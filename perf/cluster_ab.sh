@@ -45,7 +45,13 @@ threads() { for i in 0 1 2; do for t in /proc/${PIDS[$i]}/task/*; do
   printf 'm%d:%s=%s ' $((i + 1)) "$(cat "$t/comm")" "$(awk '{print $14+$15}' "$t/stat")"; done; done; }
 appends() { for i in 1 2 3; do curl -s "http://127.0.0.$i:${CP[$i]}/v2/stats/self" | python3 -c 'import json,sys; print(json.load(sys.stdin)["recvAppendRequestCnt"], end=" ")'; done; }
 C0=$(cpu); A0=$(appends); H0=$(threads)
+# With PROFILE=FILE: a system-wide perf profile of the load's middle (perf report -i FILE --sort comm,dso,sym).
+if [ -n "${PROFILE:-}" ]; then
+  (sleep 2; perf record -a -g -o "$PROFILE" -- sleep $((SECS > 6 ? SECS - 4 : 2)) >/dev/null 2>&1) &
+  PERF_PID=$!
+fi
 "$LOADGEN" put --url "$URL" --keys 10000 --connections "$CONNS" --threads 2 --duration "$SECS" --quiet --json "$DIR/out.json" >/dev/null
+[ -n "${PROFILE:-}" ] && wait "$PERF_PID"
 C1=$(cpu); A1=$(appends); H1=$(threads)
 python3 - "$DIR/out.json" "$C0" "$C1" "$A0" "$A1" "$(getconf CLK_TCK)" "$SECS" "$LABEL" "$LEADER" "$T" "${PER_THREAD:-0}" "$H0" "$H1" <<'PY'
 import json, sys

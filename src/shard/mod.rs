@@ -425,6 +425,8 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
     let (peer_out_tx, peer_out_rx) = flume::bounded(PEER_OUTBOX_CAPACITY);
     let (peer_in_tx, peer_in_rx) = flume::bounded(PEER_INBOX_CAPACITY);
     let peer_shared = shared.clone();
+    let links = Arc::new(peer::Links::default());
+    let peer_links = links.clone();
     let peer = std::thread::Builder::new()
         .name("peer".to_string())
         .spawn(move || {
@@ -434,6 +436,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
                 tls.dial,
                 peer_out_rx,
                 peer_in_tx,
+                peer_links,
             )
         })
         .map_err(|e| format!("cannot spawn peer thread: {e}"))?;
@@ -451,6 +454,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         mailbox: mailbox_rx,
         peer_in: peer_in_rx,
         peer_out: peer_out_tx,
+        links,
         shards: event_txs,
     };
     let raft = std::thread::Builder::new()

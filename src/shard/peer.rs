@@ -5,12 +5,17 @@
 //!   `GET /members`, `GET /version`, or `POST /ringd/raft`, which is checked (cluster id, both
 //!   member ids) and turns the connection into an inbound stream of framed raft messages that
 //!   go to the raft shard's peer inbox;
-//! - a router that takes the raft shard's outgoing messages and puts each in its peer's bounded
-//!   queue, dropping it (and reporting the peer unreachable) when the queue is full;
+//! - a router that takes the raft shard's outgoing messages that have no link yet (and every
+//!   snapshot) and puts each in its peer's bounded queue, dropping it (and reporting the peer
+//!   unreachable) when the queue is full;
 //! - a writer per peer that dials the peer's advertised peer URL, keeps the connection, and
 //!   writes every queued message in one write; it redials with backoff.
 //!
-//! The raft shard never waits on this thread: it hands messages over with `try_send`.
+//! The raft shard sends on a peer's plain TCP connection itself, with one non-blocking send,
+//! when nothing is queued for that peer and no write is in flight ([`PeerSender`]): that
+//! saves the peer thread a wake-up per Ready round and peer. Otherwise (TLS, not connected,
+//! busy, a send the socket did not take whole) the frames go to the writer's queue. The raft
+//! shard never waits on this thread: it hands messages over with `try_send`.
 
 use super::tls::{Acceptor, Connector, Stream};
 use super::Shared;
@@ -45,10 +50,168 @@ const WRITE_BATCH_BYTES: usize = 1 << 20;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const HEAD_BYTES_MAX: usize = 16 * 1024;
 
+/// What a peer's writer sends, in queue order.
+enum Out {
+    /// A message from the router (encoded by the writer).
+    Msg(Message),
+    /// Whole frames the raft shard encoded.
+    Frames(Vec<u8>),
+    /// The rest of a frame the raft shard sent in part on connection `conn`: only that
+    /// connection may carry it (on another it would split a frame).
+    Rest { conn: u64, bytes: Vec<u8> },
+}
+
+/// A peer's writer queue and the state under which the raft shard may bypass it.
+pub struct Link {
+    tx: flume::Sender<Out>,
+    state: std::sync::Mutex<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// The plain TCP connection's socket while the writer holds it open (None: TLS, or not
+    /// connected). The writer clears it, under this lock, before it closes the socket, so a
+    /// send under the lock never reaches a closed or reused descriptor.
+    fd: Option<std::os::fd::RawFd>,
+    /// Counts the writer's connections: a `Rest` belongs to one.
+    conn: u64,
+    /// The peer URL `fd` was dialled at: after a `PUT /v2/members` the writer redials.
+    url: String,
+    /// Something is queued or being written: bytes sent now could overtake or split those.
+    /// Set by whoever queues (under this lock); cleared by the writer, under this lock, only
+    /// when its queue is empty and no write is in flight.
+    busy: bool,
+}
+
+impl Link {
+    fn state(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `out` for the writer (marking the link busy); false when the queue is full or
+    /// the writer ended.
+    fn queue(&self, st: &mut LinkState, out: Out) -> bool {
+        let ok = self.tx.try_send(out).is_ok();
+        st.busy |= ok;
+        ok
+    }
+}
+
+/// The links of the peers that have a writer, shared by the peer thread and the raft shard.
+#[derive(Default)]
+pub struct Links(std::sync::Mutex<HashMap<u64, Arc<Link>>>);
+
+impl Links {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Link>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, to: u64) -> Option<Arc<Link>> {
+        self.map().get(&to).cloned()
+    }
+}
+
+/// The raft shard's end of the peer transport (see the module's comment).
+pub struct PeerSender {
+    links: Arc<Links>,
+    /// To the peer thread's router: snapshots, and peers without a writer yet.
+    outgoing: flume::Sender<Message>,
+    buf: Vec<u8>,
+}
+
+impl PeerSender {
+    pub fn new(links: Arc<Links>, outgoing: flume::Sender<Message>) -> PeerSender {
+        PeerSender {
+            links,
+            outgoing,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends a Ready round's messages; returns the peers some of whose messages were dropped
+    /// (a full queue: raft-rs should probe them).
+    /// `membership` says each peer's URL now (None: send nothing directly).
+    pub fn send(&mut self, membership: Option<&Membership>, messages: Vec<Message>) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        let mut rest = messages;
+        while let Some(to) = rest.first().map(|m| m.to) {
+            // Each peer's messages, in raft's order.
+            let (mine, others): (Vec<Message>, Vec<Message>) =
+                rest.into_iter().partition(|m| m.to == to);
+            rest = others;
+            if !self.send_to(membership, to, mine) {
+                dropped.push(to);
+            }
+        }
+        dropped
+    }
+
+    fn send_to(
+        &mut self,
+        membership: Option<&Membership>,
+        to: u64,
+        messages: Vec<Message>,
+    ) -> bool {
+        use raft::eraftpb::MessageType::MsgSnapshot;
+        let link = self.links.get(to);
+        let mut ok = true;
+        let mut framed = Vec::new();
+        for m in messages {
+            match &link {
+                // A snapshot takes a connection of its own; a peer without a writer gets one
+                // from the router.
+                Some(_) if m.get_msg_type() != MsgSnapshot => framed.push(m),
+                _ => ok &= self.outgoing.try_send(m).is_ok(),
+            }
+        }
+        let Some(link) = link.filter(|_| !framed.is_empty()) else {
+            return ok;
+        };
+        self.buf.clear();
+        for m in &framed {
+            encode_frame(m, &mut self.buf);
+        }
+        let url = membership.and_then(|m| peer_url(m, to));
+        let mut st = link.state();
+        let mut sent = 0;
+        if let Some(fd) = st
+            .fd
+            .filter(|_| !st.busy && url.as_deref() == Some(st.url.as_str()))
+        {
+            // An error here (the peer closed) is the writer's to find: the frames go to its
+            // queue, its write fails, and it redials.
+            sent = super::tls::send_now(fd, &self.buf).unwrap_or(0);
+            if sent == self.buf.len() {
+                return ok;
+            }
+        }
+        let out = if sent > 0 {
+            Out::Rest {
+                conn: st.conn,
+                bytes: self.buf[sent..].to_vec(),
+            }
+        } else {
+            Out::Frames(std::mem::take(&mut self.buf))
+        };
+        if link.queue(&mut st, out) {
+            return ok;
+        }
+        if sent > 0 {
+            // Not reachable while `busy` holds (an empty queue has room), but a frame cut in
+            // half must never be followed by another: end the connection instead.
+            if let Some(fd) = st.fd {
+                // SAFETY: `fd` is open while the lock is held (see `LinkState::fd`).
+                unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+            }
+        }
+        false
+    }
+}
+
 struct PeerCtx {
     shared: Arc<Shared>,
     inbox: flume::Sender<PeerIn>,
-    writers: RefCell<HashMap<u64, flume::Sender<Message>>>,
+    links: Arc<Links>,
     /// Last time a cluster-id mismatch was logged, per remote IP (rate limit).
     mismatch_logged: RefCell<HashMap<std::net::IpAddr, Instant>>,
     /// Dials https peer URLs (None: no peer TLS configured).
@@ -62,13 +225,14 @@ pub fn peer_main(
     tls: Option<Connector>,
     outgoing: flume::Receiver<Message>,
     inbox: flume::Sender<PeerIn>,
+    links: Arc<Links>,
 ) {
     let mut rt = super::runtime::build("peer");
     rt.block_on(async move {
         let ctx = Rc::new(PeerCtx {
             shared,
             inbox,
-            writers: RefCell::new(HashMap::new()),
+            links,
             mismatch_logged: RefCell::new(HashMap::new()),
             tls,
         });
@@ -95,26 +259,31 @@ async fn route(ctx: Rc<PeerCtx>, outgoing: flume::Receiver<Message>) {
             monoio::spawn(send_snapshot(ctx.clone(), m));
             continue;
         }
-        let tx = writer_for(&ctx, to);
-        if tx.try_send(m).is_err() {
+        let link = writer_for(&ctx, to);
+        let mut st = link.state();
+        if !link.queue(&mut st, Out::Msg(m)) {
             // Full (the peer is slow or down) or its writer ended (removed member).
             let _ = ctx.inbox.try_send(PeerIn::Unreachable(to));
-            if tx.is_disconnected() {
-                ctx.writers.borrow_mut().remove(&to);
+            if link.tx.is_disconnected() {
+                ctx.links.map().remove(&to);
             }
         }
     }
 }
 
-/// The queue of `to`'s writer, starting the writer (and its connection) if there is none.
-fn writer_for(ctx: &Rc<PeerCtx>, to: u64) -> flume::Sender<Message> {
-    let mut writers = ctx.writers.borrow_mut();
-    writers
+/// `to`'s link, starting its writer (and its connection) if there is none.
+fn writer_for(ctx: &Rc<PeerCtx>, to: u64) -> Arc<Link> {
+    ctx.links
+        .map()
         .entry(to)
         .or_insert_with(|| {
             let (tx, rx) = flume::bounded(PEER_QUEUE_MESSAGES_MAX);
-            monoio::spawn(write_loop(ctx.clone(), to, rx));
-            tx
+            let link = Arc::new(Link {
+                tx,
+                state: Default::default(),
+            });
+            monoio::spawn(write_loop(ctx.clone(), to, link.clone(), rx));
+            link
         })
         .clone()
 }
@@ -155,17 +324,17 @@ fn resolve(url: &str) -> std::io::Result<std::net::SocketAddr> {
 
 /// Dials `to`, keeps the stream, writes its queue; redials with backoff. Ends when `to` is
 /// no longer a member.
-async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
+async fn write_loop(ctx: Rc<PeerCtx>, to: u64, link: Arc<Link>, rx: flume::Receiver<Out>) {
     let mut backoff = BACKOFF_MIN;
     let mut was_connected = true;
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    // A message taken from the queue for a connection that had to be redialled first.
-    let mut carried: Option<Message> = None;
+    // Frames taken from the queue for a connection that had to be redialled first.
+    let mut carried: Option<Out> = None;
     loop {
         let membership = ctx.shared.membership.load_full();
         let Some(url) = peer_url(&membership, to) else {
             tracing::info!(peer = %format!("{to:x}"), "peer is no longer a member; its writer stops");
-            ctx.writers.borrow_mut().remove(&to);
+            ctx.links.map().remove(&to);
             return;
         };
         let stream = match dial(&ctx, &url, to, "/ringd/raft").await {
@@ -196,6 +365,17 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
         backoff = BACKOFF_MIN;
         was_connected = true;
         let mut stream = stream;
+        let conn = {
+            let mut st = link.state();
+            st.conn += 1;
+            st.fd = match &stream {
+                Stream::Plain(tcp) => Some(std::os::fd::AsRawFd::as_raw_fd(tcp)),
+                _ => None,
+            };
+            st.url = url.clone();
+            st.busy = carried.is_some() || !rx.is_empty();
+            st.conn
+        };
         let reason = loop {
             let first = match carried.take() {
                 Some(m) => m,
@@ -205,18 +385,18 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
                 },
             };
             // The member's URL may have changed (PUT /v2/members): redial the new one, and
-            // send this message there (it may be a forwarded proposal: losing it would leave
-            // its client waiting for the timeout).
+            // send these frames there (they may hold a forwarded proposal: losing it would
+            // leave its client waiting for the timeout).
             let current = peer_url(&ctx.shared.membership.load(), to);
             if current.as_deref() != Some(url.as_str()) {
-                carried = Some(first);
+                carried = Some(first).filter(|o| !matches!(o, Out::Rest { .. }));
                 break "peer URL changed".to_string();
             }
             buf.clear();
-            encode_frame(&first, &mut buf);
+            add_out(first, conn, &mut buf);
             while buf.len() < WRITE_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(m) => encode_frame(&m, &mut buf),
+                    Ok(o) => add_out(o, conn, &mut buf),
                     Err(_) => break,
                 }
             }
@@ -226,13 +406,31 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, rx: flume::Receiver<Message>) {
                 let _ = ctx.inbox.try_send(PeerIn::Unreachable(to));
                 break e.to_string();
             }
+            let mut st = link.state();
+            if rx.is_empty() {
+                st.busy = false;
+            }
         };
+        // Before the socket closes: the raft shard must not send on it any more.
+        link.state().fd = None;
+        drop(stream);
         tracing::warn!(peer = %format!("{to:x}"), reason = %reason, "peer disconnected");
         ctx.shared
             .peer_active
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&to);
+    }
+}
+
+/// Appends what `out` puts on connection `conn` to `buf`.
+fn add_out(out: Out, conn: u64, buf: &mut Vec<u8>) {
+    match out {
+        Out::Msg(m) => encode_frame(&m, buf),
+        Out::Frames(b) => buf.extend_from_slice(&b),
+        Out::Rest { conn: c, bytes } if c == conn => buf.extend_from_slice(&bytes),
+        // Begun on a connection that is gone: the peer never saw that frame's start.
+        Out::Rest { .. } => {}
     }
 }
 
@@ -697,6 +895,149 @@ async fn read_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    fn append(to: u64, bytes: usize) -> Message {
+        let mut m = Message {
+            from: 1,
+            to,
+            term: 2,
+            ..Default::default()
+        };
+        m.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+        m.entries = vec![raft::eraftpb::Entry {
+            data: vec![7u8; bytes].into(),
+            ..Default::default()
+        }]
+        .into();
+        m
+    }
+
+    /// Every frame of `bytes`, decoded.
+    fn frames(mut bytes: &[u8]) -> Vec<Message> {
+        let mut out = Vec::new();
+        while bytes.len() >= 8 {
+            let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+            let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+            assert!(bytes.len() >= 8 + len, "a cut frame");
+            assert_eq!(crc32c::crc32c(&bytes[8..8 + len]), crc);
+            out.push(Message::parse_from_bytes(&bytes[8..8 + len]).unwrap_or_default());
+            bytes = &bytes[8 + len..];
+        }
+        assert!(bytes.is_empty(), "trailing bytes");
+        out
+    }
+
+    #[test]
+    fn the_raft_shard_sends_itself_only_on_an_idle_plain_link_and_never_splits_a_frame() {
+        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            panic!("bind")
+        };
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let client = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{e}"));
+        let (mut server, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://{addr}");
+        let membership = Membership {
+            members: [(
+                2,
+                crate::members::Member {
+                    id: 2,
+                    name: "b".into(),
+                    peer_urls: vec![url.clone()],
+                    client_urls: vec![],
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let links = Arc::new(Links::default());
+        let (tx, rx) = flume::bounded(PEER_QUEUE_MESSAGES_MAX);
+        let link = Arc::new(Link {
+            tx,
+            state: std::sync::Mutex::new(LinkState {
+                fd: Some(client.as_raw_fd()),
+                conn: 1,
+                url,
+                busy: false,
+            }),
+        });
+        links.map().insert(2, link.clone());
+        let (out_tx, out_rx) = flume::bounded(16);
+        let mut sender = PeerSender::new(links, out_tx);
+        let read_exactly = |server: &mut std::net::TcpStream, n: usize| {
+            let mut got = vec![0u8; n];
+            server
+                .read_exact(&mut got)
+                .unwrap_or_else(|e| panic!("{e}"));
+            got
+        };
+
+        // Idle: straight onto the socket, nothing queued.
+        let sent = vec![append(2, 10), append(2, 20)];
+        let mut wire = Vec::new();
+        sent.iter().for_each(|m| encode_frame(m, &mut wire));
+        assert!(sender.send(Some(&membership), sent.clone()).is_empty());
+        assert!(rx.is_empty() && !link.state().busy);
+        assert_eq!(frames(&read_exactly(&mut server, wire.len())), sent);
+
+        // Without the membership (so no URL to check) or with a stale URL: the queue.
+        assert!(sender.send(None, vec![append(2, 1)]).is_empty());
+        assert!(matches!(rx.try_recv(), Ok(Out::Frames(_))));
+        assert!(link.state().busy, "queued frames keep the link busy");
+        // Busy: queued too, behind what is queued.
+        assert!(sender
+            .send(Some(&membership), vec![append(2, 3)])
+            .is_empty());
+        assert!(matches!(rx.try_recv(), Ok(Out::Frames(_))));
+        link.state().busy = false;
+
+        // No link: the router's queue (it starts the writer).
+        assert!(sender
+            .send(Some(&membership), vec![append(3, 1)])
+            .is_empty());
+        assert_eq!(out_rx.try_recv().map(|m| m.to), Ok(3));
+
+        // A message the socket does not take whole: the rest is queued for this connection
+        // only, and the link is busy until the writer has written it.
+        let big = append(2, 64 << 20);
+        assert!(sender.send(Some(&membership), vec![big.clone()]).is_empty());
+        let Ok(Out::Rest { conn: 1, bytes }) = rx.try_recv() else {
+            panic!("the rest of a partly sent frame is queued for its connection")
+        };
+        assert!(link.state().busy);
+        assert!(sender
+            .send(Some(&membership), vec![append(2, 5)])
+            .is_empty());
+        let Ok(Out::Frames(after)) = rx.try_recv() else {
+            panic!("frames behind a rest are queued")
+        };
+        // The writer's part: the rest, then what followed, on the same connection.
+        let mut tail = Vec::new();
+        add_out(Out::Rest { conn: 1, bytes }, 1, &mut tail);
+        add_out(Out::Frames(after), 1, &mut tail);
+        let mut expect = Vec::new();
+        encode_frame(&big, &mut expect);
+        encode_frame(&append(2, 5), &mut expect);
+        let head = expect.len() - tail.len();
+        let reader = std::thread::spawn(move || read_exactly(&mut server, expect.len()));
+        let mut c = &client;
+        std::io::Write::write_all(&mut c, &tail).unwrap_or_else(|e| panic!("{e}"));
+        let got = reader.join().unwrap_or_else(|_| panic!("reader"));
+        assert!(head > 0);
+        assert_eq!(frames(&got), vec![big, append(2, 5)]);
+        // A rest never goes on another connection.
+        let mut other = Vec::new();
+        add_out(
+            Out::Rest {
+                conn: 1,
+                bytes: vec![1, 2, 3],
+            },
+            2,
+            &mut other,
+        );
+        assert!(other.is_empty());
+    }
 
     #[test]
     fn frames_round_trip_and_heads_parse() {

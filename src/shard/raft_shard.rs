@@ -85,7 +85,7 @@ fn timeout_error(replica: &Replica<Token>) -> Error {
 /// The raft shard's side of the replica: the log, and the peer thread's queue.
 pub(super) struct ShardIo<'a> {
     pub wal: &'a mut Wal,
-    pub peers: Option<&'a flume::Sender<Message>>,
+    pub peers: Option<&'a mut super::peer::PeerSender>,
     /// Peers whose messages could not be queued (reported to raft after the step).
     pub unreachable: Vec<u64>,
     pub rtt: &'a mut RoundTrips,
@@ -166,16 +166,18 @@ impl crate::raft::Io for ShardIo<'_> {
     type Error = crate::wal::WalError;
 
     fn send(&mut self, messages: Vec<Message>) {
-        let Some(peers) = self.peers else {
+        let Some(peers) = self.peers.as_deref_mut() else {
             return;
         };
-        for m in messages {
-            let to = m.to;
-            if let Some(shared) = self.shared {
-                self.rtt.sent(shared, &m);
+        if let Some(shared) = self.shared {
+            for m in &messages {
+                self.rtt.sent(shared, m);
             }
-            // Never wait for the peer thread: raft retransmits what is dropped.
-            if peers.try_send(m).is_err() && !self.unreachable.contains(&to) {
+        }
+        let membership = self.shared.map(|s| s.membership.load());
+        // Never waits for the peer thread: raft retransmits what is dropped.
+        for to in peers.send(membership.as_ref().map(|m| &***m), messages) {
+            if !self.unreachable.contains(&to) {
                 self.unreachable.push(to);
             }
         }
@@ -242,7 +244,7 @@ pub(super) struct Drained {
 pub(super) fn drive(
     replica: &mut Replica<Token>,
     wal: &mut Wal,
-    peers: Option<&flume::Sender<Message>>,
+    mut peers: Option<&mut super::peer::PeerSender>,
     stats: &mut BatchStats,
     rtt: &mut RoundTrips,
     shared: Option<&Shared>,
@@ -253,7 +255,7 @@ pub(super) fn drive(
     loop {
         let mut io = ShardIo {
             wal: &mut *wal,
-            peers,
+            peers: peers.as_deref_mut(),
             unreachable: Vec::new(),
             rtt: &mut *rtt,
             shared,
@@ -327,6 +329,8 @@ pub struct RaftChannels {
     pub mailbox: flume::Receiver<Proposal>,
     pub peer_in: flume::Receiver<PeerIn>,
     pub peer_out: flume::Sender<Message>,
+    /// The peers' links, for sending on their connections directly.
+    pub links: Arc<super::peer::Links>,
     pub shards: Vec<flume::Sender<ShardMsg>>,
 }
 
@@ -365,7 +369,7 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
     let mut ticks: u64 = 0;
     let mut last_publish_tick: Option<u64> = None;
     let mut leader_seen = (replica.leader_id(), replica.term());
-    let peers = Some(&ch.peer_out);
+    let mut peers = super::peer::PeerSender::new(ch.links.clone(), ch.peer_out.clone());
     // Set once a stop signal was seen: until then the requests already proposed are finished.
     let mut stop_deadline: Option<Instant> = None;
     loop {
@@ -467,7 +471,7 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
         let drained = drive(
             &mut replica,
             &mut wal,
-            peers,
+            Some(&mut peers),
             &mut stats,
             &mut rtt,
             Some(&shared),
