@@ -499,24 +499,20 @@ impl Store {
         refresh: bool,
     ) -> Result<Event, Error> {
         let comps = tree::components(key);
-        // Any lookup error except "not found" fails the set; with refresh, so does that.
-        let prev = match tree::lookup(&self.root, &comps) {
-            Ok(n) => Some(n.clone()),
+        // Any lookup error except "not found" fails the set; with refresh, so does that. A
+        // refresh keeps the value it finds. (The node found is the one internal_create
+        // replaces, and its event's prevNode.)
+        let kept = match tree::lookup(&self.root, &comps) {
+            Ok(n) => refresh.then(|| n.value().to_string()),
             Err(Miss::NotFound(_)) if !refresh => None,
             Err(m) => {
                 self.stats.sets_fail += 1;
                 return Err(self.miss_error(&comps, m));
             }
         };
-        // A refresh keeps the value it finds.
-        let value = match (&prev, refresh) {
-            (Some(n), true) => n.value().to_string(),
-            _ => value.to_string(),
-        };
-        match self.internal_create(key, dir, &value, false, true, expire, Action::Set) {
+        let value = kept.as_deref().unwrap_or(value);
+        match self.internal_create(key, dir, value, false, true, expire, Action::Set) {
             Ok(mut e) => {
-                let path = tree::join(&comps);
-                e.prev_node = prev.map(|n| tree::repr_shallow(&path, &n));
                 e.refresh = refresh;
                 self.stats.sets_success += 1;
                 Ok(e)
