@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod live;
 pub mod peer;
 pub mod raft_shard;
+pub mod raft_wait;
 pub mod recovery;
 pub mod runtime;
 pub mod shutdown;
@@ -407,7 +408,9 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
         peer_active: Default::default(),
         snapshot_saves: Default::default(),
     });
+    let bell = raft_wait::Doorbell::new().map_err(|e| format!("cannot create an eventfd: {e}"))?;
     let (mailbox_tx, mailbox_rx) = flume::bounded::<Proposal>(MAILBOX_CAPACITY);
+    let mailbox_tx = raft_wait::RaftTx::new(mailbox_tx, bell.clone());
     let mut event_txs = Vec::new();
     let mut handles = Vec::new();
     for (i, shard_listeners) in listeners.into_iter().enumerate() {
@@ -424,6 +427,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
     drop(mailbox_tx);
     let (peer_out_tx, peer_out_rx) = flume::bounded(PEER_OUTBOX_CAPACITY);
     let (peer_in_tx, peer_in_rx) = flume::bounded(PEER_INBOX_CAPACITY);
+    let peer_in_tx = raft_wait::RaftTx::new(peer_in_tx, bell.clone());
     let peer_shared = shared.clone();
     let links = Arc::new(peer::Links::default());
     let peer_links = links.clone();
@@ -453,6 +457,7 @@ pub fn run_with(cfg: Resolved, serving: impl FnOnce()) -> Result<(), String> {
     let channels = raft_shard::RaftChannels {
         mailbox: mailbox_rx,
         peer_in: peer_in_rx,
+        bell,
         peer_out: peer_out_tx,
         links,
         shards: event_txs,

@@ -17,6 +17,7 @@
 //! busy, a send the socket did not take whole) the frames go to the writer's queue. The raft
 //! shard never waits on this thread: it hands messages over with `try_send`.
 
+use super::raft_wait::RaftTx;
 use super::tls::{Acceptor, Connector, Stream};
 use super::Shared;
 use crate::http::response::{json, message_response, peer_stream_request, respond};
@@ -35,6 +36,13 @@ use std::time::{Duration, Instant};
 pub enum PeerIn {
     /// A raft message from a peer, already checked against the stream's handshake.
     Message(Box<Message>),
+    /// An accepted plain-TCP raft stream from `from`, for the raft thread to read itself;
+    /// `buffered` is what was read past its handshake.
+    Stream {
+        from: u64,
+        tcp: std::net::TcpStream,
+        buffered: Vec<u8>,
+    },
     /// Messages to this peer were dropped: raft-rs should probe it instead of streaming.
     Unreachable(u64),
     /// A snapshot to this peer was delivered (true) or failed (false): raft-rs's
@@ -210,7 +218,7 @@ impl PeerSender {
 
 struct PeerCtx {
     shared: Arc<Shared>,
-    inbox: flume::Sender<PeerIn>,
+    inbox: RaftTx<PeerIn>,
     links: Arc<Links>,
     /// Last time a cluster-id mismatch was logged, per remote IP (rate limit).
     mismatch_logged: RefCell<HashMap<std::net::IpAddr, Instant>>,
@@ -224,7 +232,7 @@ pub fn peer_main(
     listeners: Vec<(std::net::TcpListener, Option<Acceptor>)>,
     tls: Option<Connector>,
     outgoing: flume::Receiver<Message>,
-    inbox: flume::Sender<PeerIn>,
+    inbox: RaftTx<PeerIn>,
     links: Arc<Links>,
 ) {
     let mut rt = super::runtime::build("peer");
@@ -434,7 +442,7 @@ fn add_out(out: Out, conn: u64, buf: &mut Vec<u8>) {
     }
 }
 
-fn encode_frame(m: &Message, out: &mut Vec<u8>) {
+pub(super) fn encode_frame(m: &Message, out: &mut Vec<u8>) {
     let at = out.len();
     out.extend_from_slice(&[0u8; 8]);
     if m.write_to_vec(out).is_err() {
@@ -834,46 +842,73 @@ fn check_handshake(
     Ok(from)
 }
 
-/// Reads frames from an accepted stream and hands them to the raft shard.
+/// What `next_frame` found at the start of some bytes.
+pub(super) enum Frame {
+    /// A whole frame's message, and the bytes it took.
+    Message(Message, usize),
+    /// Not a whole frame yet: it is this many bytes long (header included), or at least 8.
+    Need(usize),
+}
+
+/// Decodes the frame at the start of `bytes`, read from `from`'s stream to `me`. Err: the
+/// stream must be closed (an oversized frame, a CRC mismatch, a message not from `from` or
+/// not to `me`); raft retransmits what was lost.
+pub(super) fn next_frame(bytes: &[u8], from: u64, me: u64) -> Result<Frame, String> {
+    let Some(head) = bytes.get(..8) else {
+        return Ok(Frame::Need(8));
+    };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > PEER_MESSAGE_BYTES_MAX {
+        return Err(format!(
+            "frame of {len} bytes from {from:x} is over the limit"
+        ));
+    }
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    let Some(payload) = bytes.get(8..8 + len) else {
+        return Ok(Frame::Need(8 + len));
+    };
+    if crc32c::crc32c(payload) != crc {
+        return Err(format!("frame from {from:x} fails its CRC"));
+    }
+    let m = Message::parse_from_bytes(payload).map_err(|e| e.to_string())?;
+    if m.from != from || m.to != me {
+        return Err(format!(
+            "message from {:x} to {:x} on the stream from {from:x}",
+            m.from, m.to
+        ));
+    }
+    Ok(Frame::Message(m, 8 + len))
+}
+
+/// Reads frames from an accepted stream and hands them to the raft shard: a plain TCP
+/// stream is handed over whole (the raft thread reads it itself, `raft_wait.rs`), a TLS one
+/// is read here.
 async fn read_frames(
     ctx: &PeerCtx,
-    mut stream: Stream,
+    stream: Stream,
     mut buf: Vec<u8>,
     from: u64,
 ) -> Result<(), String> {
+    let mut stream = match stream {
+        Stream::Plain(tcp) => {
+            let tcp = hand_over(tcp)?;
+            return ctx
+                .inbox
+                .send_async(PeerIn::Stream {
+                    from,
+                    tcp,
+                    buffered: buf,
+                })
+                .await
+                .map_err(|_| "the raft shard stopped".to_string());
+        }
+        tls => tls,
+    };
     let me = ctx.shared.self_id;
     let mut start = 0;
     loop {
-        while buf.len() - start >= 8 {
-            let len =
-                u32::from_le_bytes([buf[start], buf[start + 1], buf[start + 2], buf[start + 3]])
-                    as usize;
-            if len > PEER_MESSAGE_BYTES_MAX {
-                return Err(format!(
-                    "frame of {len} bytes from {from:x} is over the limit"
-                ));
-            }
-            let crc = u32::from_le_bytes([
-                buf[start + 4],
-                buf[start + 5],
-                buf[start + 6],
-                buf[start + 7],
-            ]);
-            if buf.len() - start < 8 + len {
-                break;
-            }
-            let payload = &buf[start + 8..start + 8 + len];
-            if crc32c::crc32c(payload) != crc {
-                return Err(format!("frame from {from:x} fails its CRC"));
-            }
-            let m = Message::parse_from_bytes(payload).map_err(|e| e.to_string())?;
-            if m.from != from || m.to != me {
-                return Err(format!(
-                    "message from {:x} to {:x} on the stream from {from:x}",
-                    m.from, m.to
-                ));
-            }
-            start += 8 + len;
+        while let Frame::Message(m, used) = next_frame(&buf[start..], from, me)? {
+            start += used;
             // Backpressure: a full inbox stops this reader, never drops what it accepted.
             if ctx
                 .inbox
@@ -890,6 +925,23 @@ async fn read_frames(
         }
         buf = read_more(&mut stream, buf).await?;
     }
+}
+
+/// The executor's socket as a std one the raft thread can own: a duplicate of the
+/// descriptor (the executor closes its own when `tcp` drops; nothing is in flight on it).
+fn hand_over(tcp: TcpStream) -> Result<std::net::TcpStream, String> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: F_DUPFD_CLOEXEC of a live socket; the result is checked.
+    let fd = unsafe { libc::fcntl(tcp.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "cannot hand the stream over: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    drop(tcp);
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -2,14 +2,16 @@
 //! membership), the log and the snapshots, and it is the only thread that mutates the store,
 //! the event ring, the membership and the published view.
 //!
-//! Loop: wait for a client proposal, a peer message, the next raft tick or the TTL wheel's
-//! next deadline; drain up to `PROPOSAL_BATCH_MAX` proposals and the peer messages that
+//! Loop: wait for a client proposal, a peer message (on an inbound peer stream it reads
+//! itself, or in the peer inbox), the next raft tick or the TTL wheel's next deadline
+//! (`raft_wait.rs`); drain up to `PROPOSAL_BATCH_MAX` proposals and the peer messages that
 //! arrived; stamp writes with the wall clock (their time and TTL expirations: the only place
 //! time enters a command) and propose
 //! them (a follower's raft-rs forwards them to the leader); quorum reads become one ReadIndex
 //! request per batch; tick raft when due, answering requests whose deadline passed with
 //! etcd's timeout error; on the leader, propose an expiry pass when the wheel says one is due;
-//! run Ready rounds: messages go to the peer thread (never waited on), every new entry and the
+//! run Ready rounds: messages go out (onto an idle peer socket, or to the peer thread; never
+//! waited on), every new entry and the
 //! hard state are made durable with ONE fdatasync (group commit), committed entries are
 //! applied; then, once per batch and in this order: events into the ring, the new view
 //! published, replies sent, one wake per shard. Publishing before replying lets a client read
@@ -22,6 +24,7 @@
 
 use super::backup::SaveRequest;
 use super::peer::PeerIn;
+use super::raft_wait::{Doorbell, Inbound};
 use super::recovery::{write_membership, Recovered};
 use super::snapshotter::Snapshotter;
 use super::{unix_now_ns, Outbox, Proposal, Published, Reply, ReplyTo, ShardMsg, Shared};
@@ -328,18 +331,12 @@ pub struct RaftShardConfig {
 pub struct RaftChannels {
     pub mailbox: flume::Receiver<Proposal>,
     pub peer_in: flume::Receiver<PeerIn>,
+    /// Rung by the senders of `mailbox` and `peer_in` (raft_wait.rs).
+    pub bell: Arc<Doorbell>,
     pub peer_out: flume::Sender<Message>,
     /// The peers' links, for sending on their connections directly.
     pub links: Arc<super::peer::Links>,
     pub shards: Vec<flume::Sender<ShardMsg>>,
-}
-
-/// What woke the raft shard.
-enum Woke {
-    Proposal(Proposal),
-    Peer(PeerIn),
-    Nothing,
-    Closed,
 }
 
 /// Publishing a member's attributes is retried this often (in ticks) until it is applied
@@ -370,6 +367,11 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
     let mut last_publish_tick: Option<u64> = None;
     let mut leader_seen = (replica.leader_id(), replica.term());
     let mut peers = super::peer::PeerSender::new(ch.links.clone(), ch.peer_out.clone());
+    // The wait, and the peers' inbound plain-TCP raft streams, read here (raft_wait.rs).
+    let mut inbound = match Inbound::new(ch.bell.clone()) {
+        Ok(i) => i,
+        Err(e) => fatal("cannot set up the raft thread's epoll", e),
+    };
     // Set once a stop signal was seen: until then the requests already proposed are finished.
     let mut stop_deadline: Option<Instant> = None;
     loop {
@@ -378,17 +380,13 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
             let wait_ns = at.saturating_sub(unix_now_ns());
             wake = wake.min(Instant::now() + Duration::from_nanos(wait_ns));
         }
-        let woke = flume::Selector::new()
-            .recv(&ch.mailbox, |r| r.map_or(Woke::Closed, Woke::Proposal))
-            .recv(&ch.peer_in, |r| r.map_or(Woke::Nothing, Woke::Peer))
-            .wait_deadline(wake)
-            .unwrap_or(Woke::Nothing);
-        match woke {
-            Woke::Proposal(p) => batch.push(p),
-            Woke::Peer(m) => peer_in(&shared, &mut replica, &mut rtt, m),
-            Woke::Nothing => {}
-            Woke::Closed => return,
+        inbound.wait(wake, || ch.mailbox.is_empty() && ch.peer_in.is_empty());
+        if ch.mailbox.is_disconnected() && ch.mailbox.is_empty() {
+            return;
         }
+        inbound.read_ready(shared.self_id, |m| {
+            step_peer(&shared, &mut replica, &mut rtt, m)
+        });
         while batch.len() < PROPOSAL_BATCH_MAX {
             match ch.mailbox.try_recv() {
                 Ok(p) => batch.push(p),
@@ -397,6 +395,13 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
         }
         for _ in 0..PEER_INBOX_CAPACITY {
             match ch.peer_in.try_recv() {
+                Ok(PeerIn::Stream {
+                    from,
+                    tcp,
+                    buffered,
+                }) => inbound.adopt(from, tcp, buffered, shared.self_id, |m| {
+                    step_peer(&shared, &mut replica, &mut rtt, m)
+                }),
                 Ok(m) => peer_in(&shared, &mut replica, &mut rtt, m),
                 Err(_) => break,
             }
@@ -577,12 +582,17 @@ pub fn raft_main(shared: Arc<Shared>, rec: Recovered, cfg: RaftShardConfig, ch: 
     }
 }
 
+/// A message from a peer's stream: into the round-trip figures, then into raft.
+fn step_peer(shared: &Shared, replica: &mut Replica<Token>, rtt: &mut RoundTrips, m: Message) {
+    rtt.received(shared, &m);
+    replica.step_message(m);
+}
+
 fn peer_in(shared: &Shared, replica: &mut Replica<Token>, rtt: &mut RoundTrips, m: PeerIn) {
     match m {
-        PeerIn::Message(m) => {
-            rtt.received(shared, &m);
-            replica.step_message(*m);
-        }
+        // Taken in the loop, which owns the epoll set.
+        PeerIn::Stream { .. } => {}
+        PeerIn::Message(m) => step_peer(shared, replica, rtt, *m),
         PeerIn::Unreachable(id) => {
             rtt.unreachable(shared, id);
             replica.report_unreachable(id);

@@ -42,7 +42,7 @@ type Watcher = Watch<Bytes>;
 struct ShardCtx {
     id: usize,
     shared: Arc<Shared>,
-    mailbox: flume::Sender<Proposal>,
+    mailbox: super::raft_wait::RaftTx<Proposal>,
     registry: RefCell<Registry<Bytes>>,
     connections: std::cell::Cell<usize>,
     /// Proposals of this shard waiting for the raft shard's reply, by id.
@@ -102,7 +102,7 @@ pub fn shard_main(
     id: usize,
     shared: Arc<Shared>,
     listeners: Vec<(std::net::TcpListener, Option<super::tls::Acceptor>)>,
-    mailbox: flume::Sender<Proposal>,
+    mailbox: super::raft_wait::RaftTx<Proposal>,
     events: flume::Receiver<ShardMsg>,
 ) {
     let mut rt = super::runtime::build(&format!("shard-{id}"));
