@@ -389,7 +389,11 @@ async fn write_loop(ctx: Rc<PeerCtx>, to: u64, link: Arc<Link>, rx: flume::Recei
                 Some(m) => m,
                 None => match rx.recv_async().await {
                     Ok(m) => m,
-                    Err(_) => return,
+                    Err(_) => {
+                        // Not reached while `link` holds the sender; the socket closes here.
+                        link.state().fd = None;
+                        return;
+                    }
                 },
             };
             // The member's URL may have changed (PUT /v2/members): redial the new one, and
