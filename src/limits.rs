@@ -109,8 +109,9 @@ pub const REPLAY_READY_BYTES_MAX: u64 = 1 << 20;
 /// unreachable (raft retransmits).
 pub const PEER_OUTBOX_CAPACITY: usize = 16384;
 
-/// Raft messages queued for one peer's connection. A peer that is slow or unreachable loses
-/// what does not fit (raft-rs then probes it instead of streaming).
+/// Entries queued for one peer's connection: a raft message, or the frames of one Ready
+/// round's messages to that peer. A peer that is slow or unreachable loses what does not fit (raft-rs then
+/// probes it instead of streaming).
 pub const PEER_QUEUE_MESSAGES_MAX: usize = 4096;
 
 /// Raft messages from peers queued for the raft shard. A full inbox stops the peers' readers
