@@ -317,17 +317,46 @@ fn peer_url(m: &Membership, id: u64) -> Option<String> {
         .and_then(|m| m.peer_urls.first().cloned())
 }
 
-/// `http://host:port` -> a socket address (numeric hosts, or a resolver lookup).
-fn resolve(url: &str) -> std::io::Result<std::net::SocketAddr> {
-    use std::net::ToSocketAddrs;
-    let rest = url
-        .split_once("://")
+/// `http://host:port` -> its `host:port`.
+fn authority(url: &str) -> &str {
+    url.split_once("://")
         .map(|(_, r)| r)
         .unwrap_or(url)
-        .trim_end_matches('/');
-    rest.to_socket_addrs()?
+        .trim_end_matches('/')
+}
+
+/// `http://host:port` -> a socket address (numeric hosts, or a resolver lookup). Blocking.
+fn resolve(url: &str) -> std::io::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    authority(url)
+        .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::other(format!("{url}: no address")))
+}
+
+/// `resolve` without blocking the executor: a numeric address at once, a host name on a
+/// short-lived thread of its own. The lookup (getaddrinfo) can take seconds when a name
+/// server is slow or gone, and meanwhile the executor serves every other peer: their
+/// queued writes, TLS streams, snapshots and handshakes.
+async fn resolve_async(url: &str) -> std::io::Result<std::net::SocketAddr> {
+    if let Ok(addr) = authority(url).parse::<std::net::SocketAddr>() {
+        return Ok(addr);
+    }
+    let (tx, rx) = flume::bounded(1);
+    let owned = url.to_string();
+    std::thread::Builder::new()
+        .name("peer-dns".to_string())
+        .spawn(move || {
+            let _ = tx.send(resolve(&owned));
+        })?;
+    match monoio::time::timeout(HEAD_TIMEOUT, rx.recv_async()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(std::io::Error::other("the name lookup thread ended")),
+        // The thread finishes on its own; its answer then goes nowhere.
+        Err(_) => Err(std::io::Error::other(format!(
+            "{url}: name lookup timed out"
+        ))),
+    }
 }
 
 /// Dials `to`, keeps the stream, writes its queue; redials with backoff. Ends when `to` is
@@ -568,7 +597,7 @@ async fn read_snapshot(
 
 /// Connects and performs the stream handshake on `path`; Ok when the peer answered 200.
 async fn dial(ctx: &PeerCtx, url: &str, to: u64, path: &str) -> Result<Stream, String> {
-    let addr = resolve(url).map_err(|e| e.to_string())?;
+    let addr = resolve_async(url).await.map_err(|e| e.to_string())?;
     let connect = TcpStream::connect(addr);
     let tcp = match monoio::time::timeout(HEAD_TIMEOUT, connect).await {
         Ok(Ok(s)) => s,
@@ -983,6 +1012,29 @@ mod tests {
         }
         assert!(bytes.is_empty(), "trailing bytes");
         out
+    }
+
+    #[test]
+    fn peer_urls_resolve_off_the_executor_numeric_or_by_name() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (numeric, named, bad) = rt.block_on(async {
+            (
+                resolve_async("http://127.0.0.3:2380").await.ok(),
+                resolve_async("http://localhost:2380/").await.ok(),
+                resolve_async("http://no-such-host.invalid:2380")
+                    .await
+                    .is_err(),
+            )
+        });
+        assert_eq!(numeric, "127.0.0.3:2380".parse().ok());
+        assert_eq!(
+            named.map(|a| (a.ip().is_loopback(), a.port())),
+            Some((true, 2380))
+        );
+        assert!(bad);
     }
 
     #[test]
