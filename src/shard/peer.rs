@@ -1042,8 +1042,18 @@ mod tests {
         let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
             panic!("bind")
         };
+        // Small socket buffers on both ends (fixed, so the kernel does not grow them): a
+        // message of a few MiB is then sure to be taken only in part, whatever the machine's
+        // tcp_rmem/tcp_wmem.
+        let small = |s: socket2::SockRef<'_>| {
+            s.set_recv_buffer_size(64 << 10)
+                .and_then(|()| s.set_send_buffer_size(64 << 10))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        small(socket2::SockRef::from(&listener));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let client = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{e}"));
+        small(socket2::SockRef::from(&client));
         let (mut server, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
         let url = format!("http://{addr}");
         let membership = Membership {
@@ -1108,7 +1118,7 @@ mod tests {
 
         // A message the socket does not take whole: the rest is queued for this connection
         // only, and the link is busy until the writer has written it.
-        let big = append(2, 64 << 20);
+        let big = append(2, 4 << 20);
         assert!(sender.send(Some(&membership), vec![big.clone()]).is_empty());
         let Ok(Out::Rest { conn: 1, bytes }) = rx.try_recv() else {
             panic!("the rest of a partly sent frame is queued for its connection")

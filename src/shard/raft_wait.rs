@@ -425,10 +425,23 @@ mod tests {
             &mut bad,
         );
         tx.write_all(&bad).unwrap_or_else(|e| panic!("{e}"));
-        let mut result = Ok(());
-        while result.is_ok() {
-            result = s.read(9, |_| {});
+        // Awaited through the poller (the frame is readable once it arrived), never spun on:
+        // a reader that took the frame would fail here instead of hanging.
+        ready.clear();
+        while ready.is_empty() {
+            poller.wait(
+                Instant::now() + std::time::Duration::from_secs(60),
+                || true,
+                &mut ready,
+            );
         }
+        let mut stepped = 0;
+        let result = s.read(9, |_| stepped += 1);
+        assert!(
+            result.is_err(),
+            "a message to another member ends the stream"
+        );
+        assert_eq!(stepped, 0);
         drop(tx);
     }
 }
