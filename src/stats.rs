@@ -50,6 +50,11 @@ impl ShardCounters {
         self.latency_sum_us.fetch_add(latency_us, Ordering::Relaxed);
     }
 
+    /// Requests answered so far (every `record`).
+    pub fn answered(&self) -> u64 {
+        self.latency.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
     pub fn get_ok(&self) {
         bump(&self.gets_success);
     }

@@ -148,18 +148,24 @@ pub fn shard_main(
 const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Hands the memory this shard freed back to the OS once its connections and watchers have
-/// stopped changing (a tick with no change after ticks with some). Thousands of watchers
+/// stopped changing and it answered no request for a tick (after ticks with some change).
+/// The answered count is what tells a quiet shard from a busy one whose connection and
+/// watcher counts happen to match a second apart (long polls answered and re-armed). Thousands of watchers
 /// arriving at once each read their request into a buffer and let it go once registered;
 /// mimalloc purges such freed pages only as the thread goes on allocating, and a shard whose
 /// watchers then sit idle kept them counted (~170-360 B per idle watcher of 10,000). While
 /// connections or watchers keep coming and going the thread keeps allocating, so nothing is
 /// forced then: a forced collect walks the whole heap.
 async fn trim_loop(ctx: Rc<ShardCtx>) {
-    let mut seen = (0, 0);
+    let mut seen = (0, 0, 0);
     let mut changed = false;
     loop {
         monoio::time::sleep(TRIM_INTERVAL).await;
-        let now = (ctx.connections.get(), ctx.registry.borrow().len());
+        let now = (
+            ctx.connections.get(),
+            ctx.registry.borrow().len(),
+            ctx.shared.counters[ctx.id].answered(),
+        );
         if now != seen {
             seen = now;
             changed = true;

@@ -218,11 +218,15 @@ pub(super) async fn wait(
     }
 }
 
-/// Writes `first` and every event the stream watcher has pending in one write.
+/// Writes `first` and every event the stream watcher has pending, in as few writes as the
+/// response buffer's bound allows (a backlog of large values is never copied whole).
 async fn write_pending(conn: &mut Conn, w: &Watcher, first: Bytes) -> std::io::Result<()> {
     conn.out
         .extend_from_slice(&first[..first.len() - LAST_CHUNK.len()]);
     while let Some(Delivery::Event(b)) = w.try_next() {
+        if conn.out.len() >= RESPONSE_BUFFER_FLUSH_BYTES {
+            conn.flush().await?;
+        }
         conn.out.extend_from_slice(&b[..b.len() - LAST_CHUNK.len()]);
     }
     conn.flush().await?;
