@@ -5,8 +5,9 @@
 //! 16-slot chunks of 24-byte (name, node) pairs (448 B blocks) split at the median, so keys
 //! written in ascending order (the common way a big dir is filled: `k000001`, `k000002`, ...,
 //! or in-order POSTs) leave every leaf half full: 56 B of leaf per key, plus a 32 B name
-//! allocation per key beside the node. Here a leaf entry is one 8-byte pointer (the name is
-//! in the node's own text), a leaf's `Vec` is exactly as long as its entries, and a leaf that
+//! allocation per key beside the node. Here a leaf entry is the 40-byte node itself, with no
+//! name beside it (the name is in the node's own text), a leaf's `Vec` is as long as its
+//! entries when it is built or copied, and a leaf that
 //! overflows first shares its entries with a neighbour that has room (as a B*-tree does)
 //! before it splits, so ascending inserts fill leaves to ~100 % and random ones to ~80 %:
 //! about 10 B of tree per key instead of 60 (measured in examples/store_memory.rs).

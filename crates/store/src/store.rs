@@ -498,17 +498,21 @@ impl Store {
         expire: Option<u64>,
         refresh: bool,
     ) -> Result<Event, Error> {
-        let comps = tree::components(key);
-        // Any lookup error except "not found" fails the set; with refresh, so does that. A
-        // refresh keeps the value it finds. (The node found is the one internal_create
-        // replaces, and its event's prevNode.)
-        let kept = match tree::lookup(&self.root, &comps) {
-            Ok(n) => refresh.then(|| n.value().to_string()),
-            Err(Miss::NotFound(_)) if !refresh => None,
-            Err(m) => {
-                self.stats.sets_fail += 1;
-                return Err(self.miss_error(&comps, m));
+        // A refresh keeps the value it finds, and fails where the key is missing. A plain set
+        // walks the path once, in internal_create, whose checks fail it exactly where a
+        // lookup would (a file on the path: NotDir at that file), and which makes the event's
+        // prevNode from the node it replaces.
+        let kept = if refresh {
+            let comps = tree::components(key);
+            match tree::lookup(&self.root, &comps) {
+                Ok(n) => Some(n.value().to_string()),
+                Err(m) => {
+                    self.stats.sets_fail += 1;
+                    return Err(self.miss_error(&comps, m));
+                }
             }
+        } else {
+            None
         };
         let value = kept.as_deref().unwrap_or(value);
         match self.internal_create(key, dir, value, false, true, expire, Action::Set) {

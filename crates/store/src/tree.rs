@@ -9,10 +9,10 @@
 //!
 //! Memory per key is the design constraint (issue 11: a quarter of etcd's RSS per key). A
 //! plain file is one allocation, its text: an `Arc<str>` holding a length header, the name
-//! (last path component) and the value; the node itself (32 bytes: indexes and that pointer)
+//! (last path component) and the value; the node itself (40 bytes: indexes and that pointer)
 //! sits in its parent's B+ tree leaf. Nodes do not store their path: paths are rebuilt while
 //! walking. A TTL or a dir moves the rarer fields (expiration, the children) behind one more
-//! `Arc`, so the common node stays at 32 bytes.
+//! `Arc`, so the common node stays at 40 bytes.
 
 use std::num::NonZeroU64;
 use std::sync::Arc;
