@@ -79,7 +79,7 @@ struct Watcher {
     state: State,
     /// Received, not yet parsed.
     buf: Vec<u8>,
-    /// Receive time of the first byte in `buf`.
+    /// Receive time of the last read into `buf`: the one that completed what it holds.
     buf_at_ns: Option<i64>,
     /// The index this watcher waits for (its waitIndex).
     wait_index: u64,
@@ -245,9 +245,9 @@ impl Fanout<'_> {
                         realtime_ns()
                     });
                     let w = &mut self.ws[i];
-                    if w.buf.is_empty() {
-                        w.buf_at_ns = Some(at);
-                    }
+                    // What this read completes arrived with it: a chunk begun in an earlier
+                    // read is timed by the read that ends it.
+                    w.buf_at_ns = Some(at);
                     if w.buf.len() + n > MAX_BODY {
                         return self.kill(i, "response too large");
                     }

@@ -21,7 +21,7 @@ use serde_json::json;
 use crate::etcd::push_value;
 use crate::http::{
     encode_path, next_chunk, parse_head, parse_response, write_form, write_get, BodyKind, Chunk,
-    ReqHeaders, Target, MAX_BODY,
+    Head, ReqHeaders, Target, MAX_BODY,
 };
 use crate::rawnet::{
     connect_result, process_cpu_ms, raise_fd_limit, realtime_ns, recv_ts, send_now, Epoll, Fd,
@@ -62,7 +62,7 @@ struct Conn {
     fd: Fd,
     state: State,
     buf: Vec<u8>,
-    /// Receive time of the first byte in `buf`.
+    /// Receive time of the last read into `buf`: the one that completed what it holds.
     buf_at_ns: Option<i64>,
     /// Watcher: the last index seen. Writer: unused.
     last: u64,
@@ -280,9 +280,9 @@ impl Run<'_> {
                 Ok(r) => {
                     let at = r.at_ns.unwrap_or_else(realtime_ns);
                     let c = &mut self.conns[i];
-                    if c.buf.is_empty() {
-                        c.buf_at_ns = Some(at);
-                    }
+                    // What this read completes arrived with it: a chunk begun in an earlier
+                    // read is timed by the read that ends it.
+                    c.buf_at_ns = Some(at);
                     if c.buf.len() + r.n > MAX_BODY {
                         return self.kill(i, "response too large");
                     }
@@ -370,9 +370,14 @@ impl Run<'_> {
                         c.state = State::Open;
                         h.len
                     }
+                    Ok(Some(Head { status, .. })) if status != 400 => {
+                        // Not etcd's answer to a cleared index (400, errorCode 401): an
+                        // error, not a gap to count.
+                        return self.kill(i, "re-watch refused (not a cleared history)");
+                    }
                     Ok(Some(_)) => {
-                        // 401: the history no longer holds the next index; watch from the
-                        // last write on, the events in between missed.
+                        // 400 (errorCode 401): the history no longer holds the next index;
+                        // watch from the last write on, the events in between missed.
                         let skipped = self.last_write.saturating_sub(c.last);
                         c.last = c.last.max(self.last_write);
                         self.counts.add("re-watches refused (history cleared)", 1);
